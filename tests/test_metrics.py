@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.metrics import (
+    Evaluation,
+    confusion_matrix,
+    dice_per_phase,
+    format_seed_table,
+    iou_per_phase,
+    mean_dice,
+)
+
+
+def test_hand_computed_dice_iou():
+    # target: 4 px of phase 0, 4 px of phase 1, 2 unlabeled px
+    target = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 255, 255]], dtype=np.uint8)
+    pred = np.array([[0, 0, 0, 1, 1, 1, 0, 0, 2, 2]], dtype=np.uint8)
+    cm = confusion_matrix(pred, target, 3)
+    assert cm.tolist() == [[3, 1, 0], [2, 2, 0], [0, 0, 0]]
+    # phase 0: TP 3, FP 2, FN 1 -> 6/9; phase 1: TP 2, FP 1, FN 2 -> 4/7; phase 2 absent everywhere (unlabeled ignored)
+    dice = dice_per_phase(cm)
+    assert dice[0] == pytest.approx(6 / 9)
+    assert dice[1] == pytest.approx(4 / 7)
+    assert np.isnan(dice[2])
+    assert mean_dice(cm) == pytest.approx((6 / 9 + 4 / 7) / 2 * 100)
+    iou = iou_per_phase(cm)
+    assert iou[0] == pytest.approx(3 / 6)
+    assert iou[1] == pytest.approx(2 / 5)
+
+
+def test_phase_predicted_but_absent_counts_as_zero():
+    target = np.array([[0, 0, 0, 0]], dtype=np.uint8)
+    pred = np.array([[0, 0, 0, 1]], dtype=np.uint8)
+    dice = dice_per_phase(confusion_matrix(pred, target, 2))
+    assert dice[0] == pytest.approx(6 / 7)
+    assert dice[1] == 0.0
+
+
+def test_perfect_and_all_unlabeled():
+    t = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    assert mean_dice(confusion_matrix(t, t, 2)) == pytest.approx(100.0)
+    u = np.full((2, 2), 255, np.uint8)
+    assert np.isnan(mean_dice(confusion_matrix(t, u, 2)))
+
+
+def test_bad_values():
+    with pytest.raises(MetalsegError, match="shape"):
+        confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+    with pytest.raises(MetalsegError, match="outside"):
+        confusion_matrix(np.array([[5]]), np.array([[0]]), 2)
+    with pytest.raises(MetalsegError, match="outside"):
+        confusion_matrix(np.array([[0]]), np.array([[7]]), 2)
+
+
+def test_grouping_by_magnification_and_average():
+    ev = Evaluation(["a", "b"])
+    t = np.array([[0, 0, 1, 1]], dtype=np.uint8)
+    ev.add("img1", t, t, 3000)  # 100
+    ev.add("img2", np.array([[0, 1, 1, 1]], np.uint8), t, 3000)  # (2/3 + 4/5)/2 = 73.33
+    ev.add("img3", np.array([[1, 1, 1, 1]], np.uint8), t, 2700)  # a: 0, b: 4/6 -> 33.33
+    groups = ev.by_magnification()
+    assert list(groups) == ["x2700", "x3000"]
+    assert groups["x2700"] == pytest.approx(100 / 3)
+    assert groups["x3000"] == pytest.approx((100 + (2 / 3 + 4 / 5) / 2 * 100) / 2)
+    assert ev.average == pytest.approx((groups["x2700"] + groups["x3000"]) / 2)
+    d = ev.to_dict()
+    assert d["confusion_matrix"] == [[3, 3], [0, 6]]
+    assert d["images"][2]["dice"]["a"] == 0.0
+
+
+def test_seed_table_matches_the_study_row():
+    table = format_seed_table({
+        "LoRA-SAM(512)": {"x2700": 86.56, "x3000": 82.16, "x5000": 88.87},
+        "SAM": {"x2700": 13.33, "x3000": 12.38, "x5000": 15.14},
+    })
+    lines = table.splitlines()
+    assert lines[0].split() == ["Model", "x2700", "x3000", "x5000", "Avg."]
+    assert lines[1].split() == ["LoRA-SAM(512)", "86.56", "82.16", "88.87", "85.86"]
+    assert lines[2].split()[-1] == "13.62"  # the study's SAM (0 shot) average
+
+
+def test_docstring_examples():
+    import doctest
+
+    import napari_metalseg.metrics as metrics
+
+    result = doctest.testmod(metrics)
+    assert result.attempted >= 2 and result.failed == 0
