@@ -77,6 +77,203 @@ def synth(out: Path, n: int, size: int, seed: int, fractions: str | None, magnif
     click.echo(json.dumps(load_dataset(out).summary(), indent=2))
 
 
+def _run_events(events, label: str):
+    """Drive a generator of ProgressEvents with a terminal progress bar; return the last event."""
+    last = None
+    bar = None
+    try:
+        for event in events:
+            last = event
+            if event.kind == "info":
+                click.echo(event.message, err=True)
+                continue
+            if event.total and bar is None:
+                bar = click.progressbar(length=event.total, label=label, file=sys.stderr, show_pos=True,
+                                        item_show_func=lambda e: e.message if e else "")
+                bar.__enter__()
+            if bar is not None and event.kind in ("train", "predict", "embed"):
+                bar.update(event.step - bar.pos, event)
+            if event.kind == "validate":
+                click.echo(f"\n  step {event.step}: {event.message}", err=True)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    return last
+
+
+def _split_items(dataset, split: str):
+    items = dataset.labelled if split == "all" else [i for i in dataset.labelled if i.split == split]
+    if split == "train":
+        items = [i for i in dataset.labelled if i.split in (None, "train")]
+    return items
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (images/, masks/, "
+              "phases.json); the 'train' split (or unassigned images) trains, the 'val' split validates.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
+@click.option("--model", "kind", type=click.Choice(["tiny", "vit_b", "vit_l", "vit_h"]), default="tiny",
+              show_default=True, help="SAM size; tiny is a compact model trained from scratch (CPU friendly).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Pretrained SAM weights, e.g. sam_vit_b_01ec64.pth (official or micro-sam export).")
+@click.option("--img-size", type=int, default=None, help="Model input size (256/512/1024/2048; default 256 for "
+              "tiny, 512 otherwise).")
+@click.option("--finetune", type=click.Choice(["lora", "decoder", "full"]), default=None,
+              help="What is trained (default: lora with a checkpoint, full without).")
+@click.option("--lora-rank", type=int, default=8, show_default=True)
+@click.option("--lora-alpha", type=float, default=None, help="LoRA alpha (default = rank).")
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
+@click.option("--lora-mlp", is_flag=True, help="Also adapt the MLP layers (lin1/lin2) of the encoder.")
+@click.option("--guidance", type=click.Choice(["none", "ratio", "spatial", "box", "ratio+box", "spatial+box"]),
+              default="none", show_default=True)
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default: 10 epochs).")
+@click.option("--epochs", type=int, default=None, help="Epochs (passes over the training pixels).")
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--val-every", type=int, default=None, help="Validate every N steps (default: 5 times per run).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--export-full", is_flag=True, help="Also write a merged stand-alone model_full.safetensors.")
+@_user_errors
+def train(data: Path, out: Path, kind: str, checkpoint: Path | None, img_size: int | None, finetune: str | None,
+          lora_rank: int, lora_alpha: float | None, lora_dropout: float, lora_mlp: bool, guidance: str,
+          steps: int | None, epochs: int | None, batch_size: int, lr: float, val_every: int | None, device: str,
+          seed: int, resume: bool, export_full: bool) -> None:
+    """Train (or LoRA-adapt) a phase-segmentation model on a dataset."""
+    from napari_metalseg.data.dataset import load_dataset
+    from napari_metalseg.data.samples import load_samples
+    from napari_metalseg.training import TrainConfig
+    from napari_metalseg.training import train as run_training
+
+    config = TrainConfig(model=kind, checkpoint=str(checkpoint) if checkpoint else None, img_size=img_size,
+                         finetune=finetune, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                         lora_mlp=lora_mlp, guidance=guidance, steps=steps, epochs=epochs, batch_size=batch_size,
+                         lr=lr, val_every=val_every, device=device, seed=seed)
+    dataset = load_dataset(data)
+    train_samples = load_samples(_split_items(dataset, "train"))
+    if not train_samples:
+        raise MetalsegError(f"{data}: no labelled training images (masks/ with split train or no split)")
+    val_samples = load_samples(_split_items(dataset, "val"))
+    click.echo(f"training on {len(train_samples)} image(s), validating on {len(val_samples) or 'the training'} "
+               f"image(s)", err=True)
+    last = _run_events(run_training(train_samples, dataset.phases, out, config, val_samples=val_samples or None,
+                                    resume=resume, export_full=export_full), "training")
+    click.echo(json.dumps({"run": str(out), "metrics": last.metrics if last else {}}, indent=2))
+
+
+def _input_files(path: Path) -> list[Path]:
+    from napari_metalseg.io import MICROGRAPH_SUFFIXES
+
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        folder = path / "images" if (path / "images").is_dir() else path
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in MICROGRAPH_SUFFIXES
+                       and not p.name.startswith("."))
+        if not files:
+            raise MetalsegError(f"{folder}: no micrographs ({', '.join(MICROGRAPH_SUFFIXES)})")
+        return files
+    raise MetalsegError(f"{path}: no such file or folder")
+
+
+@main.command()
+@click.option("--model", "run", required=True, type=click.Path(path_type=Path), help="Trained run directory.")
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="A micrograph, a folder of micrographs, or a dataset folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output dataset folder (images/, masks/, phases.json), ready for correction and retraining.")
+@click.option("--ratio", default=None, help="Phase-ratio guidance, e.g. 0.1,0.7,0.2 (one value per phase).")
+@click.option("--box", default=None, help="Predict only inside this box: x0,y0,x1,y1 in pixels.")
+@click.option("--device", default="auto", show_default=True)
+@_user_errors
+def predict(run: Path, input_path: Path, out: Path, ratio: str | None, box: str | None, device: str) -> None:
+    """Predict phase masks for micrographs and write them in the dataset format."""
+    from napari_metalseg.data.dataset import new_dataset, write_item
+    from napari_metalseg.io import read_micrograph
+    from napari_metalseg.predict import Predictor
+
+    files = _input_files(input_path)
+    box_values = _floats(box, "--box")
+    predictor = Predictor.from_run(run, device=device)
+    ratios = _floats(ratio, "--ratio")
+    new_dataset(out, predictor.phases)
+    results = {}
+    with click.progressbar(files, label="predicting", file=sys.stderr) as bar:
+        for path in bar:
+            micrograph = read_micrograph(path)
+            phase_map = predictor.predict(micrograph.image, ratios=ratios, box=box_values)
+            write_item(out, path.stem, micrograph.image, phase_map.labels)
+            results[path.stem] = dict(zip(predictor.phases.names, phase_map.fractions().round(4).tolist()))
+    click.echo(json.dumps({"out": str(out), "fractions": results}, indent=2))
+
+
+@main.command()
+@click.option("--model", "run", required=True, type=click.Path(path_type=Path), help="Trained run directory.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder with masks.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", show_default=True)
+@click.option("--ratio", default=None, help="Ratio guidance for every image (e.g. 0.1,0.7,0.2).")
+@click.option("--true-ratio", is_flag=True, help="Guide each image with its true phase fractions (upper bound).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write all scores here.")
+@click.option("--device", default="auto", show_default=True)
+@_user_errors
+def evaluate(run: Path, data: Path, split: str, ratio: str | None, true_ratio: bool, json_out: Path | None,
+             device: str) -> None:
+    """Score a trained model on a dataset split: Dice per magnification, in the seed study's table format."""
+    from napari_metalseg.data.dataset import load_dataset
+    from napari_metalseg.data.samples import load_samples, phase_fractions
+    from napari_metalseg.io.atomic import atomic_write_text
+    from napari_metalseg.metrics import Evaluation, format_seed_table
+    from napari_metalseg.predict import Predictor
+
+    dataset = load_dataset(data)
+    predictor = Predictor.from_run(run, device=device)
+    if dataset.phases.names != predictor.phases.names:
+        raise MetalsegError(f"{data}: phases {dataset.phases.names} differ from the model's "
+                            f"{predictor.phases.names}")
+    samples = load_samples(_split_items(dataset, split))
+    if not samples:
+        raise MetalsegError(f"{data}: no labelled images in split {split!r}")
+    ratios = _floats(ratio, "--ratio")
+    evaluation = Evaluation(dataset.phases.names)
+    with click.progressbar(samples, label="evaluating", file=sys.stderr) as bar:
+        for s in bar:
+            r = phase_fractions(s.mask, len(dataset.phases)) if true_ratio else ratios
+            evaluation.add(s.name, predictor.predict(s.image, ratios=r).labels, s.mask, s.magnification)
+    click.echo(format_seed_table({run.name: evaluation.by_magnification()}))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(evaluation.to_dict(), indent=2) + "\n")
+
+
+@main.command()
+@click.option("--model", "run", required=True, type=click.Path(path_type=Path), help="Trained run directory.")
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="A micrograph.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs.")
+@click.option("--device", default="auto", show_default=True)
+@_user_errors
+def features(run: Path, input_path: Path, out: Path, device: str) -> None:
+    """Per-block encoder feature maps (PCA to RGB) of the base and adapted model, plus one grid figure."""
+    from PIL import Image
+
+    from napari_metalseg.features import encoder_feature_maps, feature_grid_figure
+    from napari_metalseg.io import read_micrograph
+    from napari_metalseg.predict import resolve_device
+    from napari_metalseg.runs import load_run
+
+    device = resolve_device(device)
+    model, _ = load_run(run, device=device)
+    image = read_micrograph(input_path).image
+    adapted = encoder_feature_maps(model, image, device)
+    base = encoder_feature_maps(model, image, device, base=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for fm in (base, adapted):
+        for i, rgb in enumerate(fm.maps):
+            Image.fromarray(rgb).save(out / f"block{i + 1:02d}_{fm.label}.png")
+    feature_grid_figure(adapted, base, image, out / "features.png")
+    click.echo(json.dumps({"out": str(out), "blocks": int(adapted.maps.shape[0]),
+                           "map_shape": list(adapted.maps.shape[1:3]), "scale": list(adapted.scale)}, indent=2))
+
+
 @main.command()
 @click.option("--out", default=Path("demo_out"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the demo's dataset and results.")

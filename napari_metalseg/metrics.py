@@ -28,7 +28,8 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_phases: int, ignore_index: int = UNLABELED) -> np.ndarray:
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_phases: int,
+                     ignore_index: int = UNLABELED) -> np.ndarray:
     """Confusion matrix ``cm[true, predicted]`` over the labelled pixels of ``target``.
 
     Parameters

@@ -1,0 +1,166 @@
+"""Labelled images in memory, and the random crops training draws from them (numpy only, no torch).
+
+A :class:`Sample` is what training and validation consume, whether it came from a dataset folder or from napari
+layers. :class:`CropSampler` draws class-balanced random crops with scale, flip/rot90 and intensity augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import UNLABELED
+
+
+@dataclass
+class Sample:
+    """One labelled micrograph: ``image`` float32 HxW in [0, 1], ``mask`` uint8 (phase index, 255 unlabeled)."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    magnification: float | None = None
+    pixel_size_um: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.shape != self.mask.shape:
+            raise MetalsegError(f"{self.name}: image shape {self.image.shape} != mask shape {self.mask.shape}")
+
+
+def load_samples(items: Iterable) -> list[Sample]:
+    """Read dataset items (with masks) into :class:`Sample` objects."""
+    samples = []
+    for item in items:
+        mask = item.read_mask()
+        if mask is None:
+            continue
+        micrograph = item.read_image()
+        samples.append(Sample(item.name, micrograph.image, mask, micrograph.magnification,
+                              micrograph.pixel_size_um))
+    return samples
+
+
+def phase_fractions(mask: np.ndarray, num_phases: int) -> np.ndarray | None:
+    """Fraction of each phase over the labelled pixels of ``mask`` (None when nothing is labelled)."""
+    labelled = mask[mask != UNLABELED]
+    if labelled.size == 0:
+        return None
+    counts = np.bincount(labelled.ravel(), minlength=num_phases)[:num_phases].astype(np.float64)
+    return counts / counts.sum()
+
+
+class CropSampler:
+    """Class-balanced random crops of ``size`` x ``size`` with augmentation.
+
+    A crop is centred (with jitter) on a labelled pixel of a phase drawn uniformly among the phases present, so
+    rare phases are seen as often as the matrix. Augmentation: scale jitter, flips and rot90, gamma / contrast /
+    brightness jitter, Gaussian noise and blur. Pixels outside the image after scaling are unlabeled.
+
+    Parameters
+    ----------
+    samples : list of Sample
+    size : int
+        Crop size in pixels (the model input size).
+    num_phases : int
+    seed : int
+        Seed of this sampler's generator (use a different one per distributed rank).
+    scale_range : (float, float)
+        Range of the random zoom factor (log-uniform).
+    augment : bool
+        Intensity and geometric augmentation on or off.
+    """
+
+    def __init__(self, samples: list[Sample], size: int, num_phases: int, seed: int = 0,
+                 scale_range: tuple[float, float] = (0.75, 1.33), augment: bool = True) -> None:
+        if not samples:
+            raise MetalsegError("no labelled images to train on")
+        self.samples = samples
+        self.size = size
+        self.num_phases = num_phases
+        self.rng = np.random.default_rng(seed)
+        self.scale_range = scale_range
+        self.augment = augment
+        # coordinates of labelled pixels per phase, subsampled to bound memory
+        self._where: list[list[np.ndarray]] = []
+        for s in samples:
+            per_phase = []
+            for k in range(num_phases):
+                ys, xs = np.nonzero(s.mask == k)
+                if ys.size > 4096:
+                    pick = self.rng.choice(ys.size, 4096, replace=False)
+                    ys, xs = ys[pick], xs[pick]
+                per_phase.append(np.stack([ys, xs], 1))
+            self._where.append(per_phase)
+        self.present = [k for k in range(num_phases) if any(len(w[k]) for w in self._where)]
+        if not self.present:
+            raise MetalsegError("the training masks contain no labelled pixels")
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One augmented crop: (image float32 size x size, mask uint8 size x size)."""
+        rng = self.rng
+        phase = self.present[rng.integers(len(self.present))]
+        candidates = [i for i, w in enumerate(self._where) if len(w[phase])]
+        i = candidates[rng.integers(len(candidates))]
+        s = self.samples[i]
+        cy, cx = self._where[i][phase][rng.integers(len(self._where[i][phase]))]
+        lo, hi = np.log(self.scale_range[0]), np.log(self.scale_range[1])
+        scale = float(np.exp(rng.uniform(lo, hi))) if self.augment else 1.0
+        src = max(8, int(round(self.size / scale)))
+        jitter = src // 3
+        y0 = int(cy) - src // 2 + int(rng.integers(-jitter, jitter + 1))
+        x0 = int(cx) - src // 2 + int(rng.integers(-jitter, jitter + 1))
+        image, mask = _crop_padded(s.image, s.mask, y0, x0, src)
+        if src != self.size:
+            zoom = self.size / src
+            image = ndimage.zoom(image, zoom, order=1)[: self.size, : self.size]
+            mask = ndimage.zoom(mask, zoom, order=0)[: self.size, : self.size]
+            image, mask = _pad_to(image, mask, self.size)
+        if self.augment:
+            image, mask = self._geometric(image, mask)
+            image = self._intensity(image)
+        return image.astype(np.float32), mask
+
+    def _geometric(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = int(self.rng.integers(4))
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
+        if self.rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+    def _intensity(self, image: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        image = np.clip(image, 0, 1) ** float(np.exp(rng.uniform(-0.4, 0.4)))
+        image = (image - image.mean()) * rng.uniform(0.7, 1.4) + image.mean() + rng.uniform(-0.1, 0.1)
+        if rng.random() < 0.3:
+            image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.2))
+        if rng.random() < 0.5:
+            image = image + rng.normal(0, rng.uniform(0.005, 0.04), image.shape)
+        return np.clip(image, 0, 1)
+
+
+def _crop_padded(image: np.ndarray, mask: np.ndarray, y0: int, x0: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop [y0:y0+size, x0:x0+size]; outside the image: the crop's mean intensity and unlabeled mask."""
+    h, w = image.shape
+    ys, xs, ye, xe = max(0, y0), max(0, x0), min(h, y0 + size), min(w, x0 + size)
+    inner = image[ys:ye, xs:xe]
+    out_img = np.full((size, size), float(inner.mean()) if inner.size else 0.5, np.float32)
+    out_mask = np.full((size, size), UNLABELED, np.uint8)
+    if inner.size:
+        out_img[ys - y0: ye - y0, xs - x0: xe - x0] = inner
+        out_mask[ys - y0: ye - y0, xs - x0: xe - x0] = mask[ys:ye, xs:xe]
+    return out_img, out_mask
+
+
+def _pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape
+    if h == size and w == size:
+        return image, mask
+    out_img = np.full((size, size), float(image.mean()), np.float32)
+    out_mask = np.full((size, size), UNLABELED, np.uint8)
+    out_img[:h, :w] = image
+    out_mask[:h, :w] = mask
+    return out_img, out_mask

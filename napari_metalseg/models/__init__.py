@@ -1,0 +1,57 @@
+"""The model layer: SAM builders, checkpoint loading, LoRA, phase-fraction guidance and :class:`PhaseSAM`.
+
+Importing this package is cheap: torch, segment_anything and peft are imported when a name below that needs them
+is first used (module ``__getattr__``), so the CLI and the napari plugin can list kinds and modes without torch.
+
+Modules: :mod:`.sam` (configs, builder), :mod:`.checkpoint` (pretrained weights), :mod:`.lora` (adapters,
+fine-tuning modes, trainable state), :mod:`.guidance` (phase-fraction guidance), :mod:`.phase_sam` (the model),
+:mod:`.triton_guard` (keeps ``import triton`` from crashing napari).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from napari_metalseg.models.sam import SAM_CONFIGS, SAM_KINDS, TYPICAL_IMG_SIZES, SamConfig, check_img_size
+
+GUIDANCE_MODES: tuple[str, ...] = ("none", "ratio", "spatial")
+"""Phase-fraction guidance: none, global MLP (:class:`RatioEncoder`), CoordConv (:class:`SpatialRatioEncoder`)."""
+
+FINETUNE_MODES: tuple[str, ...] = ("lora", "decoder", "full")
+"""What is trained: LoRA + decoder + guidance, decoder + guidance, or everything."""
+
+_LAZY = {
+    "build_sam": "sam",
+    "LoadReport": "checkpoint",
+    "detect_kind": "checkpoint",
+    "load_sam_checkpoint": "checkpoint",
+    "read_sam_state_dict": "checkpoint",
+    "apply_lora": "lora",
+    "set_finetune_mode": "lora",
+    "trainable_state_dict": "lora",
+    "load_trainable_state_dict": "lora",
+    "merge_lora": "lora",
+    "count_parameters": "lora",
+    "RatioEncoder": "guidance",
+    "SpatialRatioEncoder": "guidance",
+    "PhaseSAM": "phase_sam",
+    "build_phase_sam": "phase_sam",
+    "guard_triton": "triton_guard",
+}
+
+__all__ = ["FINETUNE_MODES", "GUIDANCE_MODES", "SAM_CONFIGS", "SAM_KINDS", "TYPICAL_IMG_SIZES", "SamConfig",
+           "check_img_size", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"napari_metalseg.models.{_LAZY[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,308 @@
+"""PhaseSAM: SAMed-style semantic segmentation of ``K`` phases with a (LoRA-adapted) Segment Anything model.
+
+The mask decoder runs with its ``K`` multimask tokens (mask tokens ``1..K``); output ``k`` is the logit map of
+phase ``k``. Without a prompt the decoder sees the empty sparse prompt and the dense "no mask" embedding, so the
+model segments the whole field of view; an optional box prompt per image focuses it. Optional phase-fraction
+guidance (:mod:`.guidance`) is added to the image embedding.
+
+The heavy image encoder is separated (:meth:`PhaseSAM.embed`) from the light decoder (:meth:`PhaseSAM.decode`),
+so embeddings can be cached per image and model (:meth:`PhaseSAM.signature` with ``scope="encoder"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models import FINETUNE_MODES, GUIDANCE_MODES
+from napari_metalseg.models.checkpoint import LoadReport, load_sam_checkpoint
+from napari_metalseg.models.guidance import build_guidance
+from napari_metalseg.models.lora import apply_lora, set_finetune_mode, trainable_state_dict
+from napari_metalseg.models.sam import PATCH_SIZE, build_sam, check_img_size, check_kind, check_num_phases
+
+PREPROCESS = "zscore-v1"
+"""Identifier of :meth:`PhaseSAM.preprocess`; part of the encoder signature."""
+
+_FULL_HASH_NUMEL = 1 << 20
+_SAMPLES = 1 << 16
+
+
+class PhaseSAM(nn.Module):
+    """Semantic phase segmentation with SAM: images (B, 3, S, S) -> logits (B, K, H, W).
+
+    Parameters
+    ----------
+    sam
+        A ``segment_anything`` ``Sam`` built by :func:`~.sam.build_sam` with ``num_phases`` multimask outputs.
+    kind
+        Model kind (``tiny``, ``vit_b``, ``vit_l``, ``vit_h``).
+    num_phases
+        Number of phases ``K``.
+    guidance
+        ``none``, ``ratio`` (:class:`~.guidance.RatioEncoder`) or ``spatial``
+        (:class:`~.guidance.SpatialRatioEncoder`).
+
+    Attributes
+    ----------
+    kind, img_size, num_phases, guidance
+        As built; ``img_size`` is the square input size ``S``.
+    finetune_mode
+        ``lora``, ``decoder`` or ``full`` once :func:`~.lora.set_finetune_mode` ran, else ``None``.
+    lora
+        LoRA settings (``rank``, ``alpha``, ``dropout``, ``mlp``) if adapters were applied by the builder.
+    """
+
+    eps = 1e-3
+    """Added to the per-image standard deviation in :meth:`preprocess` (intensities in [0, 1])."""
+
+    def __init__(self, sam: nn.Module, kind: str, num_phases: int, guidance: str = "none") -> None:
+        super().__init__()
+        check_kind(kind)
+        if guidance not in GUIDANCE_MODES:
+            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+        if sam.mask_decoder.num_multimask_outputs != num_phases:
+            raise ValueError(f"the SAM decoder has {sam.mask_decoder.num_multimask_outputs} multimask outputs, "
+                             f"expected num_phases={num_phases}")
+        self.sam = sam
+        self.kind = kind
+        self.img_size = int(sam.image_encoder.img_size)
+        self.num_phases = num_phases
+        self.guidance = guidance
+        self.guidance_encoder = build_guidance(guidance, num_phases, self.embed_dim)
+        self.finetune_mode: str | None = None
+        self.lora: dict[str, Any] | None = None
+        grid = self.img_size // PATCH_SIZE
+        pe = sam.prompt_encoder
+        if tuple(pe.image_embedding_size) != (grid, grid) or tuple(pe.input_image_size) != (self.img_size,) * 2:
+            raise ValueError(f"prompt encoder sizes {pe.image_embedding_size}/{pe.input_image_size} do not match "
+                             f"the image encoder input size {self.img_size}")
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels ``C`` of the image embedding."""
+        return int(self.sam.prompt_encoder.embed_dim)
+
+    @property
+    def embedding_size(self) -> tuple[int, int]:
+        """Spatial size ``(h, w)`` of the image embedding (``img_size // 16`` on a side)."""
+        return tuple(self.sam.prompt_encoder.image_embedding_size)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The :func:`build_phase_sam` arguments that rebuild this architecture (without the checkpoint)."""
+        lora = self.lora or {}
+        return {
+            "kind": self.kind,
+            "img_size": self.img_size,
+            "num_phases": self.num_phases,
+            "guidance": self.guidance,
+            "finetune": self.finetune_mode,
+            "lora_rank": lora.get("rank", 8),
+            "lora_alpha": lora.get("alpha"),
+            "lora_dropout": lora.get("dropout", 0.0),
+            "lora_mlp": lora.get("mlp", False),
+        }
+
+    def preprocess(self, gray: torch.Tensor) -> torch.Tensor:
+        """Standardise grey images per image and replicate them to 3 channels.
+
+        Each image has its mean subtracted and is divided by its standard deviation (+ :attr:`eps`), which makes
+        the input independent of the instrument's brightness and contrast (SAM's 0..255 ``pixel_mean`` is not
+        used).
+
+        Parameters
+        ----------
+        gray
+            (B, 1, H, W) or (B, H, W) floats in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor
+            (B, 3, H, W) float (a broadcast view; the channels share memory).
+        """
+        if gray.ndim == 3:
+            gray = gray[:, None]
+        if gray.ndim != 4 or gray.shape[1] != 1:
+            raise ValueError(f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}")
+        if not gray.is_floating_point():
+            gray = gray.float()
+        mean = gray.mean(dim=(2, 3), keepdim=True)
+        std = gray.std(dim=(2, 3), keepdim=True, correction=0)
+        return ((gray - mean) / (std + self.eps)).expand(-1, 3, -1, -1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the image encoder: (B, 3, S, S) preprocessed images -> (B, C, S/16, S/16) embeddings."""
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (self.img_size, self.img_size):
+            raise ValueError(f"embed expects (B, 3, {self.img_size}, {self.img_size}) images, "
+                             f"got {tuple(images.shape)}")
+        return self.sam.image_encoder(images)
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        ratios: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        out_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Decode image embeddings into phase logits.
+
+        Parameters
+        ----------
+        embeddings
+            (B, C, h, w) from :meth:`embed`.
+        ratios
+            (B, K) phase fractions for the guidance encoder, or ``None`` (no guidance). A row with a NaN means no
+            guidance for that image. Only for models built with guidance.
+        boxes
+            (B, 4) box prompts ``x0, y0, x1, y1`` in input pixel coordinates (0..S), or ``None`` (no prompt). A
+            row with a NaN means no prompt for that image.
+        out_size
+            ``(H, W)`` of the returned logits (default ``(S, S)``); the decoder's S/4 masks are resized bilinearly.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, K, H, W) logits; channel ``k`` is phase ``k``.
+        """
+        b = embeddings.shape[0]
+        if embeddings.ndim != 4 or embeddings.shape[1] != self.embed_dim \
+                or tuple(embeddings.shape[2:]) != self.embedding_size:
+            raise ValueError(f"decode expects (B, {self.embed_dim}, {self.embedding_size[0]}, "
+                             f"{self.embedding_size[1]}) embeddings, got {tuple(embeddings.shape)}")
+        if ratios is not None:
+            if self.guidance_encoder is None:
+                raise ValueError("this model was built without phase-fraction guidance (guidance='none')")
+            embeddings = self.guidance_encoder(embeddings, ratios)
+        if boxes is not None:
+            if boxes.shape != (b, 4):
+                raise ValueError(f"boxes must have shape ({b}, 4), got {tuple(boxes.shape)}")
+            boxes = boxes.to(device=embeddings.device, dtype=embeddings.dtype)
+            has_box = torch.isfinite(boxes).all(dim=1).tolist()
+        prompt_encoder, mask_decoder = self.sam.prompt_encoder, self.sam.mask_decoder
+        image_pe = prompt_encoder.get_dense_pe()
+        masks = []
+        # SAM's decoder pairs every prompt with every image (repeat_interleave), so decode image by image.
+        for i in range(b):
+            box = boxes[i:i + 1] if boxes is not None and has_box[i] else None
+            sparse, dense = prompt_encoder(points=None, boxes=box, masks=None)
+            low_res, _ = mask_decoder(
+                image_embeddings=embeddings[i:i + 1],
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+            masks.append(low_res)
+        logits = torch.cat(masks, dim=0)
+        out_size = tuple(out_size) if out_size is not None else (self.img_size, self.img_size)
+        if tuple(logits.shape[2:]) != out_size:
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(
+        self, images: torch.Tensor, ratios: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Segment preprocessed images (B, 3, S, S) into (B, K, S, S) phase logits (see :meth:`decode`)."""
+        return self.decode(self.embed(images), ratios=ratios, boxes=boxes, out_size=tuple(images.shape[2:]))
+
+    @torch.no_grad()
+    def signature(self, scope: Literal["model", "encoder"] = "model") -> str:
+        """Return a string identifying the model's computation, for caches.
+
+        Parameters
+        ----------
+        scope
+            ``model``: everything that affects the logits; ``encoder``: only what affects :meth:`embed`
+            (preprocessing, image encoder and LoRA), the key for cached embeddings.
+
+        Returns
+        -------
+        str
+            ``"<kind>-<img_size>-k<K>-<guidance>-<hash>"`` (``model``) or ``"<kind>-<img_size>-enc-<hash>"``.
+            The hash covers the trainable weights in full and the frozen base through a fingerprint (shape,
+            dtype and a strided sample of every tensor larger than 2**20 elements).
+        """
+        if scope not in ("model", "encoder"):
+            raise ValueError(f"scope must be 'model' or 'encoder', got {scope!r}")
+        digest = hashlib.sha256()
+        digest.update(repr((PREPROCESS, self.kind, self.img_size, self.eps)).encode())
+        if scope == "model":
+            digest.update(repr((self.num_phases, self.guidance)).encode())
+        trainable = set(trainable_state_dict(self)) if self.finetune_mode else set()
+        for key, value in sorted(self.state_dict().items()):
+            if scope == "encoder" and not key.startswith("sam.image_encoder."):
+                continue
+            digest.update(f"{key}:{tuple(value.shape)}:{value.dtype}".encode())
+            data = value.detach().reshape(-1)
+            if key not in trainable and data.numel() > _FULL_HASH_NUMEL:
+                data = data[:: data.numel() // _SAMPLES + 1]
+            digest.update(data.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if scope == "encoder":
+            return f"{self.kind}-{self.img_size}-enc-{digest.hexdigest()[:16]}"
+        return f"{self.kind}-{self.img_size}-k{self.num_phases}-{self.guidance}-{digest.hexdigest()[:16]}"
+
+
+def build_phase_sam(
+    kind: str = "tiny",
+    img_size: int = 512,
+    num_phases: int = 3,
+    checkpoint: str | None = None,
+    guidance: str = "none",
+    finetune: str | None = None,
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
+    lora_dropout: float = 0.0,
+    lora_mlp: bool = False,
+    seed: int = 0,
+) -> tuple[PhaseSAM, LoadReport | None]:
+    """Build a :class:`PhaseSAM`, load pretrained SAM weights, add LoRA and set the fine-tuning mode.
+
+    Parameters
+    ----------
+    kind
+        ``tiny``, ``vit_b``, ``vit_l`` or ``vit_h``.
+    img_size
+        Square input size (multiple of 16, at least 64).
+    num_phases
+        Number of phases ``K``.
+    checkpoint
+        Path of a SAM checkpoint of the same kind (see :func:`~.checkpoint.load_sam_checkpoint`), or ``None``.
+    guidance
+        ``none``, ``ratio`` or ``spatial``.
+    finetune
+        ``lora``, ``decoder`` or ``full``; default ``lora`` with a checkpoint, ``full`` without. LoRA adapters
+        are injected only in ``lora`` mode.
+    lora_rank, lora_alpha, lora_dropout, lora_mlp
+        LoRA settings (see :func:`~.lora.apply_lora`).
+    seed
+        Seed of the random initialisation, so that a model without checkpoint is rebuilt identically.
+
+    Returns
+    -------
+    tuple
+        ``(model, report)``; ``report`` is ``None`` without checkpoint. The model is in training mode on the CPU.
+    """
+    check_kind(kind)
+    check_img_size(img_size)
+    check_num_phases(num_phases)
+    if guidance not in GUIDANCE_MODES:
+        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+    finetune = finetune or ("lora" if checkpoint is not None else "full")
+    if finetune not in FINETUNE_MODES:
+        raise MetalsegError(f"--finetune {finetune!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}")
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = build_sam(kind, img_size=img_size, num_phases=num_phases)
+        report = load_sam_checkpoint(sam, checkpoint, kind) if checkpoint is not None else None
+        model = PhaseSAM(sam, kind=kind, num_phases=num_phases, guidance=guidance)
+        if finetune == "lora":
+            apply_lora(model.sam, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, include_mlp=lora_mlp)
+            model.lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "mlp": lora_mlp}
+    set_finetune_mode(model, finetune)
+    return model, report

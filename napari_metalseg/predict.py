@@ -1,0 +1,303 @@
+"""Prediction: tiled sliding-window inference with a cached image embedding, ratio guidance and box prompts.
+
+The heavy image encoder runs once per image (per tile) and its output is cached under a key made of the image
+content hash and the model signature, so changing the ratio or drawing a box reruns only the light decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.progress import ProgressEvent
+
+Progress = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class PhaseMap:
+    """A prediction: ``labels`` uint8 HxW (phase index; 255 outside a box prompt), ``probs`` float32 KxHxW."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+
+    def fractions(self) -> np.ndarray:
+        """Area fraction of each phase over the predicted pixels."""
+        k = self.probs.shape[0]
+        valid = self.labels[self.labels != UNLABELED]
+        counts = np.bincount(valid.ravel(), minlength=k)[:k].astype(np.float64)
+        return counts / max(counts.sum(), 1)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; checks an explicit ``"cuda"``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MetalsegError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise MetalsegError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+def check_ratios(ratios: Sequence[float] | None, phases: PhaseSet) -> np.ndarray | None:
+    """Validate a phase-ratio vector (length K, finite, >= 0, sum > 0) and normalise it to sum 1."""
+    if ratios is None:
+        return None
+    arr = np.asarray(list(ratios), dtype=np.float64)
+    if arr.shape != (len(phases),):
+        raise MetalsegError(f"ratio {list(ratios)} has {arr.size} values but the model has {len(phases)} phases "
+                            f"({', '.join(phases.names)})")
+    if not np.isfinite(arr).all():
+        raise MetalsegError(f"ratio {list(ratios)} contains NaN or infinite values")
+    if (arr < 0).any():
+        raise MetalsegError(f"ratio {list(ratios)} contains negative values")
+    if arr.sum() <= 0:
+        raise MetalsegError(f"ratio {list(ratios)} sums to 0")
+    return (arr / arr.sum()).astype(np.float32)
+
+
+def check_box(box: Sequence[float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Validate a box ``x0, y0, x1, y1`` (pixels) against an image of ``shape`` (H, W)."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise MetalsegError(f"box {box!r}: expected four numbers x0,y0,x1,y1") from None
+    h, w = shape
+    if not all(np.isfinite([x0, y0, x1, y1])):
+        raise MetalsegError(f"box {list(box)}: contains NaN or infinite values")
+    if x1 <= x0 or y1 <= y0:
+        raise MetalsegError(f"box {list(box)}: needs x0 < x1 and y0 < y1")
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise MetalsegError(f"box {list(box)} lies outside the image (width {w}, height {h})")
+    return int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` pixels of overlap."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_window(size: int, floor: float = 1e-2) -> np.ndarray:
+    """2-D weight window for overlap blending: a squared sine, highest in the tile centre, never zero."""
+    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+    ramp = np.maximum(ramp, floor)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an image (shape + dtype + bytes)."""
+    arr = np.ascontiguousarray(image)
+    digest = hashlib.sha1(f"{arr.shape}{arr.dtype}".encode())
+    digest.update(arr.data)
+    return digest.hexdigest()
+
+
+class Predictor:
+    """Predict phase maps with a trained model, caching image embeddings.
+
+    Parameters
+    ----------
+    model : PhaseSAM
+        The model (see :func:`napari_metalseg.runs.load_run`).
+    phases : PhaseSet
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    overlap : float
+        Tile overlap as a fraction of the model input size.
+    cache_size : int
+        Number of images whose embeddings are kept in memory.
+    cache_dir : path, optional
+        Also keep embeddings on disk here (safetensors), for reopening the same micrographs later.
+    bf16 : bool or None
+        bfloat16 autocast for the encoder; default: on for CUDA, off on CPU.
+
+    Examples
+    --------
+    >>> predictor = Predictor.from_run("runs/steel")            # doctest: +SKIP
+    >>> phase_map = predictor.predict(micrograph.image)          # doctest: +SKIP
+    >>> phase_map = predictor.predict(micrograph.image, ratios=[0.2, 0.6, 0.2])  # decoder only  # doctest: +SKIP
+    """
+
+    def __init__(self, model, phases: PhaseSet, device: str = "cpu", overlap: float = 0.25, cache_size: int = 4,
+                 cache_dir: str | Path | None = None, bf16: bool | None = None, batch_size: int = 4) -> None:
+        self.model = model.eval()
+        self.phases = phases
+        self.device = device
+        self.size = int(model.img_size)
+        self.overlap = int(round(overlap * self.size))
+        self.cache_size = cache_size
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.bf16 = device.startswith("cuda") if bf16 is None else bf16
+        self.batch_size = batch_size
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._signature: str | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto", **kwargs) -> Predictor:
+        from napari_metalseg.runs import load_run
+
+        device = resolve_device(device)
+        model, config = load_run(run_dir, device=device)
+        return cls(model, config["model"].phase_set, device=device, **kwargs)
+
+    # -- embedding cache -------------------------------------------------------------------------------------
+    def signature(self) -> str:
+        if self._signature is None:
+            self._signature = self.model.signature()
+        return self._signature
+
+    def invalidate(self) -> None:
+        """Forget cached embeddings and the model signature (call after the weights change)."""
+        self._cache.clear()
+        self._signature = None
+
+    def _embed_tiles(self, tiles: list[np.ndarray], key: str, progress: Progress | None):
+        import torch
+
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        disk = self.cache_dir / f"{key}.safetensors" if self.cache_dir else None
+        if disk is not None and disk.is_file():
+            from safetensors.torch import load_file
+
+            emb = load_file(str(disk))["embeddings"]
+        else:
+            out = []
+            for i in range(0, len(tiles), self.batch_size):
+                batch = torch.from_numpy(np.stack(tiles[i: i + self.batch_size])).to(self.device)
+                with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16,
+                                                            enabled=self.bf16):
+                    out.append(self.model.embed(self.model.preprocess(batch)).float().cpu())
+                if progress:
+                    progress(ProgressEvent("embed", min(i + self.batch_size, len(tiles)), len(tiles),
+                                           message="image encoder"))
+            emb = torch.cat(out)
+            if disk is not None:
+                from safetensors.torch import save_file
+
+                from napari_metalseg.io.atomic import atomic_path
+
+                with atomic_path(disk) as tmp:
+                    save_file({"embeddings": emb.contiguous()}, str(tmp))
+        self._cache[key] = emb
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return emb
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    def predict(self, image: np.ndarray, ratios: Sequence[float] | None = None,
+                box: Sequence[float] | None = None, progress: Progress | None = None) -> PhaseMap:
+        """Phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given."""
+        image = _check_image(image)
+        ratio = check_ratios(ratios, self.phases)
+        if box is not None:
+            return self._predict_box(image, check_box(box, image.shape), ratio, progress)
+        return self._predict_tiled(image, ratio, progress)
+
+    def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None, progress: Progress | None) -> PhaseMap:
+        h, w = image.shape
+        s = self.size
+        padded = _pad_image(image, max(h, s), max(w, s))
+        ys, xs = tile_starts(padded.shape[0], s, self.overlap), tile_starts(padded.shape[1], s, self.overlap)
+        origins = [(y, x) for y in ys for x in xs]
+        tiles = [padded[y: y + s, x: x + s] for y, x in origins]
+        key = f"{image_key(image)}-{self.signature()}-t{s}-{self.overlap}"
+        emb = self._embed_tiles(tiles, key, progress)
+        k = len(self.phases)
+        acc = np.zeros((k, *padded.shape), np.float32)
+        weight = np.zeros(padded.shape, np.float32)
+        window = blend_window(s) if len(origins) > 1 else np.ones((s, s), np.float32)
+        for i in range(0, len(origins), self.batch_size):
+            batch = emb[i: i + self.batch_size].to(self.device)
+            probs = self._decode(batch, ratio, None)
+            for j, (y, x) in enumerate(origins[i: i + self.batch_size]):
+                acc[:, y: y + s, x: x + s] += probs[j] * window
+                weight[y: y + s, x: x + s] += window
+            if progress:
+                progress(ProgressEvent("predict", min(i + self.batch_size, len(origins)), len(origins),
+                                       message="decoder"))
+        probs = (acc / weight)[:, :h, :w]
+        return PhaseMap(probs.argmax(0).astype(np.uint8), probs)
+
+    def _decode(self, emb, ratio: np.ndarray | None, boxes) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            r = None
+            if ratio is not None:
+                r = torch.from_numpy(np.repeat(ratio[None], emb.shape[0], 0)).to(self.device)
+            b = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+            logits = self.model.decode(emb, ratios=r, boxes=b, out_size=(self.size, self.size))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def _predict_box(self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None,
+                     progress: Progress | None) -> PhaseMap:
+        from scipy import ndimage
+
+        h, w = image.shape
+        x0, y0, x1, y1 = box
+        s = self.size
+        margin = s // 8
+        side = max(s, x1 - x0 + 2 * margin, y1 - y0 + 2 * margin)
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        wy = int(np.clip(round(cy - side / 2), 0, max(0, h - side)))
+        wx = int(np.clip(round(cx - side / 2), 0, max(0, w - side)))
+        padded = _pad_image(image, max(h, side), max(w, side))
+        window = padded[wy: wy + side, wx: wx + side]
+        scale = s / side
+        tile = ndimage.zoom(window, scale, order=1)[:s, :s] if side != s else window
+        tile = _pad_image(tile, s, s)
+        key = f"{image_key(image)}-{self.signature()}-box{wy},{wx},{side}"
+        emb = self._embed_tiles([tile], key, progress)
+        local = np.array([[(x0 - wx) * scale, (y0 - wy) * scale, (x1 - wx) * scale, (y1 - wy) * scale]])
+        probs = self._decode(emb.to(self.device), ratio, local)[0]
+        if side != s:
+            probs = np.stack([ndimage.zoom(p, side / s, order=1)[:side, :side] for p in probs])
+            probs = np.stack([_pad_image(p, side, side) for p in probs])
+        k = len(self.phases)
+        full = np.zeros((k, max(h, side), max(w, side)), np.float32)
+        full[:, wy: wy + side, wx: wx + side] = probs
+        full = full[:, :h, :w]
+        inside = np.zeros((h, w), bool)
+        inside[y0:y1, x0:x1] = True
+        full[:, ~inside] = 0
+        labels = np.where(inside, full.argmax(0), UNLABELED).astype(np.uint8)
+        return PhaseMap(labels, full)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise MetalsegError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    if min(image.shape) < 8:
+        raise MetalsegError(f"image of shape {image.shape} is too small (at least 8x8 pixels)")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise MetalsegError("image contains NaN or infinite values")
+    return image
+
+
+def _pad_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pad at the bottom/right to (h, w) with the image mean (as training crops are padded)."""
+    ih, iw = image.shape
+    if ih >= h and iw >= w:
+        return image
+    out = np.full((max(h, ih), max(w, iw)), float(image.mean()), np.float32)
+    out[:ih, :iw] = image
+    return out

@@ -1,0 +1,335 @@
+"""The trainer: one GUI-agnostic loop driven by the CLI and the napari worker alike.
+
+:func:`train` is a generator of :class:`~napari_metalseg.progress.ProgressEvent`; it honours a cooperative stop
+request, validates periodically, keeps the best validated adapter in the run directory (atomically) and can resume.
+It is ready for ``torch.distributed``: no global state, sampling seeded per rank, only rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_metalseg.data.samples import CropSampler, Sample, phase_fractions
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.progress import ProgressEvent
+
+GUIDANCE_MODES = ("none", "ratio", "spatial", "box", "ratio+box", "spatial+box")
+FINETUNE_MODES = ("lora", "decoder", "full")
+MODEL_KINDS = ("tiny", "vit_b", "vit_l", "vit_h")
+
+
+@dataclass
+class TrainConfig:
+    """Training arguments (the CLI flags and the training widget's fields map one-to-one onto these)."""
+
+    model: str = "tiny"
+    checkpoint: str | None = None
+    img_size: int | None = None
+    finetune: str | None = None
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_mlp: bool = False
+    guidance: str = "none"
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup: float = 0.05
+    val_every: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    augment: bool = True
+    ratio_noise: float = 0.05
+    ratio_dropout: float = 0.25
+    box_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise MetalsegError(f"unknown model {self.model!r}; use one of {', '.join(MODEL_KINDS)}")
+        if self.guidance not in GUIDANCE_MODES:
+            raise MetalsegError(f"unknown guidance {self.guidance!r}; use one of {', '.join(GUIDANCE_MODES)}")
+        if self.finetune is None:
+            self.finetune = "lora" if self.checkpoint else "full"
+        if self.finetune not in FINETUNE_MODES:
+            raise MetalsegError(f"unknown fine-tune mode {self.finetune!r}; use one of {', '.join(FINETUNE_MODES)}")
+        if self.finetune in ("lora", "decoder") and not self.checkpoint:
+            raise MetalsegError(f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
+                                "without one use --finetune full")
+        if self.img_size is None:
+            self.img_size = 256 if self.model == "tiny" else 512
+        if self.img_size < 64 or self.img_size % 16:
+            raise MetalsegError(f"--img-size {self.img_size}: must be a multiple of 16, at least 64")
+        if self.steps is not None and self.steps < 1:
+            raise MetalsegError(f"--steps {self.steps}: must be at least 1")
+        if self.epochs is not None and self.epochs < 1:
+            raise MetalsegError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise MetalsegError(f"--batch-size {self.batch_size}: must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MetalsegError(f"--lr {self.lr}: must be a positive number")
+
+    @property
+    def encoder_guidance(self) -> str:
+        """The guidance module: ``"none"``, ``"ratio"`` or ``"spatial"``."""
+        return self.guidance.split("+")[0] if self.guidance != "box" else "none"
+
+    @property
+    def uses_boxes(self) -> bool:
+        return "box" in self.guidance
+
+    def total_steps(self, samples: list[Sample]) -> int:
+        if self.steps is not None:
+            return self.steps
+        pixels = sum(s.image.size for s in samples)
+        per_epoch = max(1, math.ceil(pixels / (self.img_size**2) / self.batch_size))
+        return per_epoch * (self.epochs or 10)
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over ``warmup * total`` steps, then polynomial (power 0.9) decay to 0."""
+    warm = max(1, int(round(warmup * total)))
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, 1 - (step - warm) / max(1, total - warm)) ** 0.9
+
+
+def segmentation_loss(logits, target, num_phases: int):
+    """Cross-entropy + soft Dice, both ignoring unlabeled (255) pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, target, ignore_index=UNLABELED) if (target != UNLABELED).any() else logits.sum() * 0
+    valid = (target != UNLABELED).unsqueeze(1).float()
+    probs = torch.softmax(logits.float(), dim=1) * valid
+    onehot = F.one_hot(torch.where(target == UNLABELED, 0, target), num_phases).permute(0, 3, 1, 2).float() * valid
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    dice = (2 * inter + 1) / (denom + 1)
+    return ce + (1 - dice.mean())
+
+
+def box_from_mask(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> np.ndarray | None:
+    """A box prompt around one ground-truth phase region of ``mask``, with jitter (x0, y0, x1, y1)."""
+    from scipy import ndimage
+
+    present = [k for k in np.unique(mask) if k != UNLABELED]
+    if not present:
+        return None
+    phase = present[rng.integers(len(present))]
+    regions, n = ndimage.label(mask == phase)
+    objects = ndimage.find_objects(regions)
+    sl = objects[int(rng.integers(n))]
+    y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+    bh, bw = y1 - y0, x1 - x0
+    h, w = mask.shape
+    d = rng.uniform(-jitter, jitter, 4) * np.array([bw, bh, bw, bh])
+    box = np.array([x0, y0, x1, y1], float) + d
+    box[[0, 2]] = np.clip(box[[0, 2]], 0, w)
+    box[[1, 3]] = np.clip(box[[1, 3]], 0, h)
+    if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+        box = np.array([max(0, x0 - 2), max(0, y0 - 2), min(w, x1 + 2), min(h, y1 + 2)], float)
+    return box
+
+
+def _batch(sampler: CropSampler, config: TrainConfig, num_phases: int, rng: np.random.Generator):
+    """Images (B, H, W), targets (B, H, W), ratios (B, K) or None, boxes (B, 4) or None."""
+    crops = [sampler.sample() for _ in range(config.batch_size)]
+    images = np.stack([c[0] for c in crops])
+    masks = np.stack([c[1] for c in crops])
+    ratios = None
+    if config.encoder_guidance != "none" and rng.random() >= config.ratio_dropout:
+        vectors = []
+        for m in masks:
+            r = phase_fractions(m, num_phases)
+            r = np.full(num_phases, 1 / num_phases) if r is None else r
+            r = np.clip(r + rng.normal(0, config.ratio_noise, num_phases), 0, None)
+            vectors.append(r / max(r.sum(), 1e-6))
+        ratios = np.stack(vectors).astype(np.float32)
+    boxes = None
+    if config.uses_boxes and rng.random() < config.box_probability:
+        found = [box_from_mask(m, rng) for m in masks]
+        if all(b is not None for b in found):
+            boxes = np.stack(found).astype(np.float32)
+            for m, b in zip(masks, boxes):  # the loss only sees the inside of the box
+                inside = np.zeros(m.shape, bool)
+                inside[int(b[1]): int(np.ceil(b[3])), int(b[0]): int(np.ceil(b[2]))] = True
+                m[~inside] = UNLABELED
+    return images, masks, ratios, boxes
+
+
+def validate(model, samples: list[Sample], phases: PhaseSet, device: str, ratios: bool = False):
+    """Evaluate ``model`` on whole images (tiled); with ``ratios`` each image gets its true phase fractions."""
+    from napari_metalseg.metrics import Evaluation
+    from napari_metalseg.predict import Predictor
+
+    predictor = Predictor(model, phases, device=device, cache_size=0)
+    evaluation = Evaluation(phases.names)
+    for s in samples:
+        r = phase_fractions(s.mask, len(phases)) if ratios else None
+        evaluation.add(s.name, predictor.predict(s.image, ratios=r).labels, s.mask, s.magnification)
+    return evaluation
+
+
+def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: TrainConfig,
+          val_samples: list[Sample] | None = None, stop: Callable[[], bool] | None = None,
+          resume: bool = False, export_full: bool = False) -> Iterator[ProgressEvent]:
+    """Train a phase-segmentation model; yields progress events; writes the run directory ``out``.
+
+    Parameters
+    ----------
+    samples : list of Sample
+        Training images with (partial) masks; unlabeled pixels (255) are ignored by the loss.
+    phases : PhaseSet
+    out : path
+        Run directory (config.json, adapter.safetensors, metrics.json, resume.pt).
+    config : TrainConfig
+    val_samples : list of Sample, optional
+        Held-out images for validation; the best validated adapter is kept. Without them, the last one is.
+    stop : callable, optional
+        Polled every step; when it returns True the run saves and ends with a ``"stopped"`` event.
+    resume : bool
+        Continue from ``out/resume.pt`` when it exists.
+    export_full : bool
+        Also write ``model_full.safetensors``: LoRA merged into the base, a stand-alone model.
+
+    Yields
+    ------
+    ProgressEvent
+        ``"info"`` (set-up), ``"train"`` (every step: loss, lr), ``"validate"`` (Dice per phase and
+        magnification), then ``"done"`` or ``"stopped"`` with the run directory in ``message``.
+    """
+    import torch
+
+    from napari_metalseg.models.lora import count_parameters, trainable_state_dict
+    from napari_metalseg.predict import resolve_device
+    from napari_metalseg.runs import RESUME, ModelSpec, save_run, sha256_file
+
+    out = Path(out)
+    if not samples:
+        raise MetalsegError("no labelled images to train on")
+    rank, world = _rank()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng([config.seed, rank])
+    spec = ModelSpec(kind=config.model, img_size=config.img_size, phases=phases.to_json(), finetune=config.finetune,
+                     guidance=config.encoder_guidance, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                     lora_dropout=config.lora_dropout, lora_mlp=config.lora_mlp,
+                     checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
+                     checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None)
+    model, report = spec.build(device)
+    total_params, trainable_params = count_parameters(model)
+    yield ProgressEvent("info", message=f"{config.model} at {config.img_size}px, {config.finetune} fine-tuning: "
+                        f"{trainable_params:,} of {total_params:,} parameters trainable on {device}"
+                        + (f"; {report.summary()}" if report is not None else ""),
+                        metrics={"parameters": total_params, "trainable": trainable_params})
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.total_steps(samples)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup))
+    start, history, best = 0, [], -1.0
+    if resume and (out / RESUME).is_file():
+        state = torch.load(out / RESUME, map_location=device, weights_only=True)
+        from napari_metalseg.models.lora import load_trainable_state_dict
+
+        load_trainable_state_dict(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best = int(state["step"]), float(state["best"])
+        rng = np.random.default_rng([config.seed, rank, start])
+        yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
+    sampler = CropSampler(samples, config.img_size, len(phases), seed=int(rng.integers(2**31)),
+                          augment=config.augment)
+    val_every = config.val_every or max(1, total // 5)
+    val_set = val_samples if val_samples else None
+    training = {k: v for k, v in asdict(config).items()} | {"train_images": [s.name for s in samples],
+                                                             "val_images": [s.name for s in val_set or []]}
+    amp = device.startswith("cuda")
+    last_metrics: dict = {}
+    t0 = time.perf_counter()
+
+    def save(metrics: dict) -> None:
+        if rank == 0:
+            save_run(out, spec, trainable_state_dict(model), training=training, metrics=metrics, history=history)
+
+    def save_resume(step: int) -> None:
+        if rank == 0:
+            from napari_metalseg.io.atomic import atomic_path
+
+            with atomic_path(out / RESUME) as tmp:
+                torch.save({"model": trainable_state_dict(model), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "step": step, "best": best}, tmp)
+
+    for step in range(start, total):
+        if stop is not None and stop():
+            if val_set is None or not (out / "config.json").is_file():
+                save(last_metrics)
+            save_resume(step)
+            yield ProgressEvent("stopped", step, total, message=str(out))
+            return
+        model.train()
+        images, masks, ratios, boxes = _batch(sampler, config, len(phases), rng)
+        x = model.preprocess(torch.from_numpy(images).to(device))
+        target = torch.from_numpy(masks).long().to(device)
+        r = torch.from_numpy(ratios).to(device) if ratios is not None else None
+        b = torch.from_numpy(boxes).to(device) if boxes is not None else None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = net(x, ratios=r, boxes=b)
+        loss = segmentation_loss(logits.float(), target, len(phases))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        lr = scheduler.get_last_lr()[0]
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            save_resume(step)
+            raise MetalsegError(f"training diverged at step {step + 1} (loss {loss_value}); the last good run in "
+                                f"{out} is kept; try a lower --lr")
+        history.append({"step": step + 1, "loss": loss_value, "lr": lr})
+        yield ProgressEvent("train", step + 1, total, loss_value,
+                            {"lr": lr, "seconds": time.perf_counter() - t0}, message=f"loss {loss_value:.4f}")
+        if (step + 1) % val_every == 0 or step + 1 == total:
+            model.eval()
+            if rank == 0:
+                evaluation = validate(model, val_set or samples, phases, device)
+                last_metrics = _metrics(evaluation, "val" if val_set else "train")
+                history.append({"step": step + 1, **last_metrics})
+                score = last_metrics["mean_dice"]
+                if val_set is None or score > best or not (out / "config.json").is_file():
+                    best = max(best, score) if math.isfinite(score) else best
+                    save(last_metrics)
+                yield ProgressEvent("validate", step + 1, total, loss_value, last_metrics,
+                                    message=f"{last_metrics['source']} mean Dice {last_metrics['mean_dice']:.2f}%")
+            save_resume(step + 1)
+    if export_full and rank == 0:
+        from napari_metalseg.models.lora import merge_lora
+        from napari_metalseg.runs import export_full_model
+
+        export_full_model(out, merge_lora(model))
+    yield ProgressEvent("done", total, total, metrics=last_metrics, message=str(out))
+
+
+def _metrics(evaluation, source: str) -> dict:
+    return {"source": source, "mean_dice": evaluation.average, "by_magnification": evaluation.by_magnification(),
+            "dice_per_phase": evaluation.dice_per_phase()}
