@@ -61,19 +61,22 @@ def info(file: Path, no_crop: bool) -> None:
 @click.option("--fractions", default=None, help="Target phase fractions, e.g. 0.5,0.3,0.2 (default: varied).")
 @click.option("--magnifications", default="2700,3000,5000", show_default=True,
               help="Magnifications to cycle through.")
+@click.option("--overwrite", is_flag=True, help="Replace a synthetic dataset already in --out.")
 @_user_errors
-def synth(out: Path, n: int, size: int, seed: int, fractions: str | None, magnifications: str) -> None:
+def synth(out: Path, n: int, size: int, seed: int, fractions: str | None, magnifications: str,
+          overwrite: bool) -> None:
     """Write a synthetic steel-micrograph dataset with exact ground truth."""
     from napari_metalseg.data.dataset import load_dataset
     from napari_metalseg.data.synth import write_synthetic_dataset
 
     mags = _floats(magnifications, "--magnifications")
+    target = _floats(fractions, "--fractions")
     with click.progressbar(length=n, label="synthesising", file=sys.stderr) as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.pos)
 
-        write_synthetic_dataset(out, n=n, size=size, seed=seed, fractions=_floats(fractions, "--fractions"),
-                                magnifications=mags, progress=progress)
+        write_synthetic_dataset(out, n=n, size=size, seed=seed, fractions=target,
+                                magnifications=mags, progress=progress, overwrite=overwrite)
     click.echo(json.dumps(load_dataset(out).summary(), indent=2))
 
 
@@ -286,7 +289,7 @@ def demo(out: Path, seed: int) -> None:
 
     data = out / "dataset"
     click.echo(f"[1/1] synthesising 9 steel micrographs (256 px) into {data}", err=True)
-    write_synthetic_dataset(data, n=9, size=256, seed=seed)
+    write_synthetic_dataset(data, n=9, size=256, seed=seed, overwrite=True)
     summary = load_dataset(data).summary()
     click.echo(json.dumps(summary, indent=2))
 

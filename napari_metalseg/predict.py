@@ -157,8 +157,9 @@ class Predictor:
 
     # -- embedding cache -------------------------------------------------------------------------------------
     def signature(self) -> str:
+        """Key of the cached embeddings: what the image encoder computes (decoder changes keep the cache)."""
         if self._signature is None:
-            self._signature = self.model.signature()
+            self._signature = self.model.signature(scope="encoder")
         return self._signature
 
     def invalidate(self) -> None:

@@ -1,19 +1,23 @@
 """Synthetic SEM micrographs of multiphase steels with exact ground-truth phase masks (numpy/scipy only).
 
-The generator builds a grain structure first and renders an image from it, so the mask is exact by construction:
+The generator builds a microstructure first and renders an image from it, so the mask is exact by
+construction:
 
-1. *Geometry.* Prior-austenite-like grains are a Voronoi tessellation of jittered seeds whose coordinates are
-   warped by smooth noise (curved boundaries). A second, finer tessellation cuts every grain into *fragments*
-   (packets/blocks/sheaves). Phases are assigned to whole grains first, then to fragments at triple junctions and
-   grain boundaries (island-like second phase, as in dual-phase steels), then to single fragments until every area
-   fraction is within a fraction of a percent of its target.
-2. *Material.* Each phase gets a secondary-electron "albedo" and a relief (height) field: flat, slightly darker
-   ferrite with faint orientation contrast; raised martensite with packets of fine laths and bright lath
-   boundaries; bainite sheaves of parallel laths with aligned carbide dashes; and generic lamellar / globular
-   variants for phases 4 and 5.
-3. *Imaging.* The SEM edge effect (brightness grows with surface slope), grain-boundary etch grooves, a shading
-   component from the detector side, inclusions and dust, a low-frequency brightness gradient, defocus blur,
-   shot noise and scan-line noise. None of this touches the mask.
+1. *Geometry.* Prior-austenite-like grains are a Voronoi tessellation of jittered seeds whose coordinates
+   are warped by smooth noise (curved boundaries). A second, finer tessellation cuts every grain into
+   *fragments* (packets/blocks/sheaves). Phases go to whole grains first, then to fragments at triple
+   junctions and grain boundaries (island-like second phase, as in dual-phase steels), then to single
+   fragments. Interphase boundaries are then rounded and roughened (argmax over blurred, noise-perturbed
+   phase indicators) with one offset per phase tuned until every area fraction is within 0.002 of its target.
+2. *Material.* Each phase gets a secondary-electron "albedo" and a relief (height) field: flat, slightly
+   darker ferrite with faint orientation contrast; raised martensite with packets of fine laths and bright
+   lath boundaries; bainite sheaves of parallel laths with aligned carbide films; generic lamellar
+   (pearlite-like) and globular (spheroidite-like) variants for phases 4 and 5. Mean brightness per phase is
+   randomised per image so that phases overlap in brightness and differ mainly in texture.
+3. *Imaging.* The SEM edge effect (brightness grows with surface slope), grain-boundary etch grooves, a
+   shading component from the detector side, inclusions and dust, a low-frequency brightness gradient,
+   defocus blur, shot noise, scan-line noise and an operator-like contrast stretch. None of this touches the
+   mask.
 
 Physical lengths are in micrometres and converted with :func:`pixel_size_for`, so magnification scales every
 feature proportionally (5000x features are 5000/2700 = 1.85x larger in pixels than 2700x).
@@ -74,9 +78,9 @@ _GROOVE_UM = 0.035       # grain-boundary groove width (sigma)
 _RAMP_UM = 0.05          # width of the relief step at phase boundaries (sigma)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # public API
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 def pixel_size_for(magnification: float, size: int) -> float:
@@ -125,7 +129,7 @@ def synthesize_micrograph(
     fractions : sequence of float
         Target area fraction of each phase (2..5 phases, non-negative, summing to 1). Phase 0 renders as
         ferrite (matrix), 1 as martensite, 2 as bainite, 3 as a lamellar (pearlite-like) and 4 as a globular
-        carbide (spheroidite-like) constituent. Achieved fractions are typically within 0.005 of the targets.
+        carbide (spheroidite-like) constituent. Achieved fractions are within about 0.002 of the targets.
     magnification : float
         SEM magnification; sets the pixel size (see :func:`pixel_size_for`) and so the size of every feature.
     seed : int or numpy.random.Generator
@@ -166,6 +170,7 @@ def write_synthetic_dataset(
     phases: PhaseSet = DEFAULT_PHASES,
     splits: Sequence[float] = (0.6, 0.2, 0.2),
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic dataset folder in the standard format.
 
@@ -176,7 +181,7 @@ def write_synthetic_dataset(
     Parameters
     ----------
     out : path
-        Dataset folder to create; it must not already contain a dataset.
+        Dataset folder to create; it must not already contain a dataset unless ``overwrite`` is set.
     n : int
         Number of images (>= 1).
     size : int
@@ -195,6 +200,9 @@ def write_synthetic_dataset(
         with a non-zero proportion gets at least one image.
     progress : callable, optional
         Called as ``progress(done, n)`` after each image.
+    overwrite : bool
+        Replace a synthetic dataset already in ``out`` (its ``synth_*`` images and masks, ``phases.json`` and
+        ``metadata.csv``). A folder holding any other image or mask is never overwritten.
 
     Returns
     -------
@@ -211,7 +219,8 @@ def write_synthetic_dataset(
         raise MetalsegError(f"phases must be a PhaseSet, got {type(phases).__name__}")
     k = len(phases)
     if not MIN_PHASES <= k <= MAX_PHASES:
-        raise MetalsegError(f"synthetic data supports {MIN_PHASES}..{MAX_PHASES} phases, got {k} ({', '.join(phases.names)})")
+        raise MetalsegError(f"synthetic data supports {MIN_PHASES}..{MAX_PHASES} phases, "
+                            f"got {k} ({', '.join(phases.names)})")
     fixed = None
     if fractions is not None:
         fixed = _check_fractions(fractions)
@@ -221,7 +230,7 @@ def write_synthetic_dataset(
     split_of = assign_splits(n, splits, seed)
     for mag in mags:
         _check_feature_count(shape, pixel_size_for(mag, shape[1]), mag)
-    _check_empty_target(out)
+    _check_target(out, overwrite)
 
     out.mkdir(parents=True, exist_ok=True)
     phases.save(out / "phases.json")
@@ -249,8 +258,8 @@ def write_synthetic_dataset(
 def assign_splits(n: int, splits: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> list[str]:
     """Deterministic train/val/test labels for ``n`` items.
 
-    Counts follow ``splits`` by largest remainder; when ``n`` allows it, every split with a non-zero proportion
-    gets at least one item. The order is a seeded shuffle so splits mix magnifications.
+    Counts follow ``splits`` by largest remainder; when ``n`` allows it, every split with a non-zero
+    proportion gets at least one item. The order is a seeded shuffle so splits mix magnifications.
     """
     n = _check_count(n)
     props = _check_splits(splits)
@@ -269,9 +278,9 @@ def assign_splits(n: int, splits: Sequence[float] = (0.6, 0.2, 0.2), seed: int =
     return [str(labels[j]) for j in order]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # argument checks
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 def _check_size(size: object) -> tuple[int, int]:
@@ -283,7 +292,8 @@ def _check_size(size: object) -> tuple[int, int]:
     else:
         raise MetalsegError(f"size must be an integer or a (height, width) pair of integers, got {size!r}")
     if min(dims) < MIN_SIZE or max(dims) > MAX_SIZE:
-        raise MetalsegError(f"size {dims[0]}x{dims[1]} is out of range: each side must be {MIN_SIZE}..{MAX_SIZE} px")
+        raise MetalsegError(f"size {dims[0]}x{dims[1]} is out of range: "
+                            f"each side must be {MIN_SIZE}..{MAX_SIZE} px")
     return dims
 
 
@@ -293,7 +303,8 @@ def _check_fractions(fractions: object) -> np.ndarray:
     except (TypeError, ValueError):
         raise MetalsegError(f"fractions must be a list of numbers, got {fractions!r}") from None
     if values.ndim != 1 or not MIN_PHASES <= values.size <= MAX_PHASES:
-        raise MetalsegError(f"fractions must list {MIN_PHASES}..{MAX_PHASES} phase fractions, got {fractions!r}")
+        raise MetalsegError(f"fractions must list {MIN_PHASES}..{MAX_PHASES} phase fractions, "
+                            f"got {fractions!r}")
     if not np.all(np.isfinite(values)) or np.any(values < 0):
         raise MetalsegError(f"fractions must be non-negative numbers, got {_fmt_list(values)}")
     total = float(values.sum())
@@ -315,6 +326,8 @@ def _check_magnification(magnification: object) -> float:
 def _check_magnifications(magnifications: object) -> list[float]:
     if isinstance(magnifications, (int, float)):
         magnifications = [magnifications]
+    if isinstance(magnifications, str):
+        raise MetalsegError(f"magnifications must be a list of numbers, got the string {magnifications!r}")
     try:
         mags = [_check_magnification(m) for m in magnifications]  # type: ignore[union-attr]
     except TypeError:
@@ -360,12 +373,24 @@ def _check_splits(splits: object) -> np.ndarray:
     return props / props.sum()
 
 
-def _check_empty_target(out: Path) -> None:
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse to write into an existing dataset; with ``overwrite``, clear a previous synthetic one."""
     if out.exists() and not out.is_dir():
         raise MetalsegError(f"{out}: exists and is not a folder")
     taken = [p for p in ("images", "masks", "metadata.csv", "phases.json") if (out / p).exists()]
-    if taken:
-        raise MetalsegError(f"{out}: already contains a dataset ({', '.join(taken)}); choose a new or empty folder")
+    if not taken:
+        return
+    if not overwrite:
+        raise MetalsegError(f"{out}: already contains a dataset ({', '.join(taken)}); "
+                            "choose a new or empty folder or overwrite it")
+    old = [f for d in ("images", "masks") if (out / d).is_dir() for f in sorted((out / d).iterdir())]
+    foreign = [f"{f.parent.name}/{f.name}" for f in old
+               if not (f.name.lstrip(".").startswith("synth_") and f.suffix == ".png")]
+    if foreign:
+        raise MetalsegError(f"{out}: not overwriting: {len(foreign)} file(s) are not synthetic, "
+                            f"e.g. {foreign[0]}")
+    for f in old:
+        f.unlink()
 
 
 def _fmt_list(values: np.ndarray) -> str:
@@ -381,9 +406,9 @@ def _draw_fractions(rng: np.random.Generator, k: int) -> np.ndarray:
     return rng.dirichlet(means * _DIRICHLET_CONCENTRATION)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # per-image look
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -410,14 +435,14 @@ class _Style:
     def draw(cls, rng: np.random.Generator, k: int) -> _Style:
         u = rng.uniform
         ferrite = u(0.22, 0.36)
-        base = [ferrite, ferrite + u(0.06, 0.18), ferrite + u(0.03, 0.14), ferrite + u(0.0, 0.12),
-                ferrite + u(0.02, 0.12)]
+        base = [ferrite, ferrite + u(-0.08, 0.10), ferrite + u(-0.08, 0.08), ferrite + u(-0.06, 0.08),
+                ferrite + u(-0.06, 0.08)]
         relief = [0.0, u(0.7, 1.3), u(0.4, 0.9), u(0.3, 0.7), u(0.2, 0.6)]
         return cls(
             grain_um=_GRAIN_UM * float(np.exp(rng.normal(0.0, 0.15))),
             albedo=np.array(base[:k], dtype=np.float32),
             relief=np.array(relief[:k], dtype=np.float32),
-            grain_contrast=u(0.02, 0.05),
+            grain_contrast=u(0.015, 0.05),
             mart_lath_um=_MART_LATH_UM * u(0.85, 1.2),
             bain_lath_um=_BAIN_LATH_UM * u(0.85, 1.25),
             carbide_density=u(0.6, 0.9),
@@ -427,19 +452,19 @@ class _Style:
             groove_depth=u(0.6, 1.2),
             gradient=(u(-0.12, 0.12), u(-0.12, 0.12)),
             blur_px=u(0.45, 1.0),
-            dose=u(35.0, 140.0),
+            dose=u(60.0, 250.0),
             line_noise=u(0.003, 0.012),
         )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # geometry: grains, fragments, phase assignment
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class _Micro:
-    """A microstructure: phase mask plus the grain/fragment maps and per-fragment attributes used to render it."""
+    """A microstructure: the phase mask plus the grain/fragment maps and per-fragment attributes."""
 
     mask: np.ndarray            # uint8 (H, W) phase index
     grain: np.ndarray           # int32 (H, W) grain label
@@ -449,7 +474,6 @@ class _Micro:
     frag_theta: np.ndarray      # lath orientation of each fragment as a martensite packet/block
     frag_sheaf: np.ndarray      # lath orientation of each fragment as a bainite sheaf
     px_per_um: float
-    rough: np.ndarray | None = None   # fine etch roughness field (set by the renderer)
 
 
 def _build_microstructure(shape: tuple[int, int], targets: np.ndarray, px_per_um: float, style: _Style,
@@ -469,7 +493,7 @@ def _build_microstructure(shape: tuple[int, int], targets: np.ndarray, px_per_um
     frag_phase = _assign_phases(frag_area, frag_grain, frag_cell, targets, rng)
     packets = _orientations(frag_grain, frag_cell, rng, 4)
     sheaves = _orientations(frag_grain, frag_cell, rng, 2)
-    mask = frag_phase.astype(np.uint8)[frag]
+    mask = _round_interfaces(frag_phase.astype(np.uint8)[frag], targets, 0.05 * grain_px, rng)
     return _Micro(mask, grain, frag, frag_grain, frag_phase, packets, sheaves, px_per_um)
 
 
@@ -508,7 +532,9 @@ def _fragments(grain: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndar
     else:
         present, inverse, area = np.unique(code.ravel(), return_inverse=True, return_counts=True)
         frag = inverse.astype(np.int32).reshape(grain.shape)
-    return frag, (present // n_cell).astype(np.int32), (present % n_cell).astype(np.int32), area.astype(np.int64)
+    frag_grain = (present // n_cell).astype(np.int32)
+    frag_cell = (present % n_cell).astype(np.int32)
+    return frag, frag_grain, frag_cell, area.astype(np.int64)
 
 
 def _assign_phases(area: np.ndarray, frag_grain: np.ndarray, frag_cell: np.ndarray, targets: np.ndarray,
@@ -529,11 +555,12 @@ def _assign_phases(area: np.ndarray, frag_grain: np.ndarray, frag_cell: np.ndarr
     cell_order = np.lexsort((rng.random(len(cell_units)), -np.minimum(n_grains_in_cell, 3)))
     for p in others:
         share = rng.uniform(0.35, 0.9)
-        have = _take_units(phase, area, [grain_units[g] for g in rng.permutation(len(grain_units))], matrix, p,
-                           0.0, share * goal[p], whole=True)
-        have = _take_units(phase, area, [cell_units[c] for c in cell_order], matrix, p, have, goal[p], whole=False)
-        _take_units(phase, area, [np.array([f]) for f in rng.permutation(area.size)], matrix, p, have, goal[p],
-                    whole=True)
+        grains = [grain_units[g] for g in rng.permutation(len(grain_units))]
+        have = _take_units(phase, area, grains, matrix, p, 0.0, share * goal[p], whole=True)
+        cells = [cell_units[c] for c in cell_order]
+        have = _take_units(phase, area, cells, matrix, p, have, goal[p], whole=False)
+        singles = [np.array([f]) for f in rng.permutation(area.size)]
+        _take_units(phase, area, singles, matrix, p, have, goal[p], whole=True)
     return phase
 
 
@@ -546,7 +573,7 @@ def _group(labels: np.ndarray) -> list[np.ndarray]:
 
 def _take_units(phase: np.ndarray, area: np.ndarray, units: list[np.ndarray], matrix: int, p: int,
                 have: float, goal: float, whole: bool) -> float:
-    """Move units (fragment index arrays) from the matrix to phase ``p`` while that brings its area nearer ``goal``.
+    """Move units (fragment index arrays) from the matrix to phase ``p`` while that brings it nearer ``goal``.
 
     ``whole=True`` takes a unit only when all its fragments are still matrix; otherwise its matrix fragments.
     """
@@ -566,6 +593,32 @@ def _take_units(phase: np.ndarray, area: np.ndarray, units: list[np.ndarray], ma
     return have
 
 
+def _round_interfaces(mask: np.ndarray, targets: np.ndarray, sigma: float,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Round and roughen the interphase boundaries, then tune them so every phase hits its target fraction.
+
+    Each phase's indicator is blurred and perturbed with smooth noise; the new mask is the argmax over phases
+    plus one offset per phase, adjusted until all area fractions are within 0.002 of the targets.
+    """
+    k = targets.size
+    fields = np.full((k,) + mask.shape, -1.0, dtype=np.float32)
+    for p in range(k):
+        if targets[p] > 0:
+            fields[p] = ndimage.gaussian_filter((mask == p).astype(np.float32), sigma, truncate=2.5)
+            fields[p] += 0.12 * _smooth_noise(rng, mask.shape, 1.5 * sigma)
+    offsets = np.zeros((k, 1, 1), dtype=np.float32)
+    best, best_err = mask, np.inf
+    for _ in range(20):
+        out = np.argmax(fields + offsets, axis=0).astype(np.uint8)
+        err = targets - np.bincount(out.ravel(), minlength=k)[:k] / out.size
+        if np.abs(err).max() < best_err:
+            best, best_err = out, float(np.abs(err).max())
+        if best_err < 0.002:
+            break
+        offsets[:, 0, 0] += (1.5 * err).astype(np.float32)
+    return best
+
+
 def _orientations(frag_grain: np.ndarray, frag_cell: np.ndarray, rng: np.random.Generator,
                   n_variants: int) -> np.ndarray:
     """Lath orientation per fragment: each grain has ``n_variants`` (packets, sheaves); fragments pick one."""
@@ -576,9 +629,9 @@ def _orientations(frag_grain: np.ndarray, frag_cell: np.ndarray, rng: np.random.
     return (theta + rng.normal(0, 0.06, size=frag_grain.size)).astype(np.float32)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # rendering
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 def _render(micro: _Micro, style: _Style, rng: np.random.Generator) -> np.ndarray:
@@ -588,19 +641,19 @@ def _render(micro: _Micro, style: _Style, rng: np.random.Generator) -> np.ndarra
     height = np.zeros(shape, dtype=np.float32)
     jitter = _smooth_noise(rng, shape, max(4.0, 4.0 * style.mart_lath_um * ppu))
     n_grains = int(micro.frag_grain.max()) + 1
-    micro.rough = _fine_noise(rng, shape, max(0.5, 0.035 * ppu))
+    rough = _fine_noise(rng, shape, max(0.5, 0.035 * ppu)).ravel()
     grain_offset = rng.normal(0.0, style.grain_contrast, size=n_grains).astype(np.float32)
     flat_mask = micro.mask.ravel()
     for p in range(len(style.albedo)):
         idx = np.flatnonzero(flat_mask == p)
         if idx.size == 0:
             continue
-        ctx = _PhaseContext(micro, idx, jitter.ravel()[idx], ppu, sheaf=p == 2)
+        ctx = _PhaseContext(micro, idx, jitter.ravel()[idx], rough[idx], ppu, sheaf=p == 2)
         alb, hgt = _TEXTURES[min(p, len(_TEXTURES) - 1)](ctx, style, rng)
         albedo.ravel()[idx] = style.albedo[p] + alb + grain_offset[micro.frag_grain[micro.frag.ravel()[idx]]]
         height.ravel()[idx] = hgt
     plateau = ndimage.gaussian_filter(style.relief[micro.mask], max(0.6, _RAMP_UM * ppu))
-    groove = _grooves(micro, ppu)
+    groove = _grooves(micro, ppu) * _etch_strength(rng, shape, 0.5 * style.grain_um * ppu)
     height += plateau - style.groove_depth * groove
     albedo += 0.015 * _smooth_noise(rng, shape, 2.5 * ppu) - 0.12 * groove
     signal = albedo + _se_topography(height, ppu, style)
@@ -614,7 +667,8 @@ class _PhaseContext:
 
     micro: _Micro
     idx: np.ndarray
-    jitter: np.ndarray
+    jitter: np.ndarray          # smooth noise (lath bending, faint etch variation)
+    rough: np.ndarray           # fine noise (etch roughness)
     ppu: float
     sheaf: bool = False
 
@@ -627,7 +681,6 @@ class _PhaseContext:
         c, s = np.cos(theta), np.sin(theta)
         self.u = self.x * c + self.y * s      # across the laths
         self.v = -self.x * s + self.y * c     # along the laths
-        self.rough = self.micro.rough.ravel()[self.idx]
 
 
 def _ferrite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -637,8 +690,11 @@ def _ferrite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> tup
 
 
 def _martensite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Packets of fine laths of uneven width: a network of bright lath boundaries, lath-to-lath contrast, broken
-    lath ends and fine etch roughness."""
+    """Packets of fine laths of uneven width.
+
+    A network of bright lath boundaries, lath-to-lath and block-to-block contrast, broken lath ends and fine
+    etch roughness.
+    """
     period = max(2.2, style.mart_lath_um * ctx.ppu) * (0.85 + 0.3 * _hash01(ctx.frag, 3))
     phi = _lath_phase(ctx, period, 0.3, 5)
     lath = np.floor(phi)
@@ -650,7 +706,8 @@ def _martensite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> 
     strength = 0.3 + 0.7 * _hash01(ctx.frag, lath_i, seg, 8)
     ridge = np.exp(-((edge / np.maximum(0.7, 0.14 * period)) ** 2)) * strength
     var = _hash01(ctx.frag, lath_i, seg) - 0.5
-    alb = 0.16 * ridge + 0.10 * var + 0.02 * ctx.rough
+    block = _hash01(ctx.frag, 41) - 0.5
+    alb = 0.22 * ridge + 0.14 * var + 0.10 * block + 0.02 * ctx.rough
     hgt = 0.35 * ridge + 0.12 * var + 0.05 * ctx.rough
     return alb.astype(np.float32), hgt.astype(np.float32)
 
@@ -665,7 +722,7 @@ def _lath_phase(ctx: _PhaseContext, period: float, bend: float, key: int) -> np.
 
 
 def _bainite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Sheaves of long parallel ferrite laths with aligned, discontinuous carbide films on the lath boundaries."""
+    """Sheaves of long parallel ferrite laths with aligned, broken carbide films on the lath boundaries."""
     period = max(3.0, style.bain_lath_um * ctx.ppu) * (0.85 + 0.3 * _hash01(ctx.frag, 13))
     phi = _lath_phase(ctx, period, 0.12, 17)
     lath = np.floor(phi)
@@ -718,6 +775,11 @@ def _grooves(micro: _Micro, ppu: float) -> np.ndarray:
     return np.minimum(groove * (2.0 * sigma), 1.0)
 
 
+def _etch_strength(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Slowly varying etch strength in 0.25..1 so that grooves are deep in places and faint in others."""
+    return np.clip(0.65 + 0.3 * _smooth_noise(rng, shape, scale), 0.25, 1.0)
+
+
 def _edges(labels: np.ndarray) -> np.ndarray:
     out = np.zeros(labels.shape, dtype=bool)
     dx = labels[:, 1:] != labels[:, :-1]
@@ -740,7 +802,7 @@ def _add_inclusions(signal: np.ndarray, rng: np.random.Generator, ppu: float) ->
     """A few dark pits (inclusions pulled out during polishing) with bright rims, and rare bright dust."""
     shape = signal.shape
     area_um2 = shape[0] * shape[1] / ppu**2
-    for _ in range(rng.poisson(area_um2 / 700.0)):
+    for _ in range(rng.poisson(area_um2 / 1000.0)):
         r = max(1.2, rng.uniform(0.12, 0.5) * ppu)
         cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
         sl, d = _disk_patch(shape, cy, cx, 2.0 * r)
@@ -786,24 +848,38 @@ def _imaging(signal: np.ndarray, style: _Style, rng: np.random.Generator) -> np.
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # noise helpers
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
-    """Smooth Gaussian noise with correlation length ~``scale`` px and unit standard deviation (float32)."""
+    """Smooth Gaussian-like noise with correlation length ~``scale`` px and unit standard deviation (float32).
+
+    White noise on a coarse grid (spacing ``scale``) interpolated with cubic B-splines, done as two small
+    matrix products so it costs about as much as one pass over the image.
+    """
     scale = max(float(scale), 1.0)
     gh, gw = int(math.ceil(shape[0] / scale)) + 4, int(math.ceil(shape[1] / scale)) + 4
-    coarse = ndimage.gaussian_filter(rng.standard_normal((gh, gw)), 0.8, mode="wrap")
-    coarse /= coarse.std() + 1e-12
-    fine = ndimage.zoom(coarse.astype(np.float32), scale, order=1, grid_mode=False)
-    oy = int(rng.integers(0, max(1, fine.shape[0] - shape[0] + 1)))
-    ox = int(rng.integers(0, max(1, fine.shape[1] - shape[1] + 1)))
-    out = fine[oy:oy + shape[0], ox:ox + shape[1]]
-    if out.shape != tuple(shape):
-        out = np.pad(out, [(0, shape[0] - out.shape[0]), (0, shape[1] - out.shape[1])], mode="reflect")
-    return np.ascontiguousarray(out, dtype=np.float32)
+    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
+    my = _bspline_matrix(shape[0], gh, scale, rng.uniform(0, scale))
+    mx = _bspline_matrix(shape[1], gw, scale, rng.uniform(0, scale))
+    out = (my @ coarse) @ mx.T
+    return out / (float(out.std()) + 1e-12)
+
+
+def _bspline_matrix(n_out: int, n_in: int, scale: float, offset: float) -> np.ndarray:
+    """(n_out, n_in) matrix that samples a cubic B-spline through ``n_in`` knots every ``1/scale`` knot."""
+    pos = (np.arange(n_out) + offset) / scale + 1.0
+    i0 = np.floor(pos).astype(np.int64)
+    f = pos - i0
+    weights = ((1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6,
+               (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6)
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    rows = np.arange(n_out)
+    for j, w in enumerate(weights):
+        np.add.at(m, (rows, np.clip(i0 - 1 + j, 0, n_in - 1)), w.astype(np.float32))
+    return m
 
 
 def _fine_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:

@@ -1,11 +1,12 @@
 """The model layer: SAM builders, checkpoint loading, LoRA, phase-fraction guidance and :class:`PhaseSAM`.
 
-Importing this package is cheap: torch, segment_anything and peft are imported when a name below that needs them
-is first used (module ``__getattr__``), so the CLI and the napari plugin can list kinds and modes without torch.
+Importing this package is cheap: torch, segment_anything and peft are imported when a name below that needs
+them is first used (module ``__getattr__``), so the CLI and the napari plugin can list kinds and modes without
+torch.
 
 Modules: :mod:`.sam` (configs, builder), :mod:`.checkpoint` (pretrained weights), :mod:`.lora` (adapters,
-fine-tuning modes, trainable state), :mod:`.guidance` (phase-fraction guidance), :mod:`.phase_sam` (the model),
-:mod:`.triton_guard` (keeps ``import triton`` from crashing napari).
+fine-tuning modes, trainable state), :mod:`.guidance` (phase-fraction guidance), :mod:`.phase_sam` (the
+model), :mod:`.triton_guard` (keeps ``import triton`` from crashing napari).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from napari_metalseg.models.sam import SAM_CONFIGS, SAM_KINDS, TYPICAL_IMG_SIZES, SamConfig, check_img_size
 
 GUIDANCE_MODES: tuple[str, ...] = ("none", "ratio", "spatial")
-"""Phase-fraction guidance: none, global MLP (:class:`RatioEncoder`), CoordConv (:class:`SpatialRatioEncoder`)."""
+"""Phase-fraction guidance: none, MLP (:class:`RatioEncoder`), CoordConv (:class:`SpatialRatioEncoder`)."""
 
 FINETUNE_MODES: tuple[str, ...] = ("lora", "decoder", "full")
 """What is trained: LoRA + decoder + guidance, decoder + guidance, or everything."""
@@ -40,8 +41,16 @@ _LAZY = {
     "guard_triton": "triton_guard",
 }
 
-__all__ = ["FINETUNE_MODES", "GUIDANCE_MODES", "SAM_CONFIGS", "SAM_KINDS", "TYPICAL_IMG_SIZES", "SamConfig",
-           "check_img_size", *_LAZY]
+__all__ = [
+    "FINETUNE_MODES",
+    "GUIDANCE_MODES",
+    "SAM_CONFIGS",
+    "SAM_KINDS",
+    "TYPICAL_IMG_SIZES",
+    "SamConfig",
+    "check_img_size",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

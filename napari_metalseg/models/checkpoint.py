@@ -1,25 +1,27 @@
 """Load pretrained SAM weights (official ``sam_vit_*.pth``, micro-sam exports) into a model of any input size.
 
-Files are read with ``torch.load(..., weights_only=True)`` only: a file holding pickled Python objects is refused,
-never executed. Accepted layouts:
+Files are read with ``torch.load(..., weights_only=True)`` only (``.safetensors`` with safetensors): a file
+holding pickled Python objects is refused, never executed. Accepted layouts:
 
 * the official state dicts (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``);
-* dicts wrapping one under ``model_state``, ``model`` or ``state_dict`` (micro-sam, training checkpoints), with
-  keys possibly prefixed by ``sam.``, ``module.`` or ``model.``.
+* dicts wrapping one under ``model_state``, ``model`` or ``state_dict`` (micro-sam, training checkpoints),
+  with keys possibly prefixed by ``sam.``, ``module.`` or ``model.``.
 
 Adaptation to the model:
 
 * input size: ``image_encoder.pos_embed`` (1, 64, 64, C) is resized bicubically to (1, S/16, S/16, C), and the
-  ``rel_pos_h``/``rel_pos_w`` tables of the global-attention blocks (2*64-1, head_dim) are resized linearly along
-  the first axis to (2*S/16-1, head_dim), as SAMed does; windowed blocks keep theirs (same window size);
-* number of phases ``K``: the decoder has ``K + 1`` mask tokens, hypernetwork MLPs and IoU outputs, the official
-  one 4. What fits is copied, the rest keeps its fresh initialisation and is reported (nothing for ``K = 3``).
+  ``rel_pos_h``/``rel_pos_w`` tables of the global-attention blocks (2*64-1, head_dim) are resized linearly
+  along the first axis to (2*S/16-1, head_dim), as SAMed does; windowed blocks keep theirs (same window size);
+* number of phases ``K``: the decoder has ``K + 1`` mask tokens, hypernetwork MLPs and IoU outputs, the
+  official one 4. What fits is copied, the rest keeps its fresh initialisation and is reported (nothing for
+  ``K = 3``).
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +33,9 @@ from torch import nn
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.sam import SAM_CONFIGS
+from napari_metalseg.models.triton_guard import guard_triton
+
+guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 WRAPPER_KEYS = ("model_state", "model", "state_dict")
 KEY_PREFIXES = ("sam.", "module.", "model.")
@@ -71,9 +76,11 @@ class LoadReport:
 
     def summary(self) -> str:
         """Return a short human-readable multi-line summary."""
-        lines = [f"{self.path}: {self.kind} checkpoint, {self.loaded} tensors loaded, "
-                 f"{len(self.interpolated)} interpolated, {len(self.reinitialised)} re-initialised, "
-                 f"{len(self.ignored)} ignored"]
+        lines = [
+            f"{self.path}: {self.kind} checkpoint, {self.loaded} tensors loaded, "
+            f"{len(self.interpolated)} interpolated, {len(self.reinitialised)} re-initialised, "
+            f"{len(self.ignored)} ignored"
+        ]
         lines += [f"  interpolated {k}: {d}" for k, d in self.interpolated]
         lines += [f"  re-initialised {k}: {r}" for k, r in self.reinitialised]
         if self.ignored:
@@ -91,8 +98,10 @@ def encoder_shape(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, int]:
     weight = state_dict.get("image_encoder.patch_embed.proj.weight")
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
         if any(k.startswith("image_encoder.") for k in state_dict):
-            raise MetalsegError("the image encoder is not a SAM ViT (no image_encoder.patch_embed.proj.weight; "
-                                "MobileSAM / vit_t and other encoders are not supported)")
+            raise MetalsegError(
+                "the image encoder is not a SAM ViT (no image_encoder.patch_embed.proj.weight; "
+                "MobileSAM / vit_t and other encoders are not supported)"
+            )
         raise MetalsegError("not a Segment Anything checkpoint (no image_encoder weights)")
     blocks = {int(m.group(1)) for k in state_dict if (m := _BLOCK_RE.match(k))}
     return int(weight.shape[0]), len(blocks)
@@ -119,21 +128,52 @@ def detect_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
 def _read(path: Path) -> object:
     if not path.is_file():
         raise MetalsegError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about plain (non-torch) pickles before refusing them below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise MetalsegError(f"{path}: cannot read checkpoint: permission denied") from None
     except pickle.UnpicklingError as exc:
         # weights_only refuses everything but tensors and plain containers; it names the refused class.
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if refused:
-            raise MetalsegError(f"{path}: refused: the file contains a pickled Python object ({refused.group(1)}), "
-                                "not only weights, and loading it could run code") from None
-        raise MetalsegError(f"{path}: cannot read checkpoint: not a PyTorch weights file, or corrupt "
-                            "(the safe weights-only loader rejected it)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, TypeError) as exc:
+            raise MetalsegError(
+                f"{path}: refused: the file contains a pickled Python object ({refused.group(1)}), "
+                "not only weights, and loading it could run code"
+            ) from None
+        raise MetalsegError(
+            f"{path}: cannot read checkpoint: not a PyTorch weights file, or corrupt "
+            "(the safe weights-only loader rejected it)"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        AttributeError,
+        TypeError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MetalsegError(f"{path}: cannot read checkpoint: file is truncated or corrupt ({first})") from None
+        raise MetalsegError(
+            f"{path}: cannot read checkpoint: file is truncated or corrupt ({first})"
+        ) from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except PermissionError:
+        raise MetalsegError(f"{path}: cannot read checkpoint: permission denied") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MetalsegError(f"{path}: cannot read checkpoint: file is truncated or corrupt ({exc})") from None
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -163,7 +203,7 @@ def _strip_prefixes(key: str) -> str:
     while not key.startswith(SAM_PARTS):
         for prefix in KEY_PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
                 break
         else:
             return key
@@ -176,15 +216,16 @@ def read_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises
     ------
     MetalsegError
-        Naming the file, if it is missing, truncated or corrupt, holds pickled objects, is not a state dict or is
-        not a SAM checkpoint.
+        Naming the file, if it is missing, truncated or corrupt, holds pickled objects, is not a state dict or
+        is not a SAM checkpoint.
     """
     path = Path(path)
     state = _unwrap(_read(path), path)
     if not any(k.startswith("image_encoder.") for k in state):
         examples = ", ".join(list(state)[:3])
-        raise MetalsegError(f"{path}: not a Segment Anything checkpoint (no image_encoder weights; "
-                            f"keys like {examples})")
+        raise MetalsegError(
+            f"{path}: not a Segment Anything checkpoint (no image_encoder weights; keys like {examples})"
+        )
     return state
 
 
@@ -214,8 +255,9 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
     Parameters
     ----------
     model
-        A ``Sam`` built by :func:`~.sam.build_sam` (or a :class:`~.phase_sam.PhaseSAM`) of kind ``kind``, before
-        LoRA is applied (an adapted model also works: its ``base_layer`` weights are filled, LoRA is left alone).
+        A ``Sam`` built by :func:`~.sam.build_sam` (or a :class:`~.phase_sam.PhaseSAM`) of kind ``kind``,
+        before LoRA is applied (an adapted model also works: its ``base_layer`` weights are filled, LoRA is
+        left alone).
     path
         The checkpoint file.
     kind
@@ -239,12 +281,16 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
     except MetalsegError as exc:
         raise MetalsegError(f"{path}: {exc}") from None
     if found != kind:
-        raise MetalsegError(f"{path}: checkpoint is {_describe(found, dim, depth)} but --model {kind} was requested")
+        raise MetalsegError(
+            f"{path}: checkpoint is {_describe(found, dim, depth)} but --model {kind} was requested"
+        )
 
     sam = _sam(model)
     cfg = SAM_CONFIGS[kind]
-    if sam.image_encoder.patch_embed.proj.out_channels != cfg.encoder_embed_dim \
-            or len(sam.image_encoder.blocks) != cfg.encoder_depth:
+    if (
+        sam.image_encoder.patch_embed.proj.out_channels != cfg.encoder_embed_dim
+        or len(sam.image_encoder.blocks) != cfg.encoder_depth
+    ):
         raise ValueError(f"the model passed to load_sam_checkpoint is not a {kind} model")
 
     report = LoadReport(path=str(path), kind=found)
@@ -259,10 +305,14 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
         if src_key not in ckpt:
             hyper = _HYPER_RE.match(key)
             if hyper:
-                reason = (f"no pretrained hypernetwork MLP for mask token {hyper.group(1)} "
-                          f"(checkpoint has fewer phases)")
+                reason = (
+                    f"no pretrained hypernetwork MLP for mask token {hyper.group(1)} "
+                    f"(checkpoint has fewer phases)"
+                )
             elif key.startswith("image_encoder."):
-                raise MetalsegError(f"{path}: checkpoint is incomplete: image encoder tensor {src_key} is missing")
+                raise MetalsegError(
+                    f"{path}: checkpoint is incomplete: image encoder tensor {src_key} is missing"
+                )
             else:
                 reason = "missing from the checkpoint"
             report.reinitialised.append((key, reason))
@@ -275,8 +325,12 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
         elif key == "image_encoder.pos_embed":
             new_state[key] = _resize_pos_embed(source, tuple(target.shape[1:3])).to(target.dtype)
             report.interpolated.append((key, f"{tuple(source.shape)} -> {tuple(target.shape)} (bicubic)"))
-        elif (m := _REL_POS_RE.match(key)) and sam.image_encoder.blocks[int(m.group(1))].window_size == 0 \
-                and source.ndim == 2 and source.shape[1] == target.shape[1]:
+        elif (
+            (m := _REL_POS_RE.match(key))
+            and sam.image_encoder.blocks[int(m.group(1))].window_size == 0
+            and source.ndim == 2
+            and source.shape[1] == target.shape[1]
+        ):
             new_state[key] = _resize_rel_pos(source, target.shape[0]).to(target.dtype)
             report.interpolated.append((key, f"{tuple(source.shape)} -> {tuple(target.shape)} (linear)"))
         elif key.startswith("mask_decoder.") and _rows_fit(key, source, target, n_tokens):
@@ -287,14 +341,22 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
             report.loaded += 1
             if target.shape[0] > rows:
                 report.reinitialised.append(
-                    (key, f"rows {rows}..{target.shape[0] - 1} have no pretrained values (the checkpoint has "
-                          f"{source.shape[0]} mask tokens, the model {target.shape[0]}); rows 0..{rows - 1} loaded"))
+                    (
+                        key,
+                        f"rows {rows}..{target.shape[0] - 1} have no pretrained values (the checkpoint has "
+                        f"{source.shape[0]} mask tokens, the model {target.shape[0]}); "
+                        f"rows 0..{rows - 1} loaded",
+                    )
+                )
         elif key.startswith("image_encoder."):
-            raise MetalsegError(f"{path}: image encoder tensor {src_key} has shape {tuple(source.shape)}, the "
-                                f"{kind} model needs {tuple(target.shape)}")
+            raise MetalsegError(
+                f"{path}: image encoder tensor {src_key} has shape {tuple(source.shape)}, the "
+                f"{kind} model needs {tuple(target.shape)}"
+            )
         else:
             report.reinitialised.append(
-                (key, f"shape {tuple(source.shape)} in the checkpoint, {tuple(target.shape)} in the model"))
+                (key, f"shape {tuple(source.shape)} in the checkpoint, {tuple(target.shape)} in the model")
+            )
     report.ignored = [k for k in ckpt if k not in used]
     sam.load_state_dict(new_state, strict=False)
     return report
@@ -303,5 +365,9 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
 def _rows_fit(key: str, source: torch.Tensor, target: torch.Tensor, n_tokens: int) -> bool:
     """Whether ``source`` differs from ``target`` only in the per-mask-token first axis."""
     per_token = key in _PER_TOKEN_ROWS or key.startswith("mask_decoder.iou_prediction_head.layers.")
-    return (per_token and target.shape[0] == n_tokens and source.ndim == target.ndim
-            and source.shape[1:] == target.shape[1:])
+    return (
+        per_token
+        and target.shape[0] == n_tokens
+        and source.ndim == target.ndim
+        and source.shape[1:] == target.shape[1:]
+    )

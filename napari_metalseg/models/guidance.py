@@ -1,8 +1,9 @@
 """Phase-fraction guidance: condition the image embedding on the expected phase fractions.
 
-A guidance encoder maps the phase-fraction vector ``ratios`` (B, K) (fractions of the field of view, summing to
-about 1) to a residual that is added to the image embedding (B, C, h, w) before the mask decoder. The last layer
-is zero-initialised, so a fresh encoder is exactly the identity and training starts from plain SAM behaviour.
+A guidance encoder maps the phase-fraction vector ``ratios`` (B, K) (fractions of the field of view, summing
+to about 1) to a residual that is added to the image embedding (B, C, h, w) before the mask decoder. The last
+layer is zero-initialised, so a fresh encoder is exactly the identity and training starts from plain SAM
+behaviour.
 
 ``ratios=None`` means no guidance (the identity), so a guided model also runs without fractions at inference.
 Rows that contain a NaN are "no guidance" for that image only, which allows ratio dropout during training.
@@ -13,11 +14,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from napari_metalseg.models.triton_guard import guard_triton
+
+guard_triton()  # see triton_guard: before anything can reach torch._dynamo
+
 
 def _check_ratios(ratios: torch.Tensor, embeddings: torch.Tensor, num_phases: int) -> None:
     if ratios.ndim != 2 or ratios.shape[0] != embeddings.shape[0] or ratios.shape[1] != num_phases:
-        raise ValueError(f"ratios must have shape (B, K) = ({embeddings.shape[0]}, {num_phases}), "
-                         f"got {tuple(ratios.shape)}")
+        raise ValueError(
+            f"ratios must have shape (B, K) = ({embeddings.shape[0]}, {num_phases}), "
+            f"got {tuple(ratios.shape)}"
+        )
 
 
 def _split_valid(ratios: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +75,8 @@ class SpatialRatioEncoder(nn.Module):
     """Spatial guidance (Spatial-v1, CoordConv): a small conv stack on embedding, coordinates and fractions.
 
     The input of the stack is the concatenation of the embedding (C channels), normalised ``x`` and ``y``
-    coordinates in ``[-1, 1]`` (2 channels) and the ratio vector broadcast over the grid (K channels); its output
-    (C channels, last conv zero-initialised) is added to the embedding.
+    coordinates in ``[-1, 1]`` (2 channels) and the ratio vector broadcast over the grid (K channels); its
+    output (C channels, last conv zero-initialised) is added to the embedding.
 
     Parameters
     ----------
@@ -129,4 +136,6 @@ def build_guidance(guidance: str, num_phases: int, embed_dim: int) -> nn.Module 
     from napari_metalseg.errors import MetalsegError
     from napari_metalseg.models import GUIDANCE_MODES
 
-    raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+    raise MetalsegError(
+        f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
+    )

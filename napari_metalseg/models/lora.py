@@ -1,7 +1,7 @@
 """LoRA adapters (HF peft) for the SAM image encoder, fine-tuning modes and the trainable state.
 
-Parameter groups, decided from the parameter name (so they work on a :class:`~.phase_sam.PhaseSAM` and on a bare
-``Sam``):
+Parameter groups, decided from the parameter name (so they work on a :class:`~.phase_sam.PhaseSAM` and on a
+bare ``Sam``):
 
 * ``lora``: the LoRA matrices (``...lora_A...``, ``...lora_B...``) injected into the image encoder;
 * ``decoder``: the mask decoder (``mask_decoder.*``);
@@ -14,8 +14,8 @@ Fine-tuning modes (:data:`napari_metalseg.models.FINETUNE_MODES`):
 * ``decoder``: train decoder + guidance; the encoder (and any LoRA) is frozen;
 * ``full``: train everything.
 
-The *trainable state* of a model is the state of the groups its mode trains; with a pretrained base checkpoint it
-is all that has to be saved (a few MB instead of hundreds).
+The *trainable state* of a model is the state of the groups its mode trains; with a pretrained base checkpoint
+it is all that has to be saved (a few MB instead of hundreds).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from torch import nn
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES
 from napari_metalseg.models.triton_guard import guard_triton
+
+guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 ADAPTER_NAME = "default"
 ATTENTION_TARGETS = ("qkv", "proj")
@@ -169,11 +171,12 @@ def _trainable_keys(model: nn.Module) -> list[str]:
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Return the state trained in the model's fine-tuning mode (LoRA, decoder, guidance; never a frozen base).
+    """Return the state trained in the model's fine-tuning mode (LoRA, decoder, guidance; never a frozen
+    base).
 
-    The selection follows ``model.finetune_mode`` (set by :func:`set_finetune_mode`), so it does not change when
-    the model is frozen for inference; without a recorded mode the parameters with ``requires_grad`` are taken.
-    The tensors share memory with the model (clone them to keep a snapshot).
+    The selection follows ``model.finetune_mode`` (set by :func:`set_finetune_mode`), so it does not change
+    when the model is frozen for inference; without a recorded mode the parameters with ``requires_grad`` are
+    taken. The tensors share memory with the model (clone them to keep a snapshot).
     """
     state = model.state_dict()
     return {k: state[k] for k in _trainable_keys(model)}
@@ -201,19 +204,33 @@ def load_trainable_state_dict(
     where = f"{source}: " if source else ""
     expected = _trainable_keys(model)
     current = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in set(expected)]
-    hint = "was it trained with other --model/--guidance/--finetune/LoRA settings or another number of phases?"
-    if missing:
-        raise MetalsegError(f"{where}trained weights lack {len(missing)} tensor(s) the model needs "
-                            f"(e.g. {missing[0]}); {hint}")
-    if unexpected:
-        raise MetalsegError(f"{where}trained weights hold {len(unexpected)} tensor(s) the model does not have "
-                            f"(e.g. {unexpected[0]}); {hint}")
+    hint = (
+        "was it trained with other --model/--guidance/--finetune/LoRA settings or another number of phases?"
+    )
     for key in expected:
-        if tuple(state_dict[key].shape) != tuple(current[key].shape):
-            raise MetalsegError(f"{where}tensor {key} has shape {tuple(state_dict[key].shape)} but the model "
-                                f"needs {tuple(current[key].shape)}; {hint}")
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(current[key].shape):
+            if key.endswith("mask_decoder.mask_tokens.weight"):
+                raise MetalsegError(
+                    f"{where}trained weights are for {state_dict[key].shape[0] - 1} phases, the "
+                    f"model has {current[key].shape[0] - 1}"
+                )
+            raise MetalsegError(
+                f"{where}tensor {key} has shape {tuple(state_dict[key].shape)} but the model "
+                f"needs {tuple(current[key].shape)}; {hint}"
+            )
+    missing = [k for k in expected if k not in state_dict]
+    expected_set = set(expected)
+    unexpected = [k for k in state_dict if k not in expected_set]
+    if missing:
+        raise MetalsegError(
+            f"{where}trained weights lack {len(missing)} tensor(s) the model needs "
+            f"(e.g. {missing[0]}); {hint}"
+        )
+    if unexpected:
+        raise MetalsegError(
+            f"{where}trained weights hold {len(unexpected)} tensor(s) the model does not have "
+            f"(e.g. {unexpected[0]}); {hint}"
+        )
     result = model.load_state_dict(dict(state_dict), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     return model
@@ -221,7 +238,11 @@ def load_trainable_state_dict(
 
 def _lora_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A") and hasattr(module, "get_delta_weight"):
+        if (
+            hasattr(module, "base_layer")
+            and hasattr(module, "lora_A")
+            and hasattr(module, "get_delta_weight")
+        ):
             yield name, module
 
 

@@ -1,12 +1,13 @@
 """PhaseSAM: SAMed-style semantic segmentation of ``K`` phases with a (LoRA-adapted) Segment Anything model.
 
 The mask decoder runs with its ``K`` multimask tokens (mask tokens ``1..K``); output ``k`` is the logit map of
-phase ``k``. Without a prompt the decoder sees the empty sparse prompt and the dense "no mask" embedding, so the
-model segments the whole field of view; an optional box prompt per image focuses it. Optional phase-fraction
-guidance (:mod:`.guidance`) is added to the image embedding.
+phase ``k``. Without a prompt the decoder sees the empty sparse prompt and the dense "no mask" embedding, so
+the model segments the whole field of view; an optional box prompt per image focuses it. Optional
+phase-fraction guidance (:mod:`.guidance`) is added to the image embedding.
 
-The heavy image encoder is separated (:meth:`PhaseSAM.embed`) from the light decoder (:meth:`PhaseSAM.decode`),
-so embeddings can be cached per image and model (:meth:`PhaseSAM.signature` with ``scope="encoder"``).
+The heavy image encoder is separated (:meth:`PhaseSAM.embed`) from the light decoder
+(:meth:`PhaseSAM.decode`), so embeddings can be cached per image and model (:meth:`PhaseSAM.signature` with
+``scope="encoder"``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from napari_metalseg.models.checkpoint import LoadReport, load_sam_checkpoint
 from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.lora import apply_lora, set_finetune_mode, trainable_state_dict
 from napari_metalseg.models.sam import PATCH_SIZE, build_sam, check_img_size, check_kind, check_num_phases
+from napari_metalseg.models.triton_guard import guard_triton
+
+guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 PREPROCESS = "zscore-v1"
 """Identifier of :meth:`PhaseSAM.preprocess`; part of the encoder signature."""
@@ -64,10 +68,14 @@ class PhaseSAM(nn.Module):
         super().__init__()
         check_kind(kind)
         if guidance not in GUIDANCE_MODES:
-            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+            raise MetalsegError(
+                f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
+            )
         if sam.mask_decoder.num_multimask_outputs != num_phases:
-            raise ValueError(f"the SAM decoder has {sam.mask_decoder.num_multimask_outputs} multimask outputs, "
-                             f"expected num_phases={num_phases}")
+            raise ValueError(
+                f"the SAM decoder has {sam.mask_decoder.num_multimask_outputs} multimask outputs, "
+                f"expected num_phases={num_phases}"
+            )
         self.sam = sam
         self.kind = kind
         self.img_size = int(sam.image_encoder.img_size)
@@ -78,9 +86,14 @@ class PhaseSAM(nn.Module):
         self.lora: dict[str, Any] | None = None
         grid = self.img_size // PATCH_SIZE
         pe = sam.prompt_encoder
-        if tuple(pe.image_embedding_size) != (grid, grid) or tuple(pe.input_image_size) != (self.img_size,) * 2:
-            raise ValueError(f"prompt encoder sizes {pe.image_embedding_size}/{pe.input_image_size} do not match "
-                             f"the image encoder input size {self.img_size}")
+        if (
+            tuple(pe.image_embedding_size) != (grid, grid)
+            or tuple(pe.input_image_size) != (self.img_size,) * 2
+        ):
+            raise ValueError(
+                f"prompt encoder sizes {pe.image_embedding_size}/{pe.input_image_size} do not match "
+                f"the image encoder input size {self.img_size}"
+            )
 
     @property
     def embed_dim(self) -> int:
@@ -111,9 +124,9 @@ class PhaseSAM(nn.Module):
     def preprocess(self, gray: torch.Tensor) -> torch.Tensor:
         """Standardise grey images per image and replicate them to 3 channels.
 
-        Each image has its mean subtracted and is divided by its standard deviation (+ :attr:`eps`), which makes
-        the input independent of the instrument's brightness and contrast (SAM's 0..255 ``pixel_mean`` is not
-        used).
+        Each image has its mean subtracted and is divided by its standard deviation (+ :attr:`eps`), which
+        makes the input independent of the instrument's brightness and contrast (SAM's 0..255 ``pixel_mean``
+        is not used).
 
         Parameters
         ----------
@@ -128,7 +141,9 @@ class PhaseSAM(nn.Module):
         if gray.ndim == 3:
             gray = gray[:, None]
         if gray.ndim != 4 or gray.shape[1] != 1:
-            raise ValueError(f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}")
+            raise ValueError(
+                f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}"
+            )
         if not gray.is_floating_point():
             gray = gray.float()
         mean = gray.mean(dim=(2, 3), keepdim=True)
@@ -137,9 +152,14 @@ class PhaseSAM(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Run the image encoder: (B, 3, S, S) preprocessed images -> (B, C, S/16, S/16) embeddings."""
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (self.img_size, self.img_size):
-            raise ValueError(f"embed expects (B, 3, {self.img_size}, {self.img_size}) images, "
-                             f"got {tuple(images.shape)}")
+        if (
+            images.ndim != 4
+            or images.shape[1] != 3
+            or tuple(images.shape[2:]) != (self.img_size, self.img_size)
+        ):
+            raise ValueError(
+                f"embed expects (B, 3, {self.img_size}, {self.img_size}) images, got {tuple(images.shape)}"
+            )
         return self.sam.image_encoder(images)
 
     def decode(
@@ -156,13 +176,14 @@ class PhaseSAM(nn.Module):
         embeddings
             (B, C, h, w) from :meth:`embed`.
         ratios
-            (B, K) phase fractions for the guidance encoder, or ``None`` (no guidance). A row with a NaN means no
-            guidance for that image. Only for models built with guidance.
+            (B, K) phase fractions for the guidance encoder, or ``None`` (no guidance). A row with a NaN means
+            no guidance for that image. Only for models built with guidance.
         boxes
-            (B, 4) box prompts ``x0, y0, x1, y1`` in input pixel coordinates (0..S), or ``None`` (no prompt). A
-            row with a NaN means no prompt for that image.
+            (B, 4) box prompts ``x0, y0, x1, y1`` in input pixel coordinates (0..S), or ``None`` (no prompt).
+            A row with a NaN means no prompt for that image.
         out_size
-            ``(H, W)`` of the returned logits (default ``(S, S)``); the decoder's S/4 masks are resized bilinearly.
+            ``(H, W)`` of the returned logits (default ``(S, S)``); the decoder's S/4 masks are resized
+            bilinearly.
 
         Returns
         -------
@@ -170,10 +191,15 @@ class PhaseSAM(nn.Module):
             (B, K, H, W) logits; channel ``k`` is phase ``k``.
         """
         b = embeddings.shape[0]
-        if embeddings.ndim != 4 or embeddings.shape[1] != self.embed_dim \
-                or tuple(embeddings.shape[2:]) != self.embedding_size:
-            raise ValueError(f"decode expects (B, {self.embed_dim}, {self.embedding_size[0]}, "
-                             f"{self.embedding_size[1]}) embeddings, got {tuple(embeddings.shape)}")
+        if (
+            embeddings.ndim != 4
+            or embeddings.shape[1] != self.embed_dim
+            or tuple(embeddings.shape[2:]) != self.embedding_size
+        ):
+            raise ValueError(
+                f"decode expects (B, {self.embed_dim}, {self.embedding_size[0]}, "
+                f"{self.embedding_size[1]}) embeddings, got {tuple(embeddings.shape)}"
+            )
         if ratios is not None:
             if self.guidance_encoder is None:
                 raise ValueError("this model was built without phase-fraction guidance (guidance='none')")
@@ -181,17 +207,17 @@ class PhaseSAM(nn.Module):
         if boxes is not None:
             if boxes.shape != (b, 4):
                 raise ValueError(f"boxes must have shape ({b}, 4), got {tuple(boxes.shape)}")
-            boxes = boxes.to(device=embeddings.device, dtype=embeddings.dtype)
+            boxes = boxes.to(device=embeddings.device, dtype=torch.float32)  # bf16 would round pixels
             has_box = torch.isfinite(boxes).all(dim=1).tolist()
         prompt_encoder, mask_decoder = self.sam.prompt_encoder, self.sam.mask_decoder
         image_pe = prompt_encoder.get_dense_pe()
         masks = []
         # SAM's decoder pairs every prompt with every image (repeat_interleave), so decode image by image.
         for i in range(b):
-            box = boxes[i:i + 1] if boxes is not None and has_box[i] else None
+            box = boxes[i : i + 1] if boxes is not None and has_box[i] else None
             sparse, dense = prompt_encoder(points=None, boxes=box, masks=None)
             low_res, _ = mask_decoder(
-                image_embeddings=embeddings[i:i + 1],
+                image_embeddings=embeddings[i : i + 1],
                 image_pe=image_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
@@ -285,16 +311,21 @@ def build_phase_sam(
     Returns
     -------
     tuple
-        ``(model, report)``; ``report`` is ``None`` without checkpoint. The model is in training mode on the CPU.
+        ``(model, report)``; ``report`` is ``None`` without checkpoint. The model is in training mode on the
+        CPU.
     """
     check_kind(kind)
     check_img_size(img_size)
     check_num_phases(num_phases)
     if guidance not in GUIDANCE_MODES:
-        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+        raise MetalsegError(
+            f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
+        )
     finetune = finetune or ("lora" if checkpoint is not None else "full")
     if finetune not in FINETUNE_MODES:
-        raise MetalsegError(f"--finetune {finetune!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}")
+        raise MetalsegError(
+            f"--finetune {finetune!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}"
+        )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -302,7 +333,9 @@ def build_phase_sam(
         report = load_sam_checkpoint(sam, checkpoint, kind) if checkpoint is not None else None
         model = PhaseSAM(sam, kind=kind, num_phases=num_phases, guidance=guidance)
         if finetune == "lora":
-            apply_lora(model.sam, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, include_mlp=lora_mlp)
+            apply_lora(
+                model.sam, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, include_mlp=lora_mlp
+            )
             model.lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "mlp": lora_mlp}
     set_finetune_mode(model, finetune)
     return model, report

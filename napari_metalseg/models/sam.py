@@ -1,7 +1,8 @@
 """Segment Anything configurations and the builder, on the real ``segment_anything.modeling`` classes.
 
-Kinds ``vit_b``, ``vit_l`` and ``vit_h`` use the official hyper-parameters of ``segment_anything/build_sam.py``;
-``tiny`` is the same architecture scaled down for tests, demos and CPU-only smoke runs (no pretrained weights).
+Kinds ``vit_b``, ``vit_l`` and ``vit_h`` use the official hyper-parameters of
+``segment_anything/build_sam.py``; ``tiny`` is the same architecture scaled down for tests, demos and CPU-only
+smoke runs (no pretrained weights).
 
 The input size is free (a multiple of 16, at least 64; typical values 256, 512, 1024 and 2048): the image
 embedding is ``img_size // 16`` on a side. Pretrained 1024-px weights are adapted to other sizes by
@@ -101,7 +102,9 @@ def check_kind(kind: str) -> SamConfig:
     try:
         return SAM_CONFIGS[kind]
     except (KeyError, TypeError):
-        raise MetalsegError(f"--model {kind!r}: unknown model; choose one of {', '.join(SAM_KINDS)}") from None
+        raise MetalsegError(
+            f"--model {kind!r}: unknown model; choose one of {', '.join(SAM_KINDS)}"
+        ) from None
 
 
 def check_img_size(img_size: int) -> int:
@@ -112,11 +115,17 @@ def check_img_size(img_size: int) -> int:
     MetalsegError
         If the size is not allowed.
     """
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < MIN_IMG_SIZE \
-            or img_size % PATCH_SIZE:
+    if (
+        isinstance(img_size, bool)
+        or not isinstance(img_size, int)
+        or img_size < MIN_IMG_SIZE
+        or img_size % PATCH_SIZE
+    ):
         typical = ", ".join(str(s) for s in TYPICAL_IMG_SIZES)
-        raise MetalsegError(f"--img-size {img_size!r}: must be a multiple of {PATCH_SIZE} and at least "
-                            f"{MIN_IMG_SIZE} (typical: {typical})")
+        raise MetalsegError(
+            f"--img-size {img_size!r}: must be a multiple of {PATCH_SIZE} and at least "
+            f"{MIN_IMG_SIZE} (typical: {typical})"
+        )
     return img_size
 
 
@@ -156,6 +165,9 @@ def build_sam(kind: str, img_size: int = 512, num_phases: int = 3) -> Sam:
 
     from functools import partial
 
+    from napari_metalseg.models.triton_guard import guard_triton
+
+    guard_triton()  # segment_anything imports torchvision, which reaches triton
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 

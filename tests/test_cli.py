@@ -1,0 +1,71 @@
+"""The `metalseg` command as a user runs it (subprocess for the real entry point, CliRunner for speed)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from napari_metalseg.cli import main
+
+SEM = Path(__file__).parent / "data" / "sem" / "nanoporous_gold_zeiss.tif"
+
+
+def test_info_on_real_zeiss_file_via_console_script():
+    exe = Path(sys.executable).parent / "metalseg"
+    result = subprocess.run([str(exe), "info", str(SEM)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["magnification"] == 500000
+    assert abs(info["pixel_size_um"] - 0.000543) < 1e-9
+    assert info["info_band_rows"] == 77
+    assert info["shape"] == [691, 1024]
+    assert info["detector"] == "InLens"
+    assert info["dtype"] == "uint8"
+
+
+def test_info_bad_file_is_one_error_line(tmp_path):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    result = CliRunner().invoke(main, ["info", str(bad)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.tif" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_every_subcommand_has_help():
+    runner = CliRunner()
+    for name in main.commands:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Usage:" in result.output
+
+
+def test_synth_writes_a_valid_dataset_and_is_deterministic(tmp_path):
+    from napari_metalseg.data.dataset import load_dataset
+
+    runner = CliRunner()
+    args = ["synth", "--n", "3", "--size", "96", "--seed", "5", "--fractions", "0.6,0.3,0.1"]
+    first = runner.invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(main, [*args, "--out", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    ds = load_dataset(tmp_path / "a", require_masks=True)
+    assert len(ds) == 3 and ds.phases.names == ["ferrite", "martensite", "bainite"]
+    for item in ds:
+        assert (tmp_path / "a" / "masks" / f"{item.name}.png").read_bytes() == \
+            (tmp_path / "b" / "masks" / f"{item.name}.png").read_bytes()
+        fractions = [float(item.extra[f"true_fraction_{p}"]) for p in ds.phases.names]
+        assert abs(fractions[0] - 0.6) < 0.04 and abs(fractions[2] - 0.1) < 0.04
+    refused = runner.invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and "error:" in refused.output
+    assert runner.invoke(main, [*args, "--out", str(tmp_path / "a"), "--overwrite"]).exit_code == 0
+
+
+def test_synth_bad_fractions_is_one_error_line(tmp_path):
+    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "x"), "--fractions", "0.5,abc"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --fractions '0.5,abc': expected comma-separated numbers, e.g. 0.5,0.3,0.2"]
