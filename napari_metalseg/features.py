@@ -8,7 +8,6 @@ adaptation separates the phases layer by layer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,21 +52,6 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
     return (rgb.reshape(h, w, 3) * 255 + 0.5).astype(np.uint8)
 
 
-@contextlib.contextmanager
-def lora_disabled(model) -> Iterator[None]:
-    """Temporarily switch LoRA off (the base model's behaviour); no-op for models without LoRA."""
-    from napari_metalseg.models.lora import _lora_layers
-
-    layers = [layer for _, layer in _lora_layers(model)]
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
-
-
 def block_outputs(model, image: np.ndarray, device: str = "cpu") -> tuple[list[np.ndarray], tuple[float, float]]:
     """Outputs of every encoder block for ``image`` (resized so its long side is the model input size)."""
     import torch
@@ -95,6 +79,8 @@ def block_outputs(model, image: np.ndarray, device: str = "cpu") -> tuple[list[n
 
 def encoder_feature_maps(model, image: np.ndarray, device: str = "cpu", base: bool = False) -> FeatureMaps:
     """PCA-RGB map of every encoder block for ``image``; ``base=True`` gives the maps with LoRA switched off."""
+    from napari_metalseg.models.lora import lora_disabled
+
     context = lora_disabled(model) if base else contextlib.nullcontext()
     with context:
         outputs, scale = block_outputs(model, image, device)
