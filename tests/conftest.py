@@ -1,0 +1,42 @@
+"""Shared fixtures: one synthetic dataset and one trained `tiny` model per test session (DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests share 2 cores with each other's subprocesses; oversubscribed torch threads make everything slower.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TRAIN_STEPS = 300
+IMG_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory):
+    """10 synthetic 256 px micrographs at 2700/3000/5000x with train/val/test splits."""
+    from napari_metalseg.data.dataset import load_dataset
+    from napari_metalseg.data.synth import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("data") / "steel", n=10, size=256, seed=1)
+    return load_dataset(root, require_masks=True)
+
+
+@pytest.fixture(scope="session")
+def split_samples(synth_dataset):
+    from napari_metalseg.data.samples import load_samples
+
+    return {split: load_samples(synth_dataset.split(split)) for split in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synth_dataset, split_samples):
+    """A ratio-guided tiny model trained briefly on the CPU; returns (run dir, list of progress events)."""
+    from napari_metalseg.training import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny_ratio"
+    config = TrainConfig(model="tiny", img_size=IMG_SIZE, guidance="ratio", steps=TRAIN_STEPS, batch_size=4,
+                         lr=2e-3, val_every=TRAIN_STEPS // 2, device="cpu", seed=0)
+    events = list(train(split_samples["train"], synth_dataset.phases, run, config, val_samples=split_samples["val"]))
+    return run, events
