@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models import FINETUNE_MODES, SAM_KINDS, TRAINING_GUIDANCE
 
 
 def _user_errors(func):
@@ -115,19 +116,19 @@ def _split_items(dataset, split: str):
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (images/, masks/, "
               "phases.json); the 'train' split (or unassigned images) trains, the 'val' split validates.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
-@click.option("--model", "kind", type=click.Choice(["tiny", "vit_b", "vit_l", "vit_h"]), default="tiny",
+@click.option("--model", "kind", type=click.Choice(SAM_KINDS), default="tiny",
               show_default=True, help="SAM size; tiny is a compact model trained from scratch (CPU friendly).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Pretrained SAM weights, e.g. sam_vit_b_01ec64.pth (official or micro-sam export).")
 @click.option("--img-size", type=int, default=None, help="Model input size (256/512/1024/2048; default 256 for "
               "tiny, 512 otherwise).")
-@click.option("--finetune", type=click.Choice(["lora", "decoder", "full"]), default=None,
+@click.option("--finetune", type=click.Choice(FINETUNE_MODES), default=None,
               help="What is trained (default: lora with a checkpoint, full without).")
 @click.option("--lora-rank", type=int, default=8, show_default=True)
 @click.option("--lora-alpha", type=float, default=None, help="LoRA alpha (default = rank).")
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True)
 @click.option("--lora-mlp", is_flag=True, help="Also adapt the MLP layers (lin1/lin2) of the encoder.")
-@click.option("--guidance", type=click.Choice(["none", "ratio", "spatial", "box", "ratio+box", "spatial+box"]),
+@click.option("--guidance", type=click.Choice(TRAINING_GUIDANCE),
               default="none", show_default=True)
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default: 10 epochs).")
 @click.option("--epochs", type=int, default=None, help="Epochs (passes over the training pixels).")

@@ -17,12 +17,9 @@ import numpy as np
 
 from napari_metalseg.data.samples import CropSampler, Sample, phase_fractions
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models import FINETUNE_MODES, SAM_KINDS, TRAINING_GUIDANCE
 from napari_metalseg.phases import UNLABELED, PhaseSet
 from napari_metalseg.progress import ProgressEvent
-
-GUIDANCE_MODES = ("none", "ratio", "spatial", "box", "ratio+box", "spatial+box")
-FINETUNE_MODES = ("lora", "decoder", "full")
-MODEL_KINDS = ("tiny", "vit_b", "vit_l", "vit_h")
 
 
 @dataclass
@@ -53,10 +50,10 @@ class TrainConfig:
     box_probability: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_KINDS:
-            raise MetalsegError(f"unknown model {self.model!r}; use one of {', '.join(MODEL_KINDS)}")
-        if self.guidance not in GUIDANCE_MODES:
-            raise MetalsegError(f"unknown guidance {self.guidance!r}; use one of {', '.join(GUIDANCE_MODES)}")
+        if self.model not in SAM_KINDS:
+            raise MetalsegError(f"unknown model {self.model!r}; use one of {', '.join(SAM_KINDS)}")
+        if self.guidance not in TRAINING_GUIDANCE:
+            raise MetalsegError(f"unknown guidance {self.guidance!r}; use one of {', '.join(TRAINING_GUIDANCE)}")
         if self.finetune is None:
             self.finetune = "lora" if self.checkpoint else "full"
         if self.finetune not in FINETUNE_MODES:

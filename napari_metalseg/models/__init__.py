@@ -19,6 +19,9 @@ from napari_metalseg.models.sam import SAM_CONFIGS, SAM_KINDS, TYPICAL_IMG_SIZES
 GUIDANCE_MODES: tuple[str, ...] = ("none", "ratio", "spatial")
 """Phase-fraction guidance: none, MLP (:class:`RatioEncoder`), CoordConv (:class:`SpatialRatioEncoder`)."""
 
+TRAINING_GUIDANCE: tuple[str, ...] = ("none", "ratio", "spatial", "box", "ratio+box", "spatial+box")
+"""Guidance in training: a guidance encoder (ratio / spatial), box prompts derived from the ground truth, or both."""
+
 FINETUNE_MODES: tuple[str, ...] = ("lora", "decoder", "full")
 """What is trained: LoRA + decoder + guidance, decoder + guidance, or everything."""
 
@@ -46,6 +49,7 @@ __all__ = [
     "GUIDANCE_MODES",
     "SAM_CONFIGS",
     "SAM_KINDS",
+    "TRAINING_GUIDANCE",
     "TYPICAL_IMG_SIZES",
     "SamConfig",
     "check_img_size",
