@@ -334,20 +334,90 @@ def quantify(masks: Path, phases: Path | None, by: str, grid: str, pixel_size: f
 
 
 @main.command()
-@click.option("--out", default=Path("demo_out"), show_default=True, type=click.Path(path_type=Path),
-              help="Folder for the demo's dataset and results.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--model", "kind", type=click.Choice(SAM_KINDS), default="vit_b", show_default=True)
+@click.option("--img-size", type=int, default=1024, show_default=True, help="Model input size.")
+@click.option("--image-size", type=int, default=1024, show_default=True, help="Side of the test micrograph.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeat", type=int, default=3, show_default=True, help="Best of N runs.")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast for the encoder (CPU with AVX512-BF16, or CUDA).")
+@click.option("--no-reference", is_flag=True, help="Skip segment-anything's SamPredictor reference.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 @_user_errors
-def demo(out: Path, seed: int) -> None:
-    """Headless end-to-end demo: synthesise a small dataset and summarise it."""
-    from napari_metalseg.data.dataset import load_dataset
-    from napari_metalseg.data.synth import write_synthetic_dataset
+def benchmark(kind: str, img_size: int, image_size: int, device: str, repeat: int, bf16: bool, no_reference: bool,
+              json_out: Path | None) -> None:
+    """Time prediction (encoder, cached decoder) against segment-anything's SamPredictor (random weights)."""
+    from napari_metalseg.benchmark import run_benchmark
+    from napari_metalseg.io.atomic import atomic_write_text
+    from napari_metalseg.predict import resolve_device
 
-    data = out / "dataset"
-    click.echo(f"[1/1] synthesising 9 steel micrographs (256 px) into {data}", err=True)
-    write_synthetic_dataset(data, n=9, size=256, seed=seed, overwrite=True)
-    summary = load_dataset(data).summary()
-    click.echo(json.dumps(summary, indent=2))
+    results = run_benchmark(kind, img_size, image_size, resolve_device(device), repeat, not no_reference, bf16)
+    click.echo(json.dumps(results, indent=2))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
+
+
+@main.command()
+@click.option("--out", default=Path("demo_out"), show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the demo's dataset, model and results.")
+@click.option("--steps", default=400, show_default=True, help="Training steps (more: better, slower).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@_user_errors
+def demo(out: Path, steps: int, seed: int, device: str) -> None:
+    """Headless end-to-end demo: synthesise steel micrographs, train, evaluate, predict and quantify."""
+    from napari_metalseg.data.dataset import load_dataset, new_dataset, write_item
+    from napari_metalseg.data.samples import load_samples, phase_fractions
+    from napari_metalseg.data.synth import write_synthetic_dataset
+    from napari_metalseg.metrics import Evaluation, format_seed_table
+    from napari_metalseg.predict import Predictor
+    from napari_metalseg.quantify import quantify_masks
+    from napari_metalseg.training import TrainConfig
+    from napari_metalseg.training import train as run_training
+
+    data, run, predicted = out / "dataset", out / "run", out / "predicted"
+    click.echo(f"[1/4] synthesising 12 steel micrographs (384 px, x2700/x3000/x5000) into {data}", err=True)
+    write_synthetic_dataset(data, n=12, size=384, seed=seed, overwrite=True)
+    dataset = load_dataset(data, require_masks=True)
+    click.echo(json.dumps(dataset.summary()["splits"]), err=True)
+    train_samples = load_samples(_split_items(dataset, "train"))
+    val_samples = load_samples(dataset.split("val"))
+    test_samples = load_samples(dataset.split("test"))
+    click.echo(f"[2/4] training a compact SAM (tiny, ratio guidance) for {steps} steps into {run}", err=True)
+    config = TrainConfig(model="tiny", img_size=128, guidance="ratio", steps=steps, batch_size=4, lr=2e-3,
+                         device=device, seed=seed)
+    _run_events(run_training(train_samples, dataset.phases, run, config, val_samples=val_samples), "training")
+
+    click.echo("[3/4] evaluating on the held-out test images", err=True)
+    predictor = Predictor.from_run(run, device=device)
+    untrained = Predictor(config_model_untrained(run), dataset.phases)
+    rows = {}
+    for label, pred, guided in (("untrained tiny", untrained, False), ("tiny (no guidance)", predictor, False),
+                                ("tiny + true ratio", predictor, True)):
+        evaluation = Evaluation(dataset.phases.names)
+        for s in test_samples:
+            r = phase_fractions(s.mask, len(dataset.phases)) if guided else None
+            evaluation.add(s.name, pred.predict(s.image, ratios=r).labels, s.mask, s.magnification)
+        rows[label] = evaluation.by_magnification()
+    click.echo(format_seed_table(rows))
+
+    click.echo(f"[4/4] predicting the test images into {predicted} and quantifying phase fractions", err=True)
+    new_dataset(predicted, dataset.phases)
+    for s in test_samples:
+        write_item(predicted, s.name, s.image, predictor.predict(s.image).labels)
+    report = quantify_masks(predicted, by="all", truth=data / "masks")
+    click.echo(report.table())
+    report.to_csv(out / "fractions.csv")
+    report.plot(out / "fractions.png")
+    click.echo(f"results: {run} (model), {predicted} (masks), {out / 'fractions.csv'}, {out / 'fractions.png'}",
+               err=True)
+
+
+def config_model_untrained(run: Path):
+    """The model of a run's config before training (the baseline row of the demo table)."""
+    from napari_metalseg.runs import read_run_config
+
+    model, _ = read_run_config(run)["model"].build()
+    return model.eval()
 
 
 if __name__ == "__main__":  # pragma: no cover
