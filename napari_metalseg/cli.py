@@ -356,10 +356,87 @@ def benchmark(kind: str, img_size: int, image_size: int, device: str, repeat: in
         atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
 
 
+GUI_DOCKS = (("Model", False), ("Predict", True), ("Phase ratios", True), ("Box prompts", True),
+             ("Encoder features", True), ("Training", True), ("Quantify", True))
+"""The plugin's dock widgets in the order ``metalseg gui`` opens them, and whether each joins the tab group of the
+one before (one tab group keeps the window within a 1000 px high screen)."""
+
+
+@main.command()
+@click.option("--image", type=click.Path(path_type=Path), default=None,
+              help="Micrograph or dataset folder to open (default: the synthetic sample micrograph).")
+@click.option("--run", type=click.Path(path_type=Path), default=None,
+              help="Trained run directory to load; the opened micrograph is then predicted.")
+@click.option("--screenshot", type=click.Path(path_type=Path), default=None,
+              help="Save a PNG of the whole window once loading and prediction are done, then exit.")
+@_user_errors
+def gui(image: Path | None, run: Path | None, screenshot: Path | None) -> None:
+    """Open napari with the metalseg widgets docked (needs a display; see `make run`)."""
+    import os
+    import time
+
+    import napari_metalseg._widgets  # noqa: F401  (blocks triton before napari creates a GL context)
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise MetalsegError("no display: run `metalseg gui` on a desktop, or under xvfb-run; `metalseg demo` "
+                            "runs without one")
+    if image is not None and not image.exists():
+        raise MetalsegError(f"{image}: no such file or folder")
+    if run is not None and not (run / "config.json").is_file():
+        raise MetalsegError(f"{run}: not a trained run (config.json is missing)")
+    import napari
+
+    if screenshot is not None:  # keep napari's one-time PyQt5 deprecation toast out of documentation screenshots
+        import napari._qt.qt_main_window as qt_main_window
+
+        qt_main_window.SHOW_QT_WARNING = False
+    from qtpy.QtCore import QTimer
+
+    viewer = napari.Viewer(title="napari-metalseg")
+    viewer.window.set_geometry(0, 0, 1600, 1000)
+    widgets, docks = {}, {}
+    for name, tabify in GUI_DOCKS:
+        try:
+            docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-metalseg", name, tabify=tabify)
+        except Exception as exc:  # noqa: BLE001 - one broken widget must not keep the others from opening
+            click.echo(f"warning: the {name!r} widget could not be opened ({type(exc).__name__}: {exc})", err=True)
+    if "Predict" in docks:
+        QTimer.singleShot(0, docks["Predict"].raise_)
+    if image is not None:
+        viewer.open(str(image), plugin="napari-metalseg")
+    else:
+        viewer.open_sample("napari-metalseg", "synthetic_steel")
+    viewer.scale_bar.visible = True
+    if run is not None and "Model" in widgets:
+        if "Predict" in widgets:
+            widgets["Model"].session.model_changed.connect(widgets["Predict"].predict)
+        widgets["Model"].load_run(run)
+    if screenshot is not None:
+        started = time.monotonic()
+
+        def ready() -> bool:
+            done = run is None or any(getattr(widgets.get(name), attr, None) is not None for name, attr in (
+                ("Predict", "last_result"), ("Predict", "last_error"), ("Model", "last_error")))
+            idle = not any(getattr(w, "busy", False) for w in widgets.values())
+            return done and idle and time.monotonic() - started > 2.0
+
+        def shoot() -> None:
+            if not ready() and time.monotonic() - started < 600:
+                QTimer.singleShot(250, shoot)
+                return
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            viewer.screenshot(str(screenshot), canvas_only=False)
+            click.echo(str(screenshot))
+            viewer.close()
+
+        QTimer.singleShot(500, shoot)
+    napari.run()
+
+
 @main.command()
 @click.option("--out", default=Path("demo_out"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the demo's dataset, model and results.")
-@click.option("--steps", default=400, show_default=True, help="Training steps (more: better, slower).")
+@click.option("--steps", default=1200, show_default=True, help="Training steps (more: better, slower).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @_user_errors
@@ -375,8 +452,8 @@ def demo(out: Path, steps: int, seed: int, device: str) -> None:
     from napari_metalseg.training import train as run_training
 
     data, run, predicted = out / "dataset", out / "run", out / "predicted"
-    click.echo(f"[1/4] synthesising 12 steel micrographs (384 px, x2700/x3000/x5000) into {data}", err=True)
-    write_synthetic_dataset(data, n=12, size=384, seed=seed, overwrite=True)
+    click.echo(f"[1/4] synthesising 15 steel micrographs (384 px, x2700/x3000/x5000) into {data}", err=True)
+    write_synthetic_dataset(data, n=15, size=384, seed=seed, overwrite=True)
     dataset = load_dataset(data, require_masks=True)
     click.echo(json.dumps(dataset.summary()["splits"]), err=True)
     train_samples = load_samples(_split_items(dataset, "train"))

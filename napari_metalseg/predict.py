@@ -234,7 +234,8 @@ class Predictor:
             if progress:
                 progress(ProgressEvent("predict", min(i + self.batch_size, len(origins)), len(origins),
                                        message="decoder"))
-        probs = (acc / weight)[:, :h, :w]
+        acc /= weight  # in place: the probability map is the largest buffer of a big micrograph
+        probs = acc[:, :h, :w]
         return PhaseMap(probs.argmax(0).astype(np.uint8), probs)
 
     def _decode(self, emb, ratio: np.ndarray | None, boxes) -> np.ndarray:

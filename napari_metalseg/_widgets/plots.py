@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
@@ -42,7 +43,7 @@ class _Canvas(FigureCanvasQTAgg):
         figure = Figure(figsize=(width, height), dpi=100, facecolor=BACKGROUND, layout="constrained")
         super().__init__(figure)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        self.setMinimumHeight(int(height * 60))
+        self.setMinimumHeight(int(height * 75))
         self.draw_count = 0
 
     def draw(self) -> None:  # noqa: D102  (counts redraws so tests can check the throttle)
@@ -51,7 +52,7 @@ class _Canvas(FigureCanvasQTAgg):
 
 
 class LivePlot(_Canvas):
-    """Training loss (left axis, log scale) and validation mean Dice (right axis, %) against the step.
+    """Training loss (left axis) and validation mean Dice (right axis, %) against the step.
 
     Parameters
     ----------
@@ -67,7 +68,7 @@ class LivePlot(_Canvas):
     """
 
     def __init__(self, max_fps: float = 5.0) -> None:
-        super().__init__(4.0, 2.4)
+        super().__init__(4.0, 2.8)
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.val_steps: list[int] = []
@@ -129,12 +130,10 @@ class LivePlot(_Canvas):
         self._loss_line.set_data(self.steps, self.losses)
         self._dice_line.set_data(self.val_steps, self.dice)
         right = max(self._total, self.steps[-1] if self.steps else 1, 1)
-        self.ax.set_xlim(0, right)
-        positive = [v for v in self.losses if v > 0]
-        if positive:
-            lo, hi = min(positive), max(positive)
-            self.ax.set_yscale("log")
-            self.ax.set_ylim(lo / 1.3, hi * 1.3 if hi > lo else lo * 2)
+        self.ax.set_xlim(0, right * 1.03)
+        finite = [v for v in self.losses if np.isfinite(v)]
+        if finite:
+            self.ax.set_ylim(0, max(finite) * 1.08 or 1.0)
         self.draw_idle()
 
 
@@ -182,9 +181,10 @@ class FractionBars(_Canvas):
                         yerr=[errors[i] for i in have_ci], fmt="none", ecolor=FOREGROUND, elinewidth=1.2,
                         capsize=4, zorder=3)
         for i, v in enumerate(values):
-            ax.text(pos[i], v + 1.5, f"{v:.1f}", ha="center", va="bottom", color=FOREGROUND, fontsize=8)
+            top = v + (errors[i] or 0.0)
+            ax.text(pos[i], top + 1.5, f"{v:.1f} %", ha="center", va="bottom", color=FOREGROUND, fontsize=8)
         ax.set_xticks(pos, list(names), fontsize=8)
-        ax.set_ylim(0, max(100.0, max(values, default=0) + 8))
+        ax.set_ylim(0, max(100.0, max((v + (e or 0) for v, e in zip(values, errors)), default=0) + 10))
         ax.set_ylabel("area fraction %", fontsize=8)
         ax.set_title(f"{n_fields} field{'s' if n_fields != 1 else ''}"
                      + (" (mean ± 95 % CI)" if have_ci else ""), fontsize=9)

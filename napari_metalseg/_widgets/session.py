@@ -68,7 +68,12 @@ class Session(QObject):
 
 
 def get_session(viewer) -> Session:
-    """The session of ``viewer`` (created on first use)."""
+    """The session of ``viewer`` (created on first use).
+
+    Plugin widgets receive a proxy of the viewer; the session is keyed by the viewer itself, so every widget of
+    one viewer shares it whatever object it was handed.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     session = _SESSIONS.get(viewer)
     if session is None:
         session = Session()

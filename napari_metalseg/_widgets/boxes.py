@@ -1,0 +1,332 @@
+"""The Box prompts dock widget: draw a rectangle, get phases (or one corrected object) inside it only.
+
+Draw rectangles on the ``box prompts`` Shapes layer. Each new rectangle runs the model with the box as prompt
+(the :class:`~napari_metalseg.predict.Predictor` box path: the encoder runs once per box window and is cached,
+ratio guidance applies) and writes into the target Labels layer **only inside the box**, as **one undo step**
+(``Ctrl+Z`` on the Labels layer restores the box exactly). Two modes:
+
+``predict phases in box``
+    every pixel of the box gets the predicted phase.
+``assign selected phase to object``
+    one object inside the box gets the phase chosen in the widget; nothing else changes. The object is found in
+    the predicted phase map of the box with this rule (:func:`object_in_box`):
+
+    1. the *matrix* phase is the most frequent predicted phase on the box outline (what surrounds an object
+       boxed with a little margin);
+    2. candidate pixels are those predicted as any other phase; if there are none, the whole box is the object;
+    3. of the 8-connected candidate regions, the object is the one covering the box centre, else the largest;
+    4. holes inside the object are filled.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from functools import partial
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+from scipy import ndimage
+
+from napari_metalseg._widgets.layers import (
+    BOX_LAYER,
+    IMAGE_KEY,
+    MODEL_LOCK,
+    PHASE_LAYER,
+    LayerPicker,
+    image_of_layer,
+    image_transform,
+    is_micrograph_layer,
+    phases_of_layer,
+    report_error,
+    run_worker,
+    session_of,
+    show_phase_map,
+)
+from napari_metalseg._widgets.predict import effective_ratios
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import UNLABELED
+
+MODE_PREDICT = "predict phases in box"
+MODE_OBJECT = "assign selected phase to object"
+MODES = (MODE_PREDICT, MODE_OBJECT)
+
+
+def object_in_box(phases_in_box: np.ndarray) -> np.ndarray:
+    """The object a box was drawn around, from the predicted phases inside the box (see the module docstring).
+
+    Parameters
+    ----------
+    phases_in_box : numpy.ndarray
+        2-D phase indices of the box pixels.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        Same shape; True on the object (one 8-connected region, holes filled).
+    """
+    region = np.asarray(phases_in_box)
+    if region.ndim != 2 or region.size == 0:
+        raise MetalsegError(f"box region of shape {region.shape}: expected a non-empty 2-D array")
+    outline = np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]])
+    matrix = np.bincount(outline.ravel()).argmax()
+    candidates = region != matrix
+    if not candidates.any():
+        return np.ones(region.shape, bool)
+    components, count = ndimage.label(candidates, structure=np.ones((3, 3), bool))
+    centre = components[region.shape[0] // 2, region.shape[1] // 2]
+    if centre == 0:
+        sizes = np.bincount(components.ravel(), minlength=count + 1)
+        sizes[0] = 0
+        centre = int(sizes.argmax())
+    return ndimage.binary_fill_holes(components == centre)
+
+
+def box_from_vertices(vertices: np.ndarray, shapes_layer: Shapes, image_layer: Image,
+                      shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A rectangle of ``shapes_layer`` (its data coordinates) -> ``x0, y0, x1, y1`` pixel edges of the image.
+
+    Pixel ``i`` covers ``[i - 0.5, i + 0.5]`` in napari data coordinates; the box keeps the pixels whose centres
+    the rectangle covers, clipped to the image.
+    """
+    vertices = np.asarray(vertices, float)[:, -2:]
+    corners = np.array([image_layer.world_to_data(shapes_layer.data_to_world(v))[-2:] for v in vertices])
+    y_lo, x_lo = corners.min(0)
+    y_hi, x_hi = corners.max(0)
+    h, w = shape
+    y0, x0 = max(0, int(np.ceil(y_lo - 0.5))), max(0, int(np.ceil(x_lo - 0.5)))
+    y1, x1 = min(h, int(np.floor(y_hi + 0.5))), min(w, int(np.floor(x_hi + 0.5)))
+    if y1 - y0 < 2 or x1 - x0 < 2:
+        raise MetalsegError("the box is outside the micrograph or smaller than 2 x 2 pixels; draw it over the image")
+    return x0, y0, x1, y1
+
+
+class BoxPromptWidget(QWidget):
+    """Dock widget: box prompts that predict phases, or correct one object, inside the box only.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_of(napari_viewer)
+        self.worker = None
+        self.last_error: BaseException | None = None
+        self.last_box: tuple[int, int, int, int] | None = None
+        self.last_change: np.ndarray | None = None
+        self._queue: deque = deque()
+        self._shapes_connected: set[int] = set()
+
+        self.image = LayerPicker(napari_viewer, Image, accept=is_micrograph_layer)
+        self.target = LayerPicker(napari_viewer, Labels, prefer=PHASE_LAYER)
+        self.mode_group = QButtonGroup(self)
+        self.mode_buttons = {}
+        for i, mode in enumerate(MODES):
+            button = QRadioButton(mode)
+            self.mode_group.addButton(button, i)
+            self.mode_buttons[mode] = button
+        self.mode_buttons[MODE_PREDICT].setChecked(True)
+        self.phase = QComboBox()
+        self.draw_button = QPushButton("Draw boxes")
+        self.draw_button.setToolTip(f"Select the '{BOX_LAYER}' shapes layer in rectangle mode")
+        self.clear_button = QPushButton("Clear boxes")
+        self.status = QLabel("Draw a rectangle over the micrograph.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Micrograph", self.image)
+        form.addRow("Write into", self.target)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        for button in self.mode_buttons.values():
+            layout.addWidget(button)
+        phase_form = QFormLayout()
+        phase_form.addRow("Phase", self.phase)
+        layout.addLayout(phase_form)
+        layout.addWidget(self.draw_button)
+        layout.addWidget(self.clear_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.draw_button.clicked.connect(self.activate)
+        self.clear_button.clicked.connect(self.clear_boxes)
+        self.mode_group.idToggled.connect(lambda *_: self._update())
+        self.session.model_changed.connect(self._update)
+        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        for layer in napari_viewer.layers:
+            self._watch(layer)
+        self._update()
+
+    # -- state -------------------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def mode(self) -> str:
+        return MODES[self.mode_group.checkedId()]
+
+    def set_mode(self, mode: str, phase: str | None = None) -> None:
+        """Choose the mode (and, for the object mode, the phase to assign)."""
+        self.mode_buttons[mode].setChecked(True)
+        if phase is not None:
+            self.phase.setCurrentText(phase)
+
+    def _update(self) -> None:
+        phases = self.session.phases
+        current = self.phase.currentText()
+        self.phase.clear()
+        if phases is not None:
+            for phase in phases.phases:
+                pixmap = QPixmap(12, 12)
+                pixmap.fill(QColor(phase.color))
+                self.phase.addItem(QIcon(pixmap), phase.name)
+            if current in phases.names:
+                self.phase.setCurrentText(current)
+        self.phase.setEnabled(self.mode == MODE_OBJECT)
+
+    def _on_layer_inserted(self, event) -> None:
+        self._watch(event.value)
+
+    def _watch(self, layer) -> None:
+        key = id(getattr(layer, "__wrapped__", layer))  # plugin widgets see proxies of the layers
+        if isinstance(layer, Shapes) and layer.name == BOX_LAYER and key not in self._shapes_connected:
+            self._shapes_connected.add(key)
+            layer.events.data.connect(partial(self._on_shapes_data, layer))
+
+    # -- boxes -------------------------------------------------------------------------------------------------
+    def shapes_layer(self, create: bool = True) -> Shapes | None:
+        """The ``box prompts`` layer (created over the chosen micrograph when missing)."""
+        if BOX_LAYER in self.viewer.layers and isinstance(self.viewer.layers[BOX_LAYER], Shapes):
+            return self.viewer.layers[BOX_LAYER]
+        if not create:
+            return None
+        image = self.image.layer()
+        transform = image_transform(image) if image is not None else {}
+        width = max(1.0, max(image.data.shape[:2]) / 250) if image is not None else 2.0
+        layer = self.viewer.add_shapes(ndim=2, name=BOX_LAYER, shape_type="rectangle", edge_color="#ffd700",
+                                       face_color="transparent", edge_width=width, **transform)
+        self._watch(layer)
+        return layer
+
+    def activate(self) -> Shapes:
+        """Select the box layer in rectangle-drawing mode."""
+        layer = self.shapes_layer()
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        return layer
+
+    def clear_boxes(self) -> None:
+        layer = self.shapes_layer(create=False)
+        if layer is not None and len(layer.data):
+            layer.selected_data = set(range(len(layer.data)))
+            layer.remove_selected()
+
+    def _on_shapes_data(self, layer: Shapes, event) -> None:
+        if getattr(event, "action", None) != "added" or tuple(getattr(event, "data_indices", ())) != (-1,):
+            return
+        if not len(layer.data) or layer.shape_type[-1] != "rectangle":
+            return
+        self.submit(np.asarray(layer.data[-1]), layer)
+
+    def submit(self, vertices: np.ndarray, shapes_layer: Shapes | None = None):
+        """Process one rectangle (its vertices in ``shapes_layer`` data coordinates); queued while busy."""
+        self._queue.append((np.asarray(vertices), shapes_layer or self.shapes_layer()))
+        if not self.busy:
+            return self._next()
+        return self.worker
+
+    def _next(self):
+        while self._queue and not self.busy:
+            vertices, shapes_layer = self._queue.popleft()
+            try:
+                self.worker = self._start(vertices, shapes_layer)
+            except MetalsegError as exc:
+                self._failed(exc)
+        return self.worker
+
+    def _target_layer(self, image_layer: Image, shape: tuple[int, int]) -> Labels:
+        phases = self.session.phases
+        target = self.target.layer()
+        if target is None:
+            target = show_phase_map(self.viewer, np.full(shape, UNLABELED, np.uint8), phases, PHASE_LAYER,
+                                    **image_transform(image_layer), metadata={IMAGE_KEY: image_layer.name})
+            self.target.set_layer(target.name)
+        if tuple(target.data.shape) != tuple(shape):
+            raise MetalsegError(f"labels layer {target.name!r} has shape {tuple(target.data.shape)} but the "
+                                f"micrograph {image_layer.name!r} has {tuple(shape)}; choose matching layers")
+        own = phases_of_layer(target)
+        if own is not None and own.names != phases.names:
+            raise MetalsegError(f"labels layer {target.name!r} has phases {own.names}, the model "
+                                f"{phases.names}; choose another layer")
+        return target
+
+    def _start(self, vertices: np.ndarray, shapes_layer: Shapes):
+        session = self.session
+        if session.predictor is None:
+            raise MetalsegError("no model yet: open a trained run in the Model widget first")
+        image_layer = self.image.layer()
+        if image_layer is None:
+            raise MetalsegError("no micrograph layer: open an image first")
+        image = image_of_layer(image_layer)
+        box = box_from_vertices(vertices, shapes_layer, image_layer, image.shape)
+        target = self._target_layer(image_layer, image.shape)
+        mode = self.mode
+        phase = session.phases.index(self.phase.currentText()) if mode == MODE_OBJECT else None
+        predictor, ratios = session.predictor, effective_ratios(session)
+        self.last_error = None
+        self.status.setText(f"box x {box[0]}..{box[2]}, y {box[1]}..{box[3]}: predicting")
+
+        def compute(progress):
+            with MODEL_LOCK:
+                return predictor.predict(image, ratios=ratios, box=box, progress=progress)
+
+        return run_worker(compute, "box prompt", partial(self.apply, target, box, mode, phase),
+                          on_error=self._failed, on_finish=self._finished)
+
+    def apply(self, target: Labels, box: tuple[int, int, int, int], mode: str, phase: int | None,
+              phase_map) -> int:
+        """Write a box prediction into ``target`` inside the box only, as one undo step; returns pixels changed."""
+        x0, y0, x1, y1 = box
+        region = np.asarray(phase_map.labels[y0:y1, x0:x1])
+        if mode == MODE_OBJECT:
+            selected = object_in_box(region)
+            values = np.full(int(selected.sum()), phase + 1)
+        else:
+            selected = region != UNLABELED
+            values = region[selected].astype(np.int64) + 1
+        ys, xs = np.nonzero(selected)
+        dtype = np.asarray(target.data).dtype
+        before = np.asarray(target.data[y0:y1, x0:x1]).copy()
+        with target.block_history():
+            target.data_setitem((ys + y0, xs + x0), values.astype(dtype))
+        changed = np.asarray(target.data[y0:y1, x0:x1]) != before
+        self.last_box = box
+        self.last_change = changed
+        what = f"object ({int(selected.sum())} px) -> {self.session.phases.names[phase]}" if mode == MODE_OBJECT \
+            else "phases predicted"
+        self.status.setText(f"box x {x0}..{x1}, y {y0}..{y1}: {what}; {int(changed.sum())} px changed "
+                            "(Ctrl+Z on the labels layer undoes it)")
+        return int(changed.sum())
+
+    def _failed(self, exc: BaseException) -> None:
+        self.last_error = exc
+        report_error(exc)
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._next()
+

@@ -1,0 +1,454 @@
+"""Layer conventions of the plugin and the GUI plumbing every dock widget shares.
+
+Layer conventions (the only place they are written down in code):
+
+* A phase map is a napari ``Labels`` layer: label ``k + 1`` is phase ``k``, label 0 is unlabeled
+  (:func:`~napari_metalseg.phases.mask_to_labels`). It carries a ``DirectLabelColormap`` with the phase colours,
+  a ``features`` table with an ``index`` and a ``phase`` column (so the status bar names the phase under the
+  cursor) and ``metadata["metalseg_phases"]`` (the phase set as in ``phases.json``).
+* A micrograph is an ``Image`` layer whose ``scale`` is the pixel size in micrometres (``units`` ``um``) when the
+  file states it, so napari's scale bar is right; ``metadata["metalseg_micrograph"]`` holds
+  :meth:`~napari_metalseg.io.Micrograph.info`.
+* Layers derived from an image (phases, probabilities, box prompts, features) share its scale and translate and
+  name it in ``metadata["metalseg_image"]``.
+
+Shared plumbing: :class:`LayerPicker` (a combo box of layers that follows the viewer), :func:`run_worker` (runs
+engine code in a napari ``thread_worker`` with a progress bar) and :func:`report_error` (user errors as napari
+notifications, never a traceback dialog).
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtWidgets import QComboBox
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import UNLABELED, PhaseSet, labels_to_mask, mask_to_labels
+from napari_metalseg.progress import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+PHASES_KEY = "metalseg_phases"
+"""``Labels.metadata`` key: the layer's phase set as a ``phases.json`` list."""
+IMAGE_KEY = "metalseg_image"
+"""``Layer.metadata`` key: name of the micrograph layer a derived layer belongs to."""
+MICROGRAPH_KEY = "metalseg_micrograph"
+"""``Image.metadata`` key: the micrograph's :meth:`~napari_metalseg.io.Micrograph.info` dict."""
+DERIVED_KEY = "metalseg_derived"
+"""``Image.metadata`` key set on images the plugin computes (probabilities, feature maps): not micrographs."""
+PHASE_LAYER = "phases"
+"""Name of the layer whole-image predictions go to."""
+BOX_LAYER = "box prompts"
+"""Name of the Shapes layer of box prompts."""
+UNITS = ("um", "um")
+LABELS_OPACITY = 0.6
+
+
+# -- phase layers ----------------------------------------------------------------------------------------------
+
+def phase_colormap(phases: PhaseSet) -> DirectLabelColormap:
+    """The napari colormap of a phase set (label ``k + 1`` in the colour of phase ``k``, 0 transparent)."""
+    return DirectLabelColormap(color_dict=phases.napari_colormap())
+
+
+def phase_features(phases: PhaseSet) -> dict[str, np.ndarray]:
+    """The ``features`` table of a phase Labels layer: row ``i`` describes label ``i`` (0 = unlabeled)."""
+    return {"index": np.arange(len(phases) + 1), "phase": np.array(["unlabeled", *phases.names], dtype=object)}
+
+
+def labels_layer_kwargs(phases: PhaseSet, name: str, scale: Sequence[float] | None = None,
+                        translate: Sequence[float] | None = None, metadata: dict | None = None,
+                        units: Sequence | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``viewer.add_labels`` (or a reader's layer-data tuple) for a phase layer.
+
+    ``units`` defaults to micrometres when a non-unit ``scale`` is given (the plugin's physical scale).
+    """
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "colormap": phase_colormap(phases),
+        "features": phase_features(phases),
+        "metadata": {**(metadata or {}), PHASES_KEY: phases.to_json()},
+        "opacity": LABELS_OPACITY,
+    }
+    if scale is not None:
+        kwargs["scale"] = tuple(float(s) for s in scale)
+    if translate is not None:
+        kwargs["translate"] = tuple(float(t) for t in translate)
+    if units is not None:
+        kwargs["units"] = tuple(units)
+    elif scale is not None and any(float(s) != 1.0 for s in scale):
+        kwargs["units"] = UNITS
+    return kwargs
+
+
+def micrograph_layer_kwargs(micrograph, name: str) -> dict[str, Any]:
+    """Keyword arguments of ``viewer.add_image`` for a :class:`~napari_metalseg.io.Micrograph`.
+
+    The scale is the pixel size in micrometres when known (napari's scale bar then shows physical lengths).
+    """
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "colormap": "gray",
+        "contrast_limits": (0.0, 1.0),
+        "metadata": {MICROGRAPH_KEY: micrograph.info()},
+    }
+    if micrograph.pixel_size_um:
+        px = float(micrograph.pixel_size_um)
+        kwargs["scale"] = (px, px)
+        kwargs["units"] = UNITS
+    return kwargs
+
+
+def show_phase_map(viewer, data, phases: PhaseSet, name: str = PHASE_LAYER, scale: Sequence[float] | None = None,
+                   translate: Sequence[float] | None = None, *, units: Sequence | None = None,
+                   labels: bool = False, metadata: dict | None = None) -> Labels:
+    """Add or update the Labels layer ``name`` showing a phase map.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    data : PhaseMap or numpy.ndarray
+        A :class:`~napari_metalseg.predict.PhaseMap`, a mask (phase index ``0..K-1``, 255 unlabeled) or, with
+        ``labels=True``, napari labels (``k + 1``, 0 unlabeled).
+    phases : PhaseSet
+    name : str
+        Layer name; an existing Labels layer of the same shape is updated in place (its undo history restarts).
+    scale, translate, units : optional
+        Those of the micrograph the map belongs to (see :func:`image_transform`).
+    labels : bool
+        ``data`` already holds napari labels.
+    metadata : dict, optional
+        Extra layer metadata (e.g. ``{IMAGE_KEY: image_layer.name}``).
+
+    Returns
+    -------
+    napari.layers.Labels
+    """
+    if hasattr(data, "labels") and hasattr(data, "probs"):  # a PhaseMap
+        array = mask_to_labels(data.labels)
+    else:
+        array = np.asarray(data) if labels else mask_to_labels(data)
+    if array.ndim != 2:
+        raise MetalsegError(f"a phase map must be 2-D, got shape {array.shape}")
+    kwargs = labels_layer_kwargs(phases, name, scale, translate, metadata, units)
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(layer, Labels) and layer.data.shape == array.shape:
+        layer.data = array
+        layer.colormap = kwargs["colormap"]
+        layer.features = kwargs["features"]
+        layer.metadata = {**layer.metadata, **kwargs["metadata"]}
+        if scale is not None:
+            layer.scale = kwargs["scale"]
+        if translate is not None:
+            layer.translate = kwargs["translate"]
+        if "units" in kwargs:
+            layer.units = kwargs["units"]
+        return layer
+    if isinstance(layer, Labels):  # the phase map of an image of another size: replaced
+        viewer.layers.remove(layer)
+    return viewer.add_labels(array, **kwargs)
+
+
+def session_of(viewer):
+    """The :class:`~.session.Session` of a viewer (plugin widgets get a proxy of it; the session is keyed by the
+    viewer itself so every widget shares it)."""
+    from napari_metalseg._widgets.session import get_session
+
+    return get_session(getattr(viewer, "__wrapped__", viewer))
+
+
+def phases_of_layer(layer: Layer | None) -> PhaseSet | None:
+    """The phase set stored on a Labels layer by this plugin, or None."""
+    if layer is None:
+        return None
+    data = layer.metadata.get(PHASES_KEY)
+    if not data:
+        return None
+    try:
+        return PhaseSet.from_json(data, source=f"layer {layer.name!r}")
+    except MetalsegError:
+        return None
+
+
+def mask_of_layer(layer: Labels, num_phases: int | None = None) -> np.ndarray:
+    """The mask (phase index, 255 unlabeled) of a 2-D phase Labels layer."""
+    data = np.asarray(layer.data)
+    if data.ndim != 2:
+        raise MetalsegError(f"labels layer {layer.name!r} has shape {data.shape}; a 2-D phase map is needed")
+    return labels_to_mask(data, num_phases)
+
+
+def phase_fractions_of_layer(layer: Labels, num_phases: int) -> np.ndarray | None:
+    """Area fraction of each phase over the labelled pixels of a phase Labels layer (None if nothing labelled)."""
+    mask = mask_of_layer(layer, num_phases)
+    labelled = mask[mask != UNLABELED]
+    if labelled.size == 0:
+        return None
+    counts = np.bincount(labelled.ravel(), minlength=num_phases)[:num_phases].astype(np.float64)
+    return counts / counts.sum()
+
+
+def image_of_layer(layer: Image) -> np.ndarray:
+    """The micrograph of an Image layer as a float32 2-D array in [0, 1].
+
+    RGB(A) becomes luminance, integers are divided by their dtype maximum, other floats are min/max scaled
+    (the rules of :func:`~napari_metalseg.io.micrograph_from_array`); multiscale data gives the full resolution.
+    """
+    from napari_metalseg.io import micrograph_from_array
+
+    if not isinstance(layer, Image):
+        raise MetalsegError(f"layer {getattr(layer, 'name', layer)!r} is not an image layer")
+    data = layer.data[0] if layer.multiscale else layer.data
+    data = np.asarray(data)
+    if data.ndim != (3 if layer.rgb else 2):
+        raise MetalsegError(f"image layer {layer.name!r} has shape {data.shape}; metalseg needs a single 2-D "
+                            "micrograph (split stacks into single images)")
+    return micrograph_from_array(data, source=layer.name).image
+
+
+def image_transform(layer: Layer) -> dict[str, tuple]:
+    """``{"scale", "translate", "units"}`` of the last two (y, x) dimensions of a layer, to place derived layers
+    (phases, probabilities, boxes) exactly over it: ``show_phase_map(viewer, pm, phases, **image_transform(im))``.
+    """
+    return {"scale": tuple(float(s) for s in layer.scale[-2:]),
+            "translate": tuple(float(t) for t in layer.translate[-2:]),
+            "units": tuple(str(u) for u in layer.units[-2:])}
+
+
+def is_micrograph_layer(layer: Layer) -> bool:
+    """An Image layer the user can segment (not one the plugin computed, such as feature maps)."""
+    return isinstance(layer, Image) and not layer.metadata.get(DERIVED_KEY)
+
+
+def show_probabilities(viewer, phase_map, phases: PhaseSet, scale: Sequence[float] | None = None,
+                       translate: Sequence[float] | None = None, units: Sequence | None = None,
+                       image_name: str | None = None) -> list[Image]:
+    """Add or update one probability layer per phase (``P(<phase>)``, phase colour, additive, hidden at first).
+
+    Returns
+    -------
+    list of napari.layers.Image
+    """
+    from napari.utils.colormaps import Colormap
+
+    out = []
+    for k, phase in enumerate(phases.phases):
+        name = f"P({phase.name})"
+        prob = np.asarray(phase_map.probs[k], np.float32)
+        meta = {DERIVED_KEY: "probability", IMAGE_KEY: image_name, PHASES_KEY: phases.to_json()}
+        rgb = [int(phase.color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        cmap = Colormap([[0, 0, 0, 1], [*rgb, 1]], name=f"metalseg_{phase.name}")
+        layer = viewer.layers[name] if name in viewer.layers else None
+        if isinstance(layer, Image) and layer.data.shape == prob.shape:
+            layer.data = prob
+            layer.metadata = {**layer.metadata, **meta}
+        else:
+            if layer is not None:
+                viewer.layers.remove(layer)
+            kwargs: dict[str, Any] = {"name": name, "colormap": cmap, "blending": "additive",
+                                      "contrast_limits": (0.0, 1.0), "visible": False, "metadata": meta}
+            if scale is not None:
+                kwargs["scale"] = tuple(scale)
+            if translate is not None:
+                kwargs["translate"] = tuple(translate)
+            if units is not None:
+                kwargs["units"] = tuple(units)
+            layer = viewer.add_image(prob, **kwargs)
+        out.append(layer)
+    return out
+
+
+def phase_legend_html(phases: PhaseSet, values: Sequence[float] | None = None) -> str:
+    """Rich text listing the phases with colour swatches (and a percentage each when ``values`` is given)."""
+    parts = []
+    for k, phase in enumerate(phases.phases):
+        text = f"<span style='color:{phase.color}'>&#9632;</span>&nbsp;{phase.name}"
+        if values is not None:
+            text += f" {100 * float(values[k]):.1f}%"
+        parts.append(text)
+    return "&nbsp;&nbsp; ".join(parts)
+
+
+# -- a combo box of layers -------------------------------------------------------------------------------------
+
+class LayerPicker(QComboBox):
+    """A combo box listing the viewer's layers of one type; follows insertions, removals and renames.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer_type : type
+        ``napari.layers.Image``, ``Labels``, ...
+    accept : callable, optional
+        Extra filter ``accept(layer) -> bool``.
+    prefer : str, optional
+        Name picked when it appears (e.g. ``"phases"``).
+    """
+
+    def __init__(self, viewer, layer_type: type, accept: Callable[[Layer], bool] | None = None,
+                 prefer: str | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._type = layer_type
+        self._accept = accept
+        self._prefer = prefer
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.moved.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_inserted(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+        if layer is not None and self._matches(layer) and (self.currentIndex() < 0 or layer.name == self._prefer):
+            self.setCurrentText(layer.name)
+
+    def _matches(self, layer: Layer) -> bool:
+        return isinstance(layer, self._type) and (self._accept is None or self._accept(layer))
+
+    def refresh(self, event=None) -> None:
+        """Re-list the layers, keeping the current choice when it still exists."""
+        current = self.currentText()
+        names = [layer.name for layer in reversed(list(self._viewer.layers)) if self._matches(layer)]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        elif self._prefer in names:
+            self.setCurrentText(self._prefer)
+        self.blockSignals(False)
+        if current != self.currentText():
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self) -> Layer | None:
+        """The chosen layer, or None."""
+        name = self.currentText()
+        if name and name in self._viewer.layers:
+            layer = self._viewer.layers[name]
+            return layer if self._matches(layer) else None
+        return None
+
+    def set_layer(self, name: str) -> None:
+        self.refresh()
+        self.setCurrentText(name)
+
+
+# -- workers and errors ----------------------------------------------------------------------------------------
+
+def report_error(exc: BaseException) -> None:
+    """Show an error: a :class:`MetalsegError` (bad input) as a one-line notification, anything else as a
+    notification with its traceback available (a bug)."""
+    from napari.utils.notifications import notification_manager, show_error
+
+    if isinstance(exc, MetalsegError):
+        show_error(str(exc))
+        return
+    log.error("metalseg worker failed", exc_info=exc)
+    notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+
+
+_DONE = object()
+
+MODEL_LOCK = threading.RLock()
+"""Held by worker code while it runs the session's model, so predictions of several widgets never interleave."""
+
+
+def _progress_events(compute: Callable[[Callable[[ProgressEvent], None]], Any]) -> Iterator[ProgressEvent]:
+    """Run ``compute(progress)`` in a helper thread and yield the events it reports; return its result.
+
+    The generator runs in the worker thread, so every yielded event reaches the GUI thread through the worker's
+    ``yielded`` signal (Qt objects are only touched there).
+    """
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = compute(events.put)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
+            outcome["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=target, name="metalseg-compute", daemon=True)
+    thread.start()
+    while (event := events.get()) is not _DONE:
+        yield event
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def run_worker(compute: Callable[[Callable[[ProgressEvent], None]], Any], desc: str,
+               on_done: Callable[[Any], None], on_error: Callable[[BaseException], None] | None = None,
+               on_finish: Callable[[], None] | None = None):
+    """Run ``compute(progress)`` in a napari ``thread_worker`` with a napari progress bar.
+
+    Parameters
+    ----------
+    compute : callable
+        Engine work, called in a worker thread with a progress callback taking
+        :class:`~napari_metalseg.progress.ProgressEvent`; must not touch layers or widgets.
+    desc : str
+        Progress bar text.
+    on_done : callable
+        Called in the GUI thread with the result.
+    on_error : callable, optional
+        Called in the GUI thread with the exception; default :func:`report_error`.
+    on_finish : callable, optional
+        Called in the GUI thread at the end, after success or failure.
+
+    Returns
+    -------
+    GeneratorWorker
+        Already started.
+    """
+    from napari.qt.threading import create_worker
+    from qtpy.QtCore import QThreadPool
+
+    # Qt converts large images (e.g. napari's activity spinner frames) on the global thread pool while the GUI thread
+    # waits, holding the GIL when called from Python; napari's workers run on that pool too (2 threads on a 2-core
+    # machine). A pool filled with workers that need the GIL would then deadlock the GUI: keep threads to spare.
+    pool = QThreadPool.globalInstance()
+    pool.setMaxThreadCount(max(pool.maxThreadCount(), pool.activeThreadCount() + 4))
+    # napari creates the progress bar quietly and shows it when the worker starts: showing it processes Qt events,
+    # which must not happen while the caller is half-way through starting a job.
+    worker = create_worker(_progress_events, compute, _start_thread=False, _ignore_errors=True,
+                           _progress={"desc": desc})
+    pbar = worker.pbar
+
+    def update(event: ProgressEvent) -> None:
+        if event.total and pbar.total != event.total:
+            pbar.total = event.total
+        if event.total:
+            pbar.n = min(event.step, event.total)
+        label = f"{desc}: {event.message}" if event.message else desc
+        if pbar.desc != label:
+            pbar.set_description(label)
+        pbar.refresh()
+
+    worker.yielded.connect(update)
+    worker.returned.connect(on_done)
+    worker.errored.connect(on_error or report_error)
+    if on_finish is not None:
+        worker.finished.connect(on_finish)
+    worker.start()
+    return worker

@@ -1,0 +1,372 @@
+"""GUI tests of the Training and Quantify dock widgets (run under a virtual X display: ``xvfb-run -a pytest``).
+
+Each test drives a real napari viewer; training runs the real trainer (tiny model, 64 px) in napari's worker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from napari_metalseg._widgets.layers import session_of
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import PhaseSet, labels_to_mask, mask_to_labels
+
+PHASES = PhaseSet.from_names(["ferrite", "martensite"])
+PLUGIN = "napari-metalseg"
+
+
+@pytest.fixture(autouse=True)
+def _runs_dir(tmp_path, monkeypatch):
+    """New run folders go to the test's temporary folder, never into the home directory."""
+    monkeypatch.setenv("METALSEG_RUNS_DIR", str(tmp_path / "metalseg-runs"))
+
+
+@pytest.fixture
+def viewer(make_napari_viewer_proxy):
+    return make_napari_viewer_proxy()
+
+
+def _micrograph(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    from napari_metalseg.data.synth import synthesize_micrograph
+
+    return synthesize_micrograph(size, fractions=(0.6, 0.4), magnification=3000, seed=seed)
+
+
+def _add_annotated(viewer, name: str = "steel", size: int = 96, seed: int = 0, uint8: bool = False):
+    """An image layer and a partially annotated Labels layer ``"<name> labels"`` (the right third unlabeled)."""
+    from napari_metalseg._widgets.layers import MICROGRAPH_KEY
+
+    image, mask = _micrograph(size, seed)
+    data = (image * 255 + 0.5).astype(np.uint8) if uint8 else image
+    image_layer = viewer.add_image(data, name=name, metadata={MICROGRAPH_KEY: {"magnification": 3000.0,
+                                                                               "pixel_size_um": 0.05}})
+    labels = mask_to_labels(mask)
+    labels[:, 2 * size // 3:] = 0
+    labels_layer = viewer.add_labels(labels, name=f"{name} labels")
+    return image_layer, labels_layer
+
+
+def _training_widget(viewer):
+    from napari_metalseg._widgets.training import TrainingWidget
+
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
+    assert isinstance(widget, TrainingWidget)
+    return widget
+
+
+def _quick_settings(widget, out, steps: int = 30) -> None:
+    widget.model_combo.setCurrentText("tiny")
+    widget.img_size.setValue(64)
+    widget.steps.setValue(steps)
+    widget.batch_size.setValue(2)
+    widget.device_combo.setCurrentText("cpu")
+    widget.out_edit.setText(str(out))
+    widget.phases_edit.setText("ferrite, martensite")
+
+
+def test_widgets_open_from_the_manifest(viewer):
+    from napari_metalseg._widgets.quantify import QuantifyWidget
+    from napari_metalseg._widgets.training import TrainingWidget
+
+    _, training = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
+    _, quantify = viewer.window.add_plugin_dock_widget(PLUGIN, "Quantify")
+    assert isinstance(training, TrainingWidget)
+    assert isinstance(quantify, QuantifyWidget)
+    assert training.session is session_of(viewer) is quantify.session
+
+
+def test_pairing_rule(viewer):
+    from napari_metalseg._widgets.layers import IMAGE_KEY, show_phase_map
+    from napari_metalseg._widgets.training import ALL_IMAGES, training_pairs
+
+    _add_annotated(viewer, "a", seed=0)
+    _add_annotated(viewer, "b", seed=1)
+    viewer.layers["b labels"].name = "b mask"  # as the reader names a dataset's masks
+    viewer.add_image(np.zeros((50, 50), np.float32), name="c")
+    show_phase_map(viewer, np.zeros((50, 50), np.uint8), PHASES, metadata={IMAGE_KEY: "c"})  # its prediction
+    viewer.add_image(np.zeros((40, 40), np.float32), name="lonely")
+    viewer.add_labels(np.zeros((96, 96), np.uint8), name="scratch")
+    pairs = [(i.name, lab.name) for i, lab in training_pairs(viewer)]
+    assert pairs == [("a", "a labels"), ("b", "b mask"), ("c", "phases")]
+    widget = _training_widget(viewer)
+    widget.select_pair("b")
+    assert widget.labels_combo.currentText() == "b mask"  # pre-selected by the rule
+    widget.select_pair(ALL_IMAGES)
+    assert [lab.name for _, lab in widget.pairs()] == ["a labels", "b mask", "phases"]
+    widget.select_pair("lonely")
+    with pytest.raises(MetalsegError, match="has shape"):
+        widget.pairs()  # whatever the combo holds, a Labels layer of another size is refused
+
+
+def test_training_from_layers_keeps_the_viewer_responsive(viewer, qtbot, tmp_path, capsys):
+    from qtpy.QtCore import QTimer
+
+
+    _, labels_layer = _add_annotated(viewer)
+    drawn = np.array(labels_layer.data)
+    widget = _training_widget(viewer)
+    widget.select_pair("steel", "steel labels")
+    out = tmp_path / "run"
+    _quick_settings(widget, out, steps=30)
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    widget.start_training()
+    assert widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    duration = time.perf_counter() - t0
+    qtbot.wait(50)
+    timer.stop()
+
+    assert widget.last_error is None, widget.last_error
+    gaps = np.diff(ticks)
+    p95 = float(np.percentile(gaps, 95))
+    with capsys.disabled():
+        print(f"\n[responsiveness] run {duration:.1f} s, {len(ticks)} ticks of a 20 ms timer, gap p50 "
+              f"{1000 * np.median(gaps):.0f} ms, p95 {1000 * p95:.0f} ms, max {1000 * gaps.max():.0f} ms")
+    assert p95 < 0.25, f"event loop blocked: p95 timer gap {p95 * 1000:.0f} ms"
+    assert len(ticks) >= 0.3 * duration / 0.020, "the 20 ms timer hardly ticked during training"
+
+    # the live plot received every step and the validations, redrawn at most ~5 times a second
+    assert widget.plot.steps == list(range(1, 31))
+    assert len(widget.plot.dice) >= 1
+    assert 1 < widget.plot.draw_count <= duration * 5 + 5
+
+    # the finished model is in the session and the current image is predicted into "phases"
+    session = session_of(viewer)
+    assert session.model is not None and session.predictor is not None
+    assert session.run_dir == out and session.phases.names == PHASES.names
+    assert (out / "adapter.safetensors").is_file() and (out / "config.json").is_file()
+    phases_layer = viewer.layers["phases"]
+    assert phases_layer.data.shape == (96, 96)
+    assert set(np.unique(phases_layer.data)) <= {1, 2}
+    # the annotations were autosaved and never touched
+    saved = labels_to_mask(drawn)
+    from napari_metalseg.data.dataset import read_mask
+
+    np.testing.assert_array_equal(read_mask(out / "autosave" / "steel labels.png"), saved)
+    np.testing.assert_array_equal(labels_layer.data, drawn)
+
+
+def test_stop_ends_a_long_run_early(viewer, qtbot, tmp_path):
+
+    _add_annotated(viewer)
+    widget = _training_widget(viewer)
+    out = tmp_path / "long"
+    _quick_settings(widget, out, steps=10_000)
+    widget.start_training()
+    qtbot.waitUntil(lambda: len(widget.plot.steps) >= 3, timeout=60_000)
+    t0 = time.perf_counter()
+    widget.request_stop()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10, f"stop took {elapsed:.1f} s"
+    kinds = [e.kind for e in widget.events]
+    assert "stopped" in kinds and "done" not in kinds
+    assert len(widget.plot.steps) < 10_000
+    assert (out / "adapter.safetensors").is_file() and (out / "resume.pt").is_file()
+    assert session_of(viewer).run_dir == out  # the partial model is loaded
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_closing_the_viewer_stops_a_running_training(viewer, qtbot, tmp_path):
+    _add_annotated(viewer)
+    widget = _training_widget(viewer)
+    _quick_settings(widget, tmp_path / "closed", steps=10_000)
+    widget.start_training()
+    worker = widget._worker
+    qtbot.waitUntil(lambda: len(widget.plot.steps) >= 2, timeout=60_000)
+    viewer.close()  # napari cancels running workers (the generator is not advanced again)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+    qtbot.wait(100)
+
+
+def test_add_to_training_set_writes_image_mask_and_metadata(viewer, tmp_path):
+    from napari_metalseg.data.dataset import load_dataset, read_metadata
+
+    root = tmp_path / "dataset"
+    session_of(viewer).dataset_dir = root
+    image_a, labels_a = _add_annotated(viewer, "field A", uint8=True)
+    widget = _training_widget(viewer)
+    widget.phases_edit.setText("ferrite, martensite")
+    widget.select_pair("field A", "field A labels")
+    assert widget.add_to_training_set() == ["field A"]
+
+    _, labels_b = _add_annotated(viewer, "field B", seed=3)
+    widget.select_pair("field B", "field B labels")
+    assert widget.add_to_training_set() == ["field B"]
+
+    dataset = load_dataset(root, require_masks=True)
+    assert dataset.phases.names == PHASES.names
+    assert sorted(i.name for i in dataset.items) == ["field A", "field B"]
+    for name, layer in (("field A", labels_a), ("field B", labels_b)):
+        item = dataset.item(name)
+        np.testing.assert_array_equal(item.read_mask(), labels_to_mask(np.asarray(layer.data), 2))
+        assert item.split == "train" and item.magnification == 3000 and item.pixel_size_um == 0.05
+    np.testing.assert_array_equal(dataset.item("field A").read_image().image,
+                                  np.asarray(image_a.data, np.float32) / 255)
+    assert set(read_metadata(root)) == {"field A", "field B"}
+
+    # a correction re-added replaces only that mask
+    labels_a.data[:5, :5] = 2
+    labels_a.refresh()
+    widget.select_pair("field A", "field A labels")
+    widget.add_to_training_set()
+    dataset = load_dataset(root, require_masks=True)
+    assert (dataset.item("field A").read_mask()[:5, :5] == 1).all()
+    np.testing.assert_array_equal(dataset.item("field B").read_mask(), labels_to_mask(labels_b.data, 2))
+
+
+def test_retrain_from_the_dataset_closes_the_loop(viewer, qtbot, tmp_path):
+    """annotate -> add to training set -> train on the dataset folder -> the new model is loaded."""
+    root = tmp_path / "dataset"
+    session_of(viewer).dataset_dir = root
+    _add_annotated(viewer, "field A")
+    widget = _training_widget(viewer)
+    widget.phases_edit.setText("ferrite, martensite")
+    widget.select_pair("field A", "field A labels")
+    widget.add_to_training_set()
+    widget.source.setCurrentIndex(1)  # dataset folder
+    _quick_settings(widget, tmp_path / "retrained", steps=6)
+    widget.start_training()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.last_error is None, widget.last_error
+    config = json.loads((tmp_path / "retrained" / "config.json").read_text())
+    assert config["training"]["train_images"] == ["field A"]
+    assert session_of(viewer).run_dir == tmp_path / "retrained"
+
+
+def test_training_leaves_a_core_for_the_gui(monkeypatch):
+    from napari_metalseg._widgets.training import THREADS_ENV, training_threads
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert training_threads() == 3
+    monkeypatch.delenv(THREADS_ENV)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert training_threads() == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert training_threads() == 1
+
+
+def test_failed_training_keeps_what_was_drawn(viewer, qtbot, tmp_path, monkeypatch):
+    import napari_metalseg.training as training
+    from napari_metalseg.data.dataset import read_mask
+    from napari_metalseg.progress import ProgressEvent
+
+    release = threading.Event()
+
+    def failing_train(*args, **kwargs):
+        yield ProgressEvent("info", message="starting")
+        release.wait(30)
+        raise MetalsegError("disk full (simulated)")
+
+    monkeypatch.setattr(training, "train", failing_train)
+    _, labels_layer = _add_annotated(viewer)
+    widget = _training_widget(viewer)
+    out = tmp_path / "failing"
+    _quick_settings(widget, out, steps=123)
+    widget.start_training()
+    assert (out / "autosave" / "steel labels.png").is_file()  # saved before the run starts
+    # the user keeps annotating while the worker runs, then training fails
+    labels_layer.data[10:30, 10:30] = 2
+    labels_layer.refresh()
+    drawn = np.array(labels_layer.data)
+    release.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+
+    assert isinstance(widget.last_error, MetalsegError)
+    assert "disk full" in widget.status.text()
+    np.testing.assert_array_equal(read_mask(out / "autosave" / "steel labels.png"), labels_to_mask(drawn))
+    assert PhaseSet.load(out / "autosave" / "phases.json").names == PHASES.names
+    assert widget.autosaved_to == out / "autosave"
+    np.testing.assert_array_equal(labels_layer.data, drawn)  # the layer itself is untouched
+    assert widget.steps.value() == 123 and widget.train_button.isEnabled()  # the training state is kept
+
+
+def _quantify_widget(viewer):
+    from napari_metalseg._widgets.quantify import QuantifyWidget
+
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Quantify")
+    assert isinstance(widget, QuantifyWidget)
+    return widget
+
+
+def _known_layer(viewer, name: str = "phases"):
+    """Left half label 1 (ferrite), top-right quarter label 2 (martensite), bottom-right quarter unlabeled."""
+    from napari_metalseg._widgets.layers import IMAGE_KEY, UNITS, show_phase_map
+
+    labels = np.zeros((40, 40), np.uint8)
+    labels[:, :20] = 1
+    labels[:20, 20:] = 2
+    if "steel" not in viewer.layers:
+        viewer.add_image(np.zeros((40, 40), np.float32), name="steel", scale=(0.5, 0.5), units=UNITS)
+    return show_phase_map(viewer, labels, PHASES, name=name, labels=True, scale=(0.5, 0.5),
+                          metadata={IMAGE_KEY: "steel"})
+
+
+def test_quantify_shows_exact_fractions_and_follows_corrections(viewer, qtbot):
+    layer = _known_layer(viewer)
+    widget = _quantify_widget(viewer)
+    widget.select_layer("phases")
+    qtbot.waitUntil(lambda: widget.report is not None, timeout=10_000)
+    field = widget.report.fields[0]
+    assert field.fractions == {"ferrite": 800 / 1200, "martensite": 400 / 1200}
+    assert widget.cell(0, "phase") == "ferrite" and widget.cell(0, "area fraction") == "66.67"
+    assert widget.cell(1, "area fraction") == "33.33"
+    assert widget.cell(0, "95 % CI") == "—"  # one field: no CI
+    assert widget.cell(0, "islands") == "1" and widget.cell(1, "islands") == "1"
+    assert widget.cell(0, "mean island area") == "200"  # 800 px of 0.5 x 0.5 um
+    assert widget.table.horizontalHeaderItem(4).text() == "mean area\nµm²"
+    assert widget.bars.values == pytest.approx([100 * 2 / 3, 100 / 3])
+
+    # painting the unlabeled quarter as martensite updates the table (debounced)
+    layer.data[20:, 20:] = 2
+    layer.refresh()
+    qtbot.waitUntil(lambda: widget.report.fields[0].fractions["martensite"] == 0.5, timeout=10_000)
+    assert widget.cell(1, "area fraction") == "50.00"
+    # so does a brush stroke
+    layer.brush_size = 1
+    layer.paint((0, 39), 1)
+    qtbot.waitUntil(lambda: widget.report.fields[0].pixels["ferrite"] == 801, timeout=10_000)
+
+    # two phase layers: the CI and its error bars appear
+    second = _known_layer(viewer, "phases 2")
+    second.data[:, :] = 1
+    second.refresh()
+    widget.select_layer("all phase layers")
+    qtbot.waitUntil(lambda: widget.report is not None and len(widget.report.fields) == 2, timeout=10_000)
+    assert widget.cell(0, "95 % CI").startswith("± ")
+    assert all(e is not None for e in widget.bars.errors)
+
+
+def test_quantify_exports_csv_and_json(viewer, qtbot, tmp_path):
+    _known_layer(viewer)
+    widget = _quantify_widget(viewer)
+    widget.select_layer("phases")
+    qtbot.waitUntil(lambda: widget.report is not None, timeout=10_000)
+    path = widget.export_csv(tmp_path / "fractions.csv")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    per_phase = ("fraction", "point_fraction", "pixels", "islands", "mean_island_area", "median_island_area",
+                 "mean_diameter", "median_diameter")
+    expected = ["image", "magnification", "pixel_size_um", "sample",
+                *[f"{p}_{c}" for p in PHASES.names for c in per_phase],
+                "length_unit", "labelled_pixels", "points", "grid_spacing_px"]
+    assert list(rows[0]) == expected
+    assert rows[0]["image"] == "phases" and float(rows[0]["ferrite_fraction"]) == pytest.approx(2 / 3)
+    assert rows[0]["length_unit"] == "um" and rows[0]["pixel_size_um"] == "0.5"
+    with open(tmp_path / "fractions_samples.csv", newline="") as fh:
+        summary = list(csv.DictReader(fh))
+    assert summary[0]["n_fields"] == "1" and summary[0]["ferrite_ci95"] == ""  # one field: no CI
+    data = json.loads(widget.export_json(tmp_path / "fractions.json").read_text())
+    assert data["fields"][0]["fractions"]["martensite"] == pytest.approx(1 / 3)
