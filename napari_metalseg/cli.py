@@ -264,11 +264,17 @@ def features(run: Path, input_path: Path, out: Path, device: str) -> None:
     from napari_metalseg.predict import resolve_device
     from napari_metalseg.runs import load_run
 
+    from napari_metalseg.models.lora import has_lora
+
     device = resolve_device(device)
-    model, _ = load_run(run, device=device)
+    model, config = load_run(run, device=device)
     image = read_micrograph(input_path).image
     adapted = encoder_feature_maps(model, image, device)
-    base = encoder_feature_maps(model, image, device, base=True)
+    if has_lora(model):
+        base = encoder_feature_maps(model, image, device, base=True)
+    else:  # the same model before training: pretrained SAM, or the initial weights of a from-scratch model
+        untrained, _ = config["model"].build(device)
+        base = encoder_feature_maps(untrained.eval(), image, device, label="base")
     out.mkdir(parents=True, exist_ok=True)
     for fm in (base, adapted):
         for i, rgb in enumerate(fm.maps):

@@ -52,39 +52,72 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
     return (rgb.reshape(h, w, 3) * 255 + 0.5).astype(np.uint8)
 
 
+MAX_TILES = 16
+"""At most this many encoder tiles per image; larger micrographs are shrunk first (bounded time)."""
+
+
 def block_outputs(model, image: np.ndarray, device: str = "cpu") -> tuple[list[np.ndarray], tuple[float, float]]:
-    """Outputs of every encoder block for ``image`` (resized so its long side is the model input size)."""
+    """Outputs of every encoder block for ``image``, at the model's native resolution.
+
+    The micrograph is cut into tiles of the model input size (as in prediction), each tile's block outputs are
+    captured with forward hooks and stitched, so a map pixel covers 16 x 16 image pixels. Micrographs needing more
+    than :data:`MAX_TILES` tiles are shrunk first.
+
+    Returns
+    -------
+    maps : list of ndarray (h, w, C)
+        One per encoder block, covering the whole micrograph.
+    scale : (float, float)
+        Micrograph pixels per map pixel along (y, x).
+    """
     import torch
 
     size = int(model.img_size)
     h, w = image.shape
-    zoom = size / max(h, w)
-    resized = ndimage.zoom(image.astype(np.float32), zoom, order=1) if zoom != 1 else image.astype(np.float32)
-    rh, rw = min(resized.shape[0], size), min(resized.shape[1], size)
-    tile = np.full((size, size), float(resized.mean()), np.float32)
-    tile[:rh, :rw] = resized[:rh, :rw]
+    image = image.astype(np.float32)
+    zoom = min(1.0, float(np.sqrt(MAX_TILES / (np.ceil(h / size) * np.ceil(w / size)))))
+    if zoom < 1:
+        image = ndimage.zoom(image, zoom, order=1)
+    rh, rw = image.shape
+    ny, nx = int(np.ceil(rh / size)), int(np.ceil(rw / size))
+    padded = np.full((ny * size, nx * size), float(image.mean()), np.float32)
+    padded[:rh, :rw] = image
+    grid = size // 16
+    stitched: list[np.ndarray] | None = None
     captured: list[np.ndarray] = []
     hooks = [block.register_forward_hook(lambda _m, _i, out: captured.append(out[0].float().cpu().numpy()))
              for block in model.sam.image_encoder.blocks]
     try:
-        with torch.inference_mode():
-            model.embed(model.preprocess(torch.from_numpy(tile)[None].to(device)))
+        for ty in range(ny):
+            for tx in range(nx):
+                captured.clear()
+                tile = padded[ty * size:(ty + 1) * size, tx * size:(tx + 1) * size]
+                with torch.inference_mode():
+                    model.embed(model.preprocess(torch.from_numpy(np.ascontiguousarray(tile))[None].to(device)))
+                if stitched is None:
+                    stitched = [np.zeros((ny * grid, nx * grid, c.shape[-1]), np.float32) for c in captured]
+                for out, block_map in zip(stitched, captured):
+                    out[ty * grid:(ty + 1) * grid, tx * grid:(tx + 1) * grid] = block_map
     finally:
         for hook in hooks:
             hook.remove()
     vh, vw = max(1, round(rh / 16)), max(1, round(rw / 16))
-    maps = [c[:vh, :vw] for c in captured]
-    return maps, (h / vh, w / vw)
+    return [m[:vh, :vw] for m in stitched], (h / vh, w / vw)
 
 
-def encoder_feature_maps(model, image: np.ndarray, device: str = "cpu", base: bool = False) -> FeatureMaps:
-    """PCA-RGB map of every encoder block for ``image``; ``base=True`` gives the maps with LoRA switched off."""
+def encoder_feature_maps(model, image: np.ndarray, device: str = "cpu", base: bool = False,
+                         label: str | None = None) -> FeatureMaps:
+    """PCA-RGB map of every encoder block for ``image``; ``base=True`` gives the maps with LoRA switched off.
+
+    For a model without LoRA, pass the untrained model of the same spec (``ModelSpec.build()``: the pretrained base,
+    or the initial weights of a model trained from scratch) with ``label="base"`` instead.
+    """
     from napari_metalseg.models.lora import lora_disabled
 
     context = lora_disabled(model) if base else contextlib.nullcontext()
     with context:
         outputs, scale = block_outputs(model, image, device)
-    return FeatureMaps(np.stack([pca_rgb(o) for o in outputs]), scale, "base" if base else "adapted")
+    return FeatureMaps(np.stack([pca_rgb(o) for o in outputs]), scale, label or ("base" if base else "adapted"))
 
 
 def feature_grid_figure(adapted: FeatureMaps, base: FeatureMaps | None, image: np.ndarray, path) -> None:

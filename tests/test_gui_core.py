@@ -291,9 +291,9 @@ def test_feature_layers_have_block_axis_and_image_scale(loaded, qtbot):
     image = loaded.layers[IMAGE]
     px = float(image.scale[-1])
     assert isinstance(layer, Image) and layer.rgb
-    assert layer.data.shape == (4, 8, 8, 3)  # 4 tiny blocks; 512 px image at 128 px input -> 8 x 8 map
-    assert np.allclose(layer.scale, (1.0, 64 * px, 64 * px))
-    assert np.allclose(layer.translate, (0.0, 31.5 * px, 31.5 * px))
+    assert layer.data.shape == (4, 32, 32, 3)  # 4 tiny blocks; 512 px image tiled at native resolution -> 32 x 32
+    assert np.allclose(layer.scale, (1.0, 16 * px, 16 * px))
+    assert np.allclose(layer.translate, (0.0, 7.5 * px, 7.5 * px))
     assert BASE_LAYER not in loaded.layers  # no LoRA in this model: base == adapted
     assert loaded.dims.axis_labels[0] == "block"
 

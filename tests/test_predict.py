@@ -112,7 +112,8 @@ def test_encoder_feature_maps(trained_run, split_samples):
     image = split_samples["test"][0].image[:, :200]
     fm = encoder_feature_maps(model, image)
     depth = len(model.sam.image_encoder.blocks)
-    assert fm.maps.shape == (depth, IMG_SIZE // 16, round(IMG_SIZE * 200 / 256 / 16), 3)
+    # native resolution: the 256 x 200 micrograph is tiled at the model input size, one map pixel per 16 px
+    assert fm.maps.shape == (depth, 256 // 16, round(200 / 16), 3)
     assert fm.maps.dtype == np.uint8
     assert fm.scale == pytest.approx((256 / fm.maps.shape[1], 200 / fm.maps.shape[2]))
     assert all(m.std() > 0 for m in fm.maps)
