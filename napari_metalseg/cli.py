@@ -261,10 +261,9 @@ def features(run: Path, input_path: Path, out: Path, device: str) -> None:
 
     from napari_metalseg.features import encoder_feature_maps, feature_grid_figure
     from napari_metalseg.io import read_micrograph
+    from napari_metalseg.models.lora import has_lora
     from napari_metalseg.predict import resolve_device
     from napari_metalseg.runs import load_run
-
-    from napari_metalseg.models.lora import has_lora
 
     device = resolve_device(device)
     model, config = load_run(run, device=device)
