@@ -34,10 +34,10 @@ from qtpy.QtWidgets import (
     QPushButton,
     QRadioButton,
     QVBoxLayout,
-    QWidget,
 )
 from scipy import ndimage
 
+from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     BOX_LAYER,
     IMAGE_KEY,
@@ -50,7 +50,6 @@ from napari_metalseg._widgets.layers import (
     phases_of_layer,
     report_error,
     run_worker,
-    session_of,
     show_phase_map,
 )
 from napari_metalseg._widgets.predict import effective_ratios
@@ -111,7 +110,7 @@ def box_from_vertices(vertices: np.ndarray, shapes_layer: Shapes, image_layer: I
     return x0, y0, x1, y1
 
 
-class BoxPromptWidget(QWidget):
+class BoxPromptWidget(DockWidget):
     """Dock widget: box prompts that predict phases, or correct one object, inside the box only.
 
     Parameters
@@ -120,11 +119,7 @@ class BoxPromptWidget(QWidget):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_of(napari_viewer)
-        self.worker = None
-        self.last_error: BaseException | None = None
+        super().__init__(napari_viewer)
         self.last_box: tuple[int, int, int, int] | None = None
         self.last_change: np.ndarray | None = None
         self._queue: deque = deque()
@@ -171,10 +166,6 @@ class BoxPromptWidget(QWidget):
         self._update()
 
     # -- state -------------------------------------------------------------------------------------------------
-    @property
-    def busy(self) -> bool:
-        return self.worker is not None
-
     @property
     def mode(self) -> str:
         return MODES[self.mode_group.checkedId()]

@@ -11,8 +11,9 @@ shown to the right of the micrograph (shifted by the image width), so adapted an
 from __future__ import annotations
 
 from napari.layers import Image
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout
 
+from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     DERIVED_KEY,
     IMAGE_KEY,
@@ -23,7 +24,6 @@ from napari_metalseg._widgets.layers import (
     is_micrograph_layer,
     report_error,
     run_worker,
-    session_of,
 )
 from napari_metalseg.errors import MetalsegError
 
@@ -54,7 +54,7 @@ def feature_layer_transform(image_layer: Image, map_scale: tuple[float, float], 
             "units": ("pixel", *t["units"])}
 
 
-class FeaturesWidget(QWidget):
+class FeaturesWidget(DockWidget):
     """Dock widget: per-block PCA maps of the image encoder, adapted vs base, aligned over the micrograph.
 
     Parameters
@@ -63,11 +63,7 @@ class FeaturesWidget(QWidget):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_of(napari_viewer)
-        self.worker = None
-        self.last_error: BaseException | None = None
+        super().__init__(napari_viewer)
 
         self.image = LayerPicker(napari_viewer, Image, accept=is_micrograph_layer)
         self.base = QCheckBox("also the base model (LoRA off), beside the image")
@@ -87,10 +83,6 @@ class FeaturesWidget(QWidget):
         self.button.clicked.connect(self.compute)
         self.session.model_changed.connect(self._update)
         self._update()
-
-    @property
-    def busy(self) -> bool:
-        return self.worker is not None
 
     def _update(self) -> None:
         model = self.session.model

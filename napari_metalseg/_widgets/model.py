@@ -26,7 +26,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_metalseg._widgets.layers import phase_legend_html, report_error, run_worker, session_of
+from napari_metalseg._widgets.base import DockWidget
+from napari_metalseg._widgets.layers import phase_legend_html, report_error, run_worker
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import GUIDANCE_MODES, SAM_KINDS, check_img_size
 from napari_metalseg.phases import PhaseSet
@@ -106,7 +107,7 @@ def build_model(request: ModelRequest, progress=None) -> ModelResult:
         return ModelResult(model, request.phases, device, None, report.summary() if report else "", notes)
 
 
-class ModelWidget(QWidget):
+class ModelWidget(DockWidget):
     """Dock widget: choose, build or load the model every other widget uses.
 
     Parameters
@@ -115,11 +116,7 @@ class ModelWidget(QWidget):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_of(napari_viewer)
-        self.worker = None
-        self.last_error: BaseException | None = None
+        super().__init__(napari_viewer)
         self._report = ""
         self._notes: list[str] = []
         self._built = None  # the model whose report/notes are shown (the Training widget may install another)
@@ -236,10 +233,6 @@ class ModelWidget(QWidget):
                             phases=phases, guidance=self.guidance.currentText())
 
     # -- actions -----------------------------------------------------------------------------------------------
-    @property
-    def busy(self) -> bool:
-        return self.worker is not None
-
     def load_run(self, run_dir: str | Path, device: str = "auto"):
         """Fill the form with a run directory and load it (returns the worker)."""
         self.source.setCurrentText(SOURCE_RUN)

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from napari.layers import Image
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout
 
+from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     IMAGE_KEY,
     MODEL_LOCK,
@@ -96,7 +97,7 @@ def start_prediction(viewer, image_layer: Image, *, probabilities: bool = False,
     return run_worker(compute, desc, done, on_error=on_error, on_finish=on_finish)
 
 
-class PredictWidget(QWidget):
+class PredictWidget(DockWidget):
     """Dock widget: predict the phases of a whole micrograph (tiled) into the ``phases`` layer.
 
     Parameters
@@ -105,11 +106,7 @@ class PredictWidget(QWidget):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_of(napari_viewer)
-        self.worker = None
-        self.last_error: BaseException | None = None
+        super().__init__(napari_viewer)
         self.last_result = None
 
         self.image = LayerPicker(napari_viewer, Image, accept=is_micrograph_layer)
@@ -136,10 +133,6 @@ class PredictWidget(QWidget):
         self.session.model_changed.connect(self._update)
         self.session.ratios_changed.connect(self._update)
         self._update()
-
-    @property
-    def busy(self) -> bool:
-        return self.worker is not None
 
     def _update(self) -> None:
         session = self.session

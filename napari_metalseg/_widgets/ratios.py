@@ -22,9 +22,9 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSlider,
     QVBoxLayout,
-    QWidget,
 )
 
+from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     IMAGE_KEY,
     PHASE_LAYER,
@@ -33,7 +33,6 @@ from napari_metalseg._widgets.layers import (
     phase_fractions_of_layer,
     phase_legend_html,
     report_error,
-    session_of,
 )
 from napari_metalseg._widgets.predict import start_prediction
 from napari_metalseg.errors import MetalsegError
@@ -62,7 +61,7 @@ def rebalance(ratios: Sequence[float], index: int, value: float) -> np.ndarray:
     return r / r.sum()
 
 
-class RatioWidget(QWidget):
+class RatioWidget(DockWidget):
     """Dock widget: phase-ratio guidance sliders (normalised), live decoder-only re-prediction.
 
     Parameters
@@ -71,11 +70,7 @@ class RatioWidget(QWidget):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_of(napari_viewer)
-        self.worker = None
-        self.last_error: BaseException | None = None
+        super().__init__(napari_viewer)
         self.ratios: np.ndarray | None = None
         self.sliders: list[QSlider] = []
         self._values: list[QLabel] = []
