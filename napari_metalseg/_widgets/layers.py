@@ -143,6 +143,8 @@ def show_phase_map(viewer, data, phases: PhaseSet, name: str = PHASE_LAYER, scal
     kwargs = labels_layer_kwargs(phases, name, scale, translate, metadata, units)
     layer = viewer.layers[name] if name in viewer.layers else None
     if isinstance(layer, Labels) and layer.data.shape == array.shape:
+        if _has_user_edits(layer):
+            keep_user_edits(viewer, layer)
         layer.data = array
         layer.colormap = kwargs["colormap"]
         layer.features = kwargs["features"]
@@ -153,10 +155,47 @@ def show_phase_map(viewer, data, phases: PhaseSet, name: str = PHASE_LAYER, scal
             layer.translate = kwargs["translate"]
         if "units" in kwargs:
             layer.units = kwargs["units"]
+        layer.metadata = {**layer.metadata, WRITTEN_KEY: _fingerprint(array)}
         return layer
-    if isinstance(layer, Labels):  # the phase map of an image of another size: replaced
+    if isinstance(layer, Labels):  # the phase map of an image of another size: replaced, user edits kept aside
+        if _has_user_edits(layer):
+            keep_user_edits(viewer, layer)
         viewer.layers.remove(layer)
+    kwargs["metadata"] = {**kwargs["metadata"], WRITTEN_KEY: _fingerprint(array)}
     return viewer.add_labels(array, **kwargs)
+
+
+WRITTEN_KEY = "metalseg_written"
+"""Layer metadata: fingerprint of the phase map the plugin last wrote (tells whether the user edited it since)."""
+
+
+def _fingerprint(array: np.ndarray) -> str:
+    import hashlib
+
+    arr = np.ascontiguousarray(array)
+    return hashlib.sha1(arr.data).hexdigest() + str(arr.shape)
+
+
+def _has_user_edits(layer: Labels) -> bool:
+    """True when the layer holds labels the plugin did not write (painted corrections, the user's own layer)."""
+    data = np.asarray(layer.data)
+    return bool(data.any()) and layer.metadata.get(WRITTEN_KEY) != _fingerprint(data)
+
+
+def keep_user_edits(viewer, layer: Labels) -> Labels:
+    """Copy a phase layer the user has edited into a hidden ``<name> (your edits)`` layer before it is replaced.
+
+    A new prediction (a ratio slider move, Predict again) writes into the ``phases`` layer; corrections painted
+    there since the last prediction would otherwise be lost. Nothing the user drew is ever lost.
+    """
+    from napari.utils.notifications import show_info
+
+    name = f"{layer.name} (your edits)"
+    copy = viewer.add_labels(np.array(layer.data, copy=True), name=name, scale=layer.scale, translate=layer.translate,
+                             colormap=layer.colormap, features=layer.features, visible=False,
+                             metadata={k: v for k, v in layer.metadata.items() if k != WRITTEN_KEY})
+    show_info(f"your corrections in '{layer.name}' were kept in the layer '{copy.name}'")
+    return copy
 
 
 def session_of(viewer):
