@@ -352,3 +352,15 @@ def test_cli_bad_input_is_one_error_line(synth_dataset, tmp_path):
         lines = result.output.strip().splitlines()
         assert lines[-1].startswith("error: ") and expected in lines[-1], result.output
         assert "Traceback" not in result.output
+
+
+def test_docstring_examples_of_every_quantify_module():
+    import doctest
+    import importlib
+
+    attempted = 0
+    for name in ("", ".fields", ".statistics", ".report", ".sources"):
+        result = doctest.testmod(importlib.import_module("napari_metalseg.quantify" + name))
+        assert result.failed == 0, name
+        attempted += result.attempted
+    assert attempted >= 20

@@ -1,0 +1,245 @@
+"""Reading masks from a dataset folder or a folder of mask PNGs, and :func:`quantify_masks`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.quantify.fields import (
+    FieldResult,
+    _as_phases,
+    _check_pixel_size,
+    _check_spacing,
+    _pixel_counts,
+    check_mask,
+    quantify_mask,
+)
+from napari_metalseg.quantify.report import Report, make_report
+from napari_metalseg.quantify.statistics import _check_by
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_metalseg.data.dataset import Dataset
+
+
+@dataclass
+class _Source:
+    """A mask file to quantify, with what metadata says about it."""
+
+    name: str
+    path: Path
+    magnification: float | None = None
+    pixel_size_um: float | None = None
+    sample: str = ""
+    true_fractions: dict[str, float] | None = None
+
+
+def quantify_masks(
+    source: str | Path | Dataset,
+    phases: PhaseSet | str | Path | None = None,
+    by: str = "sample",
+    grid_spacing: int | None = None,
+    truth: str | Path | None = None,
+    pixel_size_um: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Quantify every mask of a dataset or folder and summarise per sample.
+
+    Parameters
+    ----------
+    source : path or Dataset
+        A dataset folder (``masks/``, ``phases.json``, optional ``metadata.csv``), a plain folder of mask PNGs
+        (with ``phases.json``, optional ``metadata.csv``), a folder of sub-folders of mask PNGs (one sub-folder per
+        sample), a single mask PNG, or a loaded :class:`~napari_metalseg.data.dataset.Dataset`.
+    phases : PhaseSet or path, optional
+        Overrides the folder's ``phases.json`` (needed when the folder has none).
+    by : {"sample", "magnification", "all"}
+        Grouping. ``sample`` uses metadata.csv's ``sample`` column; fields without one belong to a sample named
+        after their folder (the dataset folder, or the sub-folder).
+    grid_spacing : int, optional
+        E562 grid spacing in pixels; None: about 256 points per field.
+    truth : path, optional
+        Folder (or dataset) of true masks with the same names; otherwise ``true_fraction_<phase>`` metadata columns
+        are used when present for every phase.
+    pixel_size_um : float, optional
+        Pixel size for fields whose metadata.csv has none.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each field.
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    MetalsegError
+        No masks, no phases.json, a mask value that is not a phase (naming the file), every mask empty, a bad
+        metadata value, a missing true mask, a bad grouping. Empty masks (all 255) are skipped with a warning.
+    """
+    by = _check_by(by)
+    if grid_spacing is not None:
+        _check_spacing(grid_spacing)
+    sources, phase_set, label = _collect(source, phases, pixel_size_um)
+    if truth is not None:
+        _attach_truth(sources, Path(truth), phase_set)
+    fields, skipped = [], []
+    for i, src in enumerate(sources):
+        field_result = _quantify_source(src, phase_set, grid_spacing)
+        if field_result is None:
+            skipped.append(f"{src.name}: no labelled pixels (all 255 = unlabeled); skipped")
+        else:
+            fields.append(field_result)
+        if progress is not None:
+            progress(i + 1, len(sources))
+    if not fields:
+        raise MetalsegError(f"{label}: every mask is empty (all pixels 255 = unlabeled); nothing to quantify")
+    return make_report(fields, phase_set, by=by, source=label, skipped=skipped)
+
+
+def _quantify_source(src: _Source, phases: PhaseSet, grid_spacing: int | None) -> FieldResult | None:
+    from napari_metalseg.data.dataset import read_mask
+
+    mask = check_mask(read_mask(src.path), len(phases), str(src.path))
+    if not (mask != UNLABELED).any():
+        return None
+    return quantify_mask(mask, phases, pixel_size_um=src.pixel_size_um, grid_spacing=grid_spacing, name=src.name,
+                         magnification=src.magnification, sample=src.sample, true_fractions=src.true_fractions)
+
+
+def _collect(source: Any, phases: Any, pixel_size_um: float | None) -> tuple[list[_Source], PhaseSet, str]:
+    from napari_metalseg.data.dataset import Dataset
+
+    pixel_size_um = _check_pixel_size(pixel_size_um, "pixel size")
+    if isinstance(source, Dataset):
+        return _from_dataset(source, phases, pixel_size_um)
+    path = Path(source)
+    if path.is_file():
+        root, files = path.parent, [(path.stem, path, "")]
+    elif path.is_dir():
+        root = path
+        files = _mask_files(path / "masks" if (path / "masks").is_dir() else path)
+    else:
+        raise MetalsegError(f"{path}: no such mask file or folder")
+    phase_set = _resolve_phases(phases, root, files)
+    meta = _read_meta(root)
+    folder = root.resolve().name
+    sources = [_source_from_meta(name, p, meta, phase_set, sub or folder, pixel_size_um) for name, p, sub in files]
+    return sources, phase_set, str(path)
+
+
+def _from_dataset(ds: Dataset, phases: Any, pixel_size_um: float | None) -> tuple[list[_Source], PhaseSet, str]:
+    phase_set = _as_phases(phases) if phases is not None else ds.phases
+    items = ds.labelled
+    if not items:
+        raise MetalsegError(f"{ds.root}: the dataset has no masks")
+    folder = Path(ds.root).resolve().name
+    sources = []
+    for item in items:
+        src = _source_from_row(item.name, item.mask_path, item.extra, phase_set, folder, pixel_size_um)
+        src.magnification = item.magnification
+        src.pixel_size_um = item.pixel_size_um or pixel_size_um
+        sources.append(src)
+    return sources, phase_set, str(ds.root)
+
+
+def _mask_files(folder: Path) -> list[tuple[str, Path, str]]:
+    """(name, path, sub-folder) of the mask PNGs in ``folder``, or one level down when it has none itself."""
+    def pngs(d: Path) -> list[Path]:
+        return sorted(p for p in d.glob("*.png") if not p.name.startswith(".") and p.is_file())
+
+    direct = pngs(folder)
+    if direct:
+        return [(p.stem, p, "") for p in direct]
+    files = [(f"{sub.name}/{p.stem}", p, sub.name) for sub in sorted(folder.iterdir())
+             if sub.is_dir() and not sub.name.startswith(".") for p in pngs(sub)]
+    if not files:
+        raise MetalsegError(f"{folder}: no mask PNGs (expected DATASET/masks/<name>.png or a folder of <name>.png)")
+    return files
+
+
+def _resolve_phases(phases: Any, root: Path, files: list[tuple[str, Path, str]]) -> PhaseSet:
+    if phases is not None:
+        return _as_phases(phases)
+    for candidate in (root / "phases.json", files[0][1].parent / "phases.json"):
+        if candidate.is_file():
+            return PhaseSet.load(candidate)
+    raise MetalsegError(f"{root / 'phases.json'}: phases.json is missing (put it next to the masks or pass --phases)")
+
+
+def _read_meta(root: Path) -> dict[str, dict[str, str]]:
+    from napari_metalseg.data.dataset import read_metadata
+
+    return read_metadata(root)
+
+
+def _source_from_meta(name: str, path: Path, meta: dict[str, dict[str, str]], phases: PhaseSet, folder: str,
+                      pixel_size_um: float | None) -> _Source:
+    row = meta.get(name) or meta.get(path.stem) or {}
+    src = _source_from_row(name, path, row, phases, folder, pixel_size_um)
+    src.magnification = _meta_number(row, "magnification", name)
+    src.pixel_size_um = _meta_number(row, "pixel_size_um", name) or pixel_size_um
+    return src
+
+
+def _source_from_row(name: str, path: Path | None, row: Mapping[str, str], phases: PhaseSet, folder: str,
+                     pixel_size_um: float | None) -> _Source:
+    return _Source(name=name, path=Path(str(path)), pixel_size_um=pixel_size_um,
+                   sample=(row.get("sample") or "").strip() or folder, true_fractions=_meta_truth(row, phases, name))
+
+
+def _meta_number(row: Mapping[str, str], column: str, name: str) -> float | None:
+    text = (row.get(column) or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise MetalsegError(f"metadata.csv: {name}: {column} {text!r} is not a positive number")
+    return value
+
+
+def _meta_truth(row: Mapping[str, str], phases: PhaseSet, name: str) -> dict[str, float] | None:
+    texts = {p: (row.get(f"true_fraction_{p}") or "").strip() for p in phases.names}
+    if not all(texts.values()):
+        return None
+    out = {}
+    for p, text in texts.items():
+        try:
+            out[p] = float(text)
+        except ValueError:
+            out[p] = math.nan
+        if not 0.0 <= out[p] <= 1.0:
+            raise MetalsegError(f"metadata.csv: {name}: true_fraction_{p} {text!r} is not a fraction in 0..1")
+    return out
+
+
+def _attach_truth(sources: list[_Source], truth: Path, phases: PhaseSet) -> None:
+    from napari_metalseg.data.dataset import read_mask
+
+    if not truth.is_dir():
+        raise MetalsegError(f"{truth}: truth folder does not exist")
+    folder = truth / "masks" if (truth / "masks").is_dir() else truth
+    truth_phases = truth / "phases.json"
+    if truth_phases.is_file() and PhaseSet.load(truth_phases).names != phases.names:
+        raise MetalsegError(f"{truth_phases}: phases {PhaseSet.load(truth_phases).names} differ from the "
+                            f"predicted masks' {phases.names}")
+    for src in sources:
+        path = folder / f"{src.name}.png"
+        if not path.is_file():
+            raise MetalsegError(f"{path}: no true mask for {src.name} (--truth needs one mask per field, same name)")
+        mask = check_mask(read_mask(path), len(phases), str(path))
+        counts = _pixel_counts(mask, len(phases))
+        if counts.sum() == 0:
+            raise MetalsegError(f"{path}: the true mask has no labelled pixels")
+        src.true_fractions = {p: float(c) / float(counts.sum()) for p, c in zip(phases.names, counts)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# small checks
+# ----------------------------------------------------------------------------------------------------
