@@ -142,3 +142,18 @@ def test_feature_maps_base_vs_lora_adapted(tmp_path):
     reference = encoder_feature_maps(base, image)
     assert np.array_equal(base_maps.maps, reference.maps)  # LoRA off = the frozen base
     assert not np.array_equal(adapted.maps, base_maps.maps)
+
+
+def test_embeddings_cached_on_disk_are_reused(trained_run, split_samples, tmp_path):
+    run, _ = trained_run
+    image = split_samples["test"][0].image
+    first = Predictor.from_run(run, device="cpu", cache_dir=tmp_path)
+    reference = first.predict(image)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    second = Predictor.from_run(run, device="cpu", cache_dir=tmp_path)
+    calls = []
+    original = second.model.embed
+    second.model.embed = lambda x: (calls.append(1), original(x))[1]
+    again = second.predict(image)
+    assert calls == []  # the encoder did not run: the embedding came from disk
+    np.testing.assert_allclose(again.probs, reference.probs, atol=1e-6)

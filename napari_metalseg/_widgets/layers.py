@@ -199,11 +199,10 @@ def keep_user_edits(viewer, layer: Labels) -> Labels:
 
 
 def session_of(viewer):
-    """The :class:`~.session.Session` of a viewer (plugin widgets get a proxy of it; the session is keyed by the
-    viewer itself so every widget shares it)."""
+    """The :class:`~.session.Session` shared by every dock of ``viewer`` (see :func:`.session.get_session`)."""
     from napari_metalseg._widgets.session import get_session
 
-    return get_session(getattr(viewer, "__wrapped__", viewer))
+    return get_session(viewer)
 
 
 def phases_of_layer(layer: Layer | None) -> PhaseSet | None:
