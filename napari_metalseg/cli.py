@@ -190,8 +190,11 @@ def _input_files(path: Path) -> list[Path]:
 @click.option("--ratio", default=None, help="Phase-ratio guidance, e.g. 0.1,0.7,0.2 (one value per phase).")
 @click.option("--box", default=None, help="Predict only inside this box: x0,y0,x1,y1 in pixels.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--bf16", is_flag=True, help="bfloat16 encoder on the CPU: about 2x faster on CPUs with AVX512-BF16 "
+              "(always on with CUDA).")
 @_user_errors
-def predict(run: Path, input_path: Path, out: Path, ratio: str | None, box: str | None, device: str) -> None:
+def predict(run: Path, input_path: Path, out: Path, ratio: str | None, box: str | None, device: str,
+            bf16: bool) -> None:
     """Predict phase masks for micrographs and write them in the dataset format."""
     from napari_metalseg.data.dataset import new_dataset, write_item
     from napari_metalseg.io import read_micrograph
@@ -199,7 +202,7 @@ def predict(run: Path, input_path: Path, out: Path, ratio: str | None, box: str 
 
     files = _input_files(input_path)
     box_values = _floats(box, "--box")
-    predictor = Predictor.from_run(run, device=device)
+    predictor = Predictor.from_run(run, device=device, bf16=True if bf16 else None)
     ratios = _floats(ratio, "--ratio")
     new_dataset(out, predictor.phases)
     results = {}
