@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from napari_metalseg._widgets.session import get_session
 
@@ -33,3 +33,17 @@ class DockWidget(QWidget):
     def busy(self) -> bool:
         """True while this dock's worker runs."""
         return self.worker is not None
+
+
+def browse_row(edit: QLineEdit, browse) -> QWidget:
+    """A path field with a "…" button that calls ``browse`` (a file or folder picker)."""
+    row = QWidget()
+    box = QHBoxLayout(row)
+    box.setContentsMargins(0, 0, 0, 0)
+    box.addWidget(edit, 1)
+    button = QPushButton("…")
+    button.setFixedWidth(28)
+    button.setToolTip("Browse")
+    button.clicked.connect(browse)
+    box.addWidget(button)
+    return row

@@ -16,17 +16,15 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_metalseg._widgets.base import DockWidget
+from napari_metalseg._widgets.base import DockWidget, browse_row
 from napari_metalseg._widgets.layers import phase_legend_html, report_error, run_worker
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import GUIDANCE_MODES, SAM_KINDS, check_img_size
@@ -150,8 +148,8 @@ class ModelWidget(DockWidget):
 
         form = QFormLayout()
         form.addRow("Source", self.source)
-        self._run_row = _with_browse(self.run_dir, self._browse_run)
-        self._ckpt_row = _with_browse(self.checkpoint, self._browse_checkpoint)
+        self._run_row = browse_row(self.run_dir, self._browse_run)
+        self._ckpt_row = browse_row(self.checkpoint, self._browse_checkpoint)
         form.addRow("Run", self._run_row)
         form.addRow("Checkpoint", self._ckpt_row)
         form.addRow("SAM kind", self.kind)
@@ -298,16 +296,3 @@ class ModelWidget(DockWidget):
         lines += [f"<small>{note}</small>" for note in (self._notes if ours else [])]
         self.info.setText("<br>".join(lines))
         self.report.setPlainText(self._report if ours and self._report else "(no checkpoint loaded)")
-
-
-def _with_browse(edit: QLineEdit, browse) -> QWidget:
-    row = QWidget()
-    box = QHBoxLayout(row)
-    box.setContentsMargins(0, 0, 0, 0)
-    box.addWidget(edit, 1)
-    button = QPushButton("…")
-    button.setFixedWidth(28)
-    button.setToolTip("Browse")
-    button.clicked.connect(browse)
-    box.addWidget(button)
-    return row

@@ -57,6 +57,7 @@ from napari_metalseg.models import FINETUNE_MODES, SAM_KINDS, TRAINING_GUIDANCE
 from napari_metalseg.phases import UNLABELED, PhaseSet, labels_to_mask
 from napari_metalseg.progress import ProgressEvent
 
+from .base import browse_row
 from .layers import (
     IMAGE_KEY,
     PHASE_LAYER,
@@ -356,15 +357,9 @@ class TrainingWidget(QWidget):
         self.labels_combo = QComboBox()
         self.labels_combo.setToolTip("Annotations of the image: label 0 = unlabeled, label k = phase k.")
         form.addRow("labels", self.labels_combo)
-        row = QHBoxLayout()
         self.dataset_edit = QLineEdit()
         self.dataset_edit.setPlaceholderText("dataset folder (chosen on first use)")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_dataset)
-        row.addWidget(self.dataset_edit)
-        row.addWidget(browse)
-        form.addRow("dataset", row)
+        form.addRow("dataset", browse_row(self.dataset_edit, self._browse_dataset))
         self.phases_edit = QLineEdit()
         self.phases_edit.setPlaceholderText("e.g. ferrite, martensite (label 1, label 2, ...)")
         self.phases_edit.setToolTip("Phase names in label order: label 1 = first phase, label 2 = second, ...")
@@ -376,15 +371,9 @@ class TrainingWidget(QWidget):
         self.model_combo = QComboBox()
         self.model_combo.addItems(SAM_KINDS)
         form.addRow("model", self.model_combo)
-        row = QHBoxLayout()
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("none: train from scratch")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_checkpoint)
-        row.addWidget(self.checkpoint_edit)
-        row.addWidget(browse)
-        form.addRow("checkpoint", row)
+        form.addRow("checkpoint", browse_row(self.checkpoint_edit, self._browse_checkpoint))
         self.img_size = QSpinBox()
         self.img_size.setRange(64, 2048)
         self.img_size.setSingleStep(16)
@@ -418,15 +407,9 @@ class TrainingWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         form.addRow("device", self.device_combo)
-        row = QHBoxLayout()
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("new folder in ~/metalseg-runs (or next to the dataset)")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_out)
-        row.addWidget(self.out_edit)
-        row.addWidget(browse)
-        form.addRow("run folder", row)
+        form.addRow("run folder", browse_row(self.out_edit, self._browse_out))
         self.resume_check = QCheckBox("resume the run in this folder")
         form.addRow("", self.resume_check)
         layout.addWidget(hyper)
