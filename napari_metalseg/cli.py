@@ -105,13 +105,6 @@ def _run_events(events, label: str):
     return last
 
 
-def _split_items(dataset, split: str):
-    items = dataset.labelled if split == "all" else [i for i in dataset.labelled if i.split == split]
-    if split == "train":
-        items = [i for i in dataset.labelled if i.split in (None, "train")]
-    return items
-
-
 @main.command()
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (images/, masks/, "
               "phases.json); the 'train' split (or unassigned images) trains, the 'val' split validates.")
@@ -155,10 +148,10 @@ def train(data: Path, out: Path, kind: str, checkpoint: Path | None, img_size: i
                          lora_mlp=lora_mlp, guidance=guidance, steps=steps, epochs=epochs, batch_size=batch_size,
                          lr=lr, val_every=val_every, device=device, seed=seed)
     dataset = load_dataset(data)
-    train_samples = load_samples(_split_items(dataset, "train"))
+    train_samples = load_samples(dataset.labelled_split("train"))
     if not train_samples:
         raise MetalsegError(f"{data}: no labelled training images (masks/ with split train or no split)")
-    val_samples = load_samples(_split_items(dataset, "val"))
+    val_samples = load_samples(dataset.labelled_split("val"))
     click.echo(f"training on {len(train_samples)} image(s), validating on {len(val_samples) or 'the training'} "
                f"image(s)", err=True)
     last = _run_events(run_training(train_samples, dataset.phases, out, config, val_samples=val_samples or None,
@@ -238,7 +231,7 @@ def evaluate(run: Path, data: Path, split: str, ratio: str | None, true_ratio: b
     if dataset.phases.names != predictor.phases.names:
         raise MetalsegError(f"{data}: phases {dataset.phases.names} differ from the model's "
                             f"{predictor.phases.names}")
-    samples = load_samples(_split_items(dataset, split))
+    samples = load_samples(dataset.labelled_split(split))
     if not samples:
         raise MetalsegError(f"{data}: no labelled images in split {split!r}")
     ratios = _floats(ratio, "--ratio")
@@ -464,9 +457,9 @@ def demo(out: Path, steps: int, seed: int, device: str) -> None:
     write_synthetic_dataset(data, n=15, size=384, seed=seed, overwrite=True)
     dataset = load_dataset(data, require_masks=True)
     click.echo(json.dumps(dataset.summary()["splits"]), err=True)
-    train_samples = load_samples(_split_items(dataset, "train"))
-    val_samples = load_samples(dataset.split("val"))
-    test_samples = load_samples(dataset.split("test"))
+    train_samples = load_samples(dataset.labelled_split("train"))
+    val_samples = load_samples(dataset.labelled_split("val"))
+    test_samples = load_samples(dataset.labelled_split("test"))
     click.echo(f"[2/4] training a compact SAM (tiny, ratio guidance) for {steps} steps into {run}", err=True)
     config = TrainConfig(model="tiny", img_size=128, guidance="ratio", steps=steps, batch_size=4, lr=2e-3,
                          device=device, seed=seed)

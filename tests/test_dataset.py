@@ -103,3 +103,15 @@ def test_write_item_rejects_bad_names_and_shapes(tmp_path):
         write_item(tmp_path, "../evil", _image(), None)
     with pytest.raises(MetalsegError, match="shape"):
         write_item(tmp_path, "x", _image(), np.zeros((3, 3), np.uint8))
+
+
+def test_labelled_split_trains_on_unassigned_images(dataset_dir):
+    from napari_metalseg.data.dataset import update_metadata
+
+    ds = load_dataset(dataset_dir)
+    assert [i.name for i in ds.labelled_split("train")] == ["a"]
+    assert [i.name for i in ds.labelled_split("test")] == ["b"]
+    update_metadata(dataset_dir, "b", split="")  # no split: a training image
+    ds = load_dataset(dataset_dir)
+    assert [i.name for i in ds.labelled_split("train")] == ["a", "b"]  # c has no mask
+    assert [i.name for i in ds.labelled_split("all")] == ["a", "b"]

@@ -673,8 +673,8 @@ class TrainingWidget(QWidget):
         if phases is not None and dataset.phases.names != phases.names:
             raise MetalsegError(f"{root}: the dataset's phases {dataset.phases.names} differ from the phases "
                                 f"named in the widget {phases.names}")
-        train = load_samples([i for i in dataset.labelled if i.split in (None, "train")])
-        val = load_samples([i for i in dataset.labelled if i.split == "val"])
+        train = load_samples(dataset.labelled_split("train"))
+        val = load_samples(dataset.labelled_split("val"))
         return train, val, dataset.phases
 
     def _current_image(self, pairs: list[tuple[Image, Labels]]) -> Image | None:

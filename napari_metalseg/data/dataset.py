@@ -82,6 +82,12 @@ class Dataset:
             raise MetalsegError(f"unknown split {name!r}; use one of {', '.join(SPLITS)} or all")
         return [item for item in self.items if item.split == name]
 
+    def labelled_split(self, name: str) -> list[DatasetItem]:
+        """Items with a mask in a split; ``"train"`` also takes images without a split, ``"all"`` every one."""
+        if name == "train":
+            return [item for item in self.labelled if item.split in (None, "train")]
+        return [item for item in self.split(name) if item.mask_path is not None]
+
     @property
     def labelled(self) -> list[DatasetItem]:
         return [item for item in self.items if item.mask_path is not None]
