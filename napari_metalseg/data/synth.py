@@ -696,11 +696,7 @@ def _martensite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> 
     etch roughness.
     """
     period = max(2.2, style.mart_lath_um * ctx.ppu) * (0.85 + 0.3 * _hash01(ctx.frag, 3))
-    phi = _lath_phase(ctx, period, 0.3, 5)
-    lath = np.floor(phi)
-    lath_i = lath.astype(np.int64)
-    t = phi - lath
-    edge = np.minimum(t, 1.0 - t) * period
+    lath_i, _, edge = _laths(ctx, period, 0.3, 5)
     seg_len = period * (2.5 + 5.0 * _hash01(ctx.frag, lath_i, 7))
     seg = np.floor(ctx.v / seg_len + 5.0 * _hash01(ctx.frag, lath_i, 9)).astype(np.int64)
     strength = 0.3 + 0.7 * _hash01(ctx.frag, lath_i, seg, 8)
@@ -710,6 +706,15 @@ def _martensite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> 
     alb = 0.22 * ridge + 0.14 * var + 0.10 * block + 0.02 * ctx.rough
     hgt = 0.35 * ridge + 0.12 * var + 0.05 * ctx.rough
     return alb.astype(np.float32), hgt.astype(np.float32)
+
+
+def _laths(ctx: _PhaseContext, period: float, bend: float,
+           key: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel: index of its lath, position across the lath (0..1), distance (px) to the nearest lath boundary."""
+    phi = _lath_phase(ctx, period, bend, key)
+    lath = np.floor(phi)
+    t = phi - lath
+    return lath.astype(np.int64), t, np.minimum(t, 1.0 - t) * period
 
 
 def _lath_phase(ctx: _PhaseContext, period: float, bend: float, key: int) -> np.ndarray:
@@ -724,11 +729,7 @@ def _lath_phase(ctx: _PhaseContext, period: float, bend: float, key: int) -> np.
 def _bainite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sheaves of long parallel ferrite laths with aligned, broken carbide films on the lath boundaries."""
     period = max(3.0, style.bain_lath_um * ctx.ppu) * (0.85 + 0.3 * _hash01(ctx.frag, 13))
-    phi = _lath_phase(ctx, period, 0.12, 17)
-    lath = np.floor(phi)
-    lath_i = lath.astype(np.int64)
-    t = phi - lath
-    edge = np.minimum(t, 1.0 - t) * period
+    lath_i, t, edge = _laths(ctx, period, 0.12, 17)
     width = max(0.7, _CARBIDE_UM * ctx.ppu)
     dash_len = ctx.ppu * (0.8 + 2.0 * _hash01(ctx.frag, lath_i, 19))
     sv = ctx.v / dash_len + 11.0 * _hash01(ctx.frag, lath_i, 23)
