@@ -467,7 +467,7 @@ def demo(out: Path, steps: int, seed: int, device: str) -> None:
 
     click.echo("[3/4] evaluating on the held-out test images", err=True)
     predictor = Predictor.from_run(run, device=device)
-    untrained = Predictor(config_model_untrained(run), dataset.phases)
+    untrained = Predictor(_untrained_model(run), dataset.phases)
     rows = {}
     for label, pred, guided in (("untrained tiny", untrained, False), ("tiny (no guidance)", predictor, False),
                                 ("tiny + true ratio", predictor, True)):
@@ -490,7 +490,7 @@ def demo(out: Path, steps: int, seed: int, device: str) -> None:
                err=True)
 
 
-def config_model_untrained(run: Path):
+def _untrained_model(run: Path):
     """The model of a run's config before training (the baseline row of the demo table)."""
     from napari_metalseg.runs import read_run_config
 
