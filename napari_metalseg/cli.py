@@ -11,6 +11,7 @@ import click
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, SAM_KINDS, TRAINING_GUIDANCE
+from napari_metalseg.models.registry import MODEL_KINDS
 
 
 def _user_errors(func):
@@ -96,6 +97,7 @@ def _run_events(events, label: str):
                                         item_show_func=lambda e: e.message if e else "")
                 bar.__enter__()
             if bar is not None and event.kind in ("train", "predict", "embed"):
+                bar.length = max(event.total, event.step)  # a time budget's total is an estimate that settles
                 bar.update(event.step - bar.pos, event)
             if event.kind == "validate":
                 click.echo(f"\n  step {event.step}: {event.message}", err=True)
@@ -109,12 +111,17 @@ def _run_events(events, label: str):
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (images/, masks/, "
               "phases.json); the 'train' split (or unassigned images) trains, the 'val' split validates.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
-@click.option("--model", "kind", type=click.Choice(SAM_KINDS), default="tiny",
-              show_default=True, help="SAM size; tiny is a compact model trained from scratch (CPU friendly).")
+@click.option("--model", "kind", type=click.Choice(MODEL_KINDS), default="tiny", show_default=True,
+              help="tiny/vit_b/vit_l/vit_h: SAM (tiny: compact, from scratch); unet3plus/elunet: the study's "
+              "task-specific CNNs; classical: multiscale features + boosted trees (ilastik style, seconds).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Pretrained SAM weights, e.g. sam_vit_b_01ec64.pth (official or micro-sam export).")
-@click.option("--img-size", type=int, default=None, help="Model input size (256/512/1024/2048; default 256 for "
-              "tiny, 512 otherwise).")
+@click.option("--img-size", type=int, default=None, help="Model input (training crop) size (default 256 for tiny "
+              "and the CNNs, 512 for vit_*, 1024 tiles for classical).")
+@click.option("--width", type=int, default=None, help="unet3plus/elunet: base channels (default 16).")
+@click.option("--depth", type=int, default=None, help="unet3plus/elunet: encoder levels (default 4).")
+@click.option("--budget-s", type=float, default=None,
+              help="Train for this many seconds of wall clock (the schedule follows the clock), e.g. 180.")
 @click.option("--finetune", type=click.Choice(FINETUNE_MODES), default=None,
               help="What is trained (default: lora with a checkpoint, full without).")
 @click.option("--lora-rank", type=int, default=8, show_default=True)
@@ -133,10 +140,10 @@ def _run_events(events, label: str):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--export-full", is_flag=True, help="Also write a merged stand-alone model_full.safetensors.")
 @_user_errors
-def train(data: Path, out: Path, kind: str, checkpoint: Path | None, img_size: int | None, finetune: str | None,
-          lora_rank: int, lora_alpha: float | None, lora_dropout: float, lora_mlp: bool, guidance: str,
-          steps: int | None, epochs: int | None, batch_size: int, lr: float, val_every: int | None, device: str,
-          seed: int, resume: bool, export_full: bool) -> None:
+def train(data: Path, out: Path, kind: str, checkpoint: Path | None, img_size: int | None, width: int | None,
+          depth: int | None, budget_s: float | None, finetune: str | None, lora_rank: int, lora_alpha: float | None,
+          lora_dropout: float, lora_mlp: bool, guidance: str, steps: int | None, epochs: int | None, batch_size: int,
+          lr: float, val_every: int | None, device: str, seed: int, resume: bool, export_full: bool) -> None:
     """Train (or LoRA-adapt) a phase-segmentation model on a dataset."""
     from napari_metalseg.data.dataset import load_dataset
     from napari_metalseg.data.samples import load_samples
@@ -144,7 +151,8 @@ def train(data: Path, out: Path, kind: str, checkpoint: Path | None, img_size: i
     from napari_metalseg.training import train as run_training
 
     config = TrainConfig(model=kind, checkpoint=str(checkpoint) if checkpoint else None, img_size=img_size,
-                         finetune=finetune, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                         width=width, depth=depth, budget_s=budget_s, finetune=finetune, lora_rank=lora_rank,
+                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                          lora_mlp=lora_mlp, guidance=guidance, steps=steps, epochs=epochs, batch_size=batch_size,
                          lr=lr, val_every=val_every, device=device, seed=seed)
     dataset = load_dataset(data)
@@ -355,6 +363,107 @@ def benchmark(kind: str, img_size: int, image_size: int, device: str, repeat: in
     click.echo(json.dumps(results, indent=2))
     if json_out:
         atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
+
+
+def _ratio_vectors(text: str | None, num_phases: int):
+    """``--ratios "0.1,0.7,0.2;0.4,0.5,0.1"`` -> labelled vectors (plus none and true); default: the seed's."""
+    from napari_metalseg.study import default_ratio_vectors
+
+    if text is None:
+        return default_ratio_vectors(num_phases)
+    import numpy as np
+
+    vectors = [("none", None), ("true", None)]
+    for part in text.split(";"):
+        values = _floats(part, "--ratios")
+        if not values or len(values) != num_phases or min(values) < 0 or sum(values) <= 0:
+            raise MetalsegError(f"--ratios {part!r}: needs {num_phases} non-negative numbers with a positive sum")
+        arr = np.array(values) / sum(values)
+        vectors.append(("[" + ", ".join(f"{x:.2f}" for x in arr) + "]", arr))
+    return vectors
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Dataset folder with train/val/test splits in metadata.csv (see `metalseg synth`).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for study.md/.csv/.json/.png "
+              "and one run folder per row.")
+@click.option("--grid", type=click.Path(path_type=Path), default=None,
+              help="YAML list of rows (name, model, img_size, guidance, width, depth, steps, budget_s, ...); "
+              "default: the seed study's table plus this product's rows.")
+@click.option("--only", default=None, help="Run only the rows whose name contains one of these comma-separated "
+              "words (case-insensitive), e.g. 'U-Net3+,classical'.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="SAM checkpoint for the SAM rows (0 shot, LoRA-SAM); without it they are reported as skipped.")
+@click.option("--budget-s", type=float, default=120.0, show_default=True,
+              help="Wall-clock training budget of each row, in seconds.")
+@click.option("--steps", type=int, default=None, help="Training steps of each row instead of the budget.")
+@click.option("--ratio-study", "ratio_run", type=click.Path(path_type=Path), default=None,
+              help="Only the ratio-effect study of this guided run (no grid).")
+@click.option("--ratios", default=None, help="Ratio vectors for the ratio-effect study, ';'-separated, e.g. "
+              "'0.1,0.7,0.2;0.4,0.5,0.1' (default: the seed's, adapted to the number of phases).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_user_errors
+def study(data: Path, out: Path, grid: Path | None, only: str | None, checkpoint: Path | None, budget_s: float,
+          steps: int | None, ratio_run: Path | None, ratios: str | None, device: str, seed: int) -> None:
+    """Rerun the seed study's comparison table on your own micrographs (Dice per magnification, cost per row)."""
+    from napari_metalseg.data.dataset import load_dataset
+    from napari_metalseg.data.samples import load_samples
+    from napari_metalseg.study import SEED_GRID, load_grid, ratio_effect, run_study
+
+    dataset = load_dataset(data)
+    test = load_samples(dataset.labelled_split("test"))
+    if ratio_run is not None:
+        from napari_metalseg.runs import read_run_config
+
+        k = len(read_run_config(ratio_run)["model"].phases)
+        effects = ratio_effect(ratio_run, test, out, _ratio_vectors(ratios, k), device=device)
+        for e in effects:
+            click.echo(f"{e.label:>22}: Dice {e.dice:6.2f}  fractions {e.fractions}")
+        click.echo(str(out / "ratio_effect.png"))
+        return
+    rows = list(load_grid(grid) if grid else SEED_GRID)
+    if only:
+        words = [w.strip().lower() for w in only.split(",") if w.strip()]
+        rows = [r for r in rows if any(w in r.name.lower() for w in words)]
+        if not rows:
+            raise MetalsegError(f"--only {only!r}: matches no row")
+    train_samples = load_samples(dataset.labelled_split("train"))
+    val_samples = load_samples(dataset.labelled_split("val"))
+    events = run_study(train_samples, val_samples, test, dataset.phases, out, rows,
+                       checkpoint=str(checkpoint) if checkpoint else None, budget_s=None if steps else budget_s,
+                       steps=steps, device=device, seed=seed, data_label=str(data))
+    bar = None
+    try:
+        for event in events:
+            if event.kind == "row":
+                if bar is not None:
+                    bar.__exit__(None, None, None)
+                    bar = None
+                if event.metrics:  # a row finished
+                    click.echo(f"[{event.step}/{event.total}] {event.message}", err=True)
+                else:
+                    click.echo(f"[{event.step + 1}/{event.total}] {event.message} ...", err=True)
+            elif event.kind == "train" and event.total:
+                if bar is None:
+                    bar = click.progressbar(length=event.total, label="  training", file=sys.stderr, show_pos=True)
+                    bar.__enter__()
+                bar.length = max(event.total, event.step)
+                bar.update(event.step - bar.pos)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: the rows finished so far are in {out / 'study.md'}", err=True)
+        sys.exit(130)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    click.echo((out / "study.md").read_text(encoding="utf-8"))
+    results = json.loads((out / "study.json").read_text(encoding="utf-8"))["rows"]
+    guided = [r for r in results if r["status"] == "measured" and r["guidance"] in ("ratio", "spatial")]
+    if guided:
+        click.echo(f"ratio-effect study of {guided[0]['name']}", err=True)
+        ratio_effect(guided[0]["run"], test, out, _ratio_vectors(ratios, len(dataset.phases)), device=device)
+        click.echo(str(out / "ratio_effect.png"))
 
 
 GUI_DOCKS = (("Model", False), ("Predict", True), ("Phase ratios", True), ("Box prompts", True),

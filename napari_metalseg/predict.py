@@ -113,8 +113,9 @@ class Predictor:
 
     Parameters
     ----------
-    model : PhaseSAM
-        The model (see :func:`napari_metalseg.runs.load_run`).
+    model
+        A model of any family (see :func:`napari_metalseg.runs.load_run`): it embeds tiles of ``model.predict_size``
+        (``model.img_size`` when it has none) and decodes them into K logit maps.
     phases : PhaseSet
     device : str
         ``"cpu"`` or ``"cuda"``.
@@ -139,7 +140,7 @@ class Predictor:
         self.model = model.eval()
         self.phases = phases
         self.device = device
-        self.size = int(model.img_size)
+        self.size = int(getattr(model, "predict_size", model.img_size))
         self.overlap = int(round(overlap * self.size))
         self.cache_size = cache_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -208,7 +209,12 @@ class Predictor:
         """Phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given."""
         image = _check_image(image)
         ratio = check_ratios(ratios, self.phases)
+        if ratio is not None and getattr(self.model, "guidance", "none") == "none":
+            raise MetalsegError("this model was trained without ratio guidance; predict without phase ratios")
         if box is not None:
+            if not getattr(self.model, "supports_boxes", True):
+                raise MetalsegError(f"box prompts need a SAM model; this {self.model.kind} model has no prompt "
+                                    "encoder")
             return self._predict_box(image, check_box(box, image.shape), ratio, progress)
         return self._predict_tiled(image, ratio, progress)
 
@@ -241,7 +247,8 @@ class Predictor:
     def _decode(self, emb, ratio: np.ndarray | None, boxes) -> np.ndarray:
         import torch
 
-        with torch.inference_mode(), _single_thread_on_cpu(self.device):
+        light = getattr(self.model, "light_decoder", True)
+        with torch.inference_mode(), _single_thread_on_cpu(self.device) if light else contextlib.nullcontext():
             r = None
             if ratio is not None:
                 r = torch.from_numpy(np.repeat(ratio[None], emb.shape[0], 0)).to(self.device)

@@ -4,7 +4,9 @@
 
     RUN/config.json            model spec (kind, img size, phases, fine-tune mode, LoRA, guidance, base checkpoint
                                path + sha256), training arguments, final metrics
-    RUN/adapter.safetensors    only what was trained (LoRA, decoder, guidance encoders), never the frozen base
+    RUN/adapter.safetensors    torch families: only what was trained (LoRA, decoder, guidance encoders; the whole
+                               network for U-Net3+ / ELU-Net), never a frozen SAM base
+    RUN/classifier.txt         the classical pixel classifier instead: our JSON header + LightGBM's text model
     RUN/metrics.json           history of validation metrics (optional)
     RUN/resume.pt              optimizer + step for ``--resume`` (our own file, read with weights_only=True)
 
@@ -20,10 +22,10 @@ from pathlib import Path
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io.atomic import atomic_path, atomic_write_text
+from napari_metalseg.models.registry import ADAPTER, CLASSIFIER, CNN_DEFAULTS, family_of
 from napari_metalseg.phases import PhaseSet
 
 CONFIG = "config.json"
-ADAPTER = "adapter.safetensors"
 METRICS = "metrics.json"
 RESUME = "resume.pt"
 FORMAT_VERSION = 1
@@ -31,7 +33,11 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a model before its trained weights are loaded."""
+    """Everything needed to rebuild a model before its trained weights are loaded.
+
+    ``kind`` is a model name of :data:`~napari_metalseg.models.registry.MODEL_KINDS`; ``width`` and ``depth`` apply to
+    the CNNs, ``options`` holds further family settings (e.g. ``deep_supervision``, ``cgm`` for U-Net3+).
+    """
 
     kind: str = "tiny"
     img_size: int = 256
@@ -44,13 +50,41 @@ class ModelSpec:
     lora_mlp: bool = False
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
+    width: int | None = None
+    depth: int | None = None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        family = family_of(self.kind)
+        if family.name == "cnn":
+            self.width = self.width or CNN_DEFAULTS[self.kind]["width"]
+            self.depth = self.depth or CNN_DEFAULTS[self.kind]["depth"]
+
+    @property
+    def family(self) -> str:
+        return family_of(self.kind).name
 
     @property
     def phase_set(self) -> PhaseSet:
         return PhaseSet.from_json(self.phases)
 
-    def build(self, device: str = "cpu"):
-        """Build the (untrained) model of this spec, loading the base checkpoint when there is one."""
+    def build(self, device: str = "cpu", seed: int = 0):
+        """Build the (untrained) model of this spec, loading the base checkpoint when there is one.
+
+        Returns ``(model, report)``; ``report`` is the checkpoint :class:`LoadReport` or ``None``. The classical pixel
+        classifier has no untrained form: it is fitted (:func:`napari_metalseg.models.classical.fit_classifier`).
+        """
+        family = self.family
+        if family == "classical":
+            raise MetalsegError("the classical pixel classifier is fitted, not built: train it first")
+        if family == "cnn":
+            from napari_metalseg.models.elunet import build_elunet
+            from napari_metalseg.models.unet3plus import build_unet3plus
+
+            builder = {"unet3plus": build_unet3plus, "elunet": build_elunet}[self.kind]
+            model = builder(num_phases=len(self.phases), img_size=self.img_size, width=self.width, depth=self.depth,
+                            guidance=self.guidance, seed=seed, **self.options)
+            return model.to(device), None
         from napari_metalseg.models.phase_sam import build_phase_sam
 
         checkpoint = self.checkpoint
@@ -72,16 +106,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def save_run(run_dir: str | Path, spec: ModelSpec, state: dict, training: dict | None = None,
+def save_run(run_dir: str | Path, spec: ModelSpec, state, training: dict | None = None,
              metrics: dict | None = None, history: list | None = None) -> Path:
-    """Write config.json + adapter.safetensors (+ metrics.json), each atomically; the adapter first."""
-    from safetensors.torch import save_file
+    """Write the weights, then config.json (+ metrics.json), each atomically.
 
+    ``state`` is the trainable state dict (tensors) of a torch family, or the fitted
+    :class:`~napari_metalseg.models.classical.PixelClassifier` itself.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    with atomic_path(run_dir / ADAPTER) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "napari-metalseg", "version": str(FORMAT_VERSION)})
+    if spec.family == "classical":
+        from napari_metalseg.models.classical import save_classifier
+
+        save_classifier(state, run_dir / CLASSIFIER)
+    else:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        with atomic_path(run_dir / ADAPTER) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "napari-metalseg", "version": str(FORMAT_VERSION)})
     config = {"format_version": FORMAT_VERSION, "model": asdict(spec), "training": training or {},
               "metrics": metrics or {}}
     atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2, default=_json_default) + "\n")
@@ -109,7 +152,7 @@ def read_run_config(run_dir: str | Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
         spec = ModelSpec(**config["model"])
         spec.phase_set  # noqa: B018  (validates the phases)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, MetalsegError) as exc:
         raise MetalsegError(f"{path}: unreadable run configuration ({exc})") from None
     config["model"] = spec
     return config
@@ -120,8 +163,9 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
     Returns
     -------
-    model : PhaseSAM
-        In eval mode, on ``device``.
+    model
+        A model of the run's family (:class:`PhaseSAM`, :class:`PhaseCNN` or :class:`PixelClassifier`), in eval mode,
+        on ``device``.
     config : dict
         The run's config.json, with ``config["model"]`` as a :class:`ModelSpec`.
     """
@@ -132,6 +176,13 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if config["model"].family == "classical":
+        from napari_metalseg.models.classical import load_classifier
+
+        path = run_dir / CLASSIFIER
+        if not path.is_file():
+            raise MetalsegError(f"{run_dir}: {CLASSIFIER} is missing")
+        return load_classifier(path), config
     adapter = run_dir / ADAPTER
     if not adapter.is_file():
         raise MetalsegError(f"{run_dir}: adapter.safetensors is missing")
@@ -141,7 +192,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         raise MetalsegError(f"{adapter}: corrupt adapter file ({exc})") from None
     model, _ = config["model"].build("cpu")
     try:
-        load_trainable_state_dict(model, state)
+        load_trainable_state_dict(model, state, source=str(adapter))
     except (RuntimeError, KeyError, ValueError) as exc:
         raise MetalsegError(f"{adapter}: does not fit the model in config.json ({exc})") from None
     return model.to(device).eval(), config

@@ -1,7 +1,9 @@
 """The trainer: one GUI-agnostic loop driven by the CLI and the napari worker alike.
 
 :func:`train` is a generator of :class:`~napari_metalseg.progress.ProgressEvent`; it honours a cooperative stop
-request, validates periodically, keeps the best validated adapter in the run directory (atomically) and can resume.
+request and a wall-clock budget, validates periodically, keeps the best validated model in the run directory
+(atomically) and can resume. It trains every family of :mod:`napari_metalseg.models.registry` the same way: the
+gradient families (SAM, the CNNs) through one loop, the classical pixel classifier through its one-call fit.
 It is ready for ``torch.distributed``: no global state, sampling seeded per rank, only rank 0 validates and writes.
 """
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from napari_metalseg.data.samples import CropSampler, Sample, phase_fractions
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import FINETUNE_MODES, SAM_KINDS, TRAINING_GUIDANCE
+from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
+from napari_metalseg.models.registry import DEFAULT_IMG_SIZE, check_model_options, family_of
 from napari_metalseg.phases import UNLABELED, PhaseSet
 from napari_metalseg.progress import ProgressEvent
 
@@ -29,6 +32,9 @@ class TrainConfig:
     model: str = "tiny"
     checkpoint: str | None = None
     img_size: int | None = None
+    width: int | None = None
+    depth: int | None = None
+    budget_s: float | None = None
     finetune: str | None = None
     lora_rank: int = 8
     lora_alpha: float | None = None
@@ -50,10 +56,13 @@ class TrainConfig:
     box_probability: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.model not in SAM_KINDS:
-            raise MetalsegError(f"unknown model {self.model!r}; use one of {', '.join(SAM_KINDS)}")
+        family = family_of(self.model)
         if self.guidance not in TRAINING_GUIDANCE:
             raise MetalsegError(f"unknown guidance {self.guidance!r}; use one of {', '.join(TRAINING_GUIDANCE)}")
+        check_model_options(self.model, guidance=self.encoder_guidance, finetune=self.finetune,
+                            checkpoint=self.checkpoint, boxes=self.uses_boxes)
+        if family.name != "sam":
+            self.finetune = "full"
         if self.finetune is None:
             self.finetune = "lora" if self.checkpoint else "full"
         if self.finetune not in FINETUNE_MODES:
@@ -62,9 +71,15 @@ class TrainConfig:
             raise MetalsegError(f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
                                 "without one use --finetune full")
         if self.img_size is None:
-            self.img_size = 256 if self.model == "tiny" else 512
+            self.img_size = DEFAULT_IMG_SIZE[self.model]
         if self.img_size < 64 or self.img_size % 16:
             raise MetalsegError(f"--img-size {self.img_size}: must be a multiple of 16, at least 64")
+        if self.budget_s is not None and not (self.budget_s > 0 and math.isfinite(self.budget_s)):
+            raise MetalsegError(f"--budget-s {self.budget_s}: must be a positive number of seconds")
+        for name in ("width", "depth"):
+            value = getattr(self, name)
+            if value is not None and (family.name != "cnn" or value < 1):
+                raise MetalsegError(f"--{name} {value}: applies to unet3plus/elunet only, as a positive number")
         if self.steps is not None and self.steps < 1:
             raise MetalsegError(f"--steps {self.steps}: must be at least 1")
         if self.epochs is not None and self.epochs < 1:
@@ -84,8 +99,12 @@ class TrainConfig:
         return "box" in self.guidance
 
     def total_steps(self, samples: list[Sample]) -> int:
+        """Optimizer steps of the run: ``steps``, else ``epochs`` (10 by default) over the training pixels; with a
+        time budget and neither given, as many as the budget allows (the schedule follows the clock)."""
         if self.steps is not None:
             return self.steps
+        if self.budget_s is not None and self.epochs is None:
+            return 10**9
         pixels = sum(s.image.size for s in samples)
         per_epoch = max(1, math.ceil(pixels / (self.img_size**2) / self.batch_size))
         return per_epoch * (self.epochs or 10)
@@ -105,6 +124,30 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     if step < warm:
         return (step + 1) / warm
     return max(0.0, 1 - (step - warm) / max(1, total - warm)) ** 0.9
+
+
+def time_lr_factor(elapsed: float, budget: float, warmup: float) -> float:
+    """The schedule of :func:`lr_factor` on the clock: linear warm-up over the first ``warmup`` of the budget
+    (from 1 %), then polynomial (power 0.9) decay reaching 0 when ``budget`` seconds are spent."""
+    frac = min(1.0, max(0.0, elapsed / budget))
+    if frac < warmup:
+        return max(0.01, frac / warmup)
+    return max(0.0, 1 - (frac - warmup) / max(1e-9, 1 - warmup)) ** 0.9
+
+
+def deep_supervision_loss(outputs, target, num_phases: int, aux_weight: float = 0.4):
+    """Loss of a model output: a logits tensor, or ``[main, aux, ...]`` (deep supervision) where every auxiliary
+    output is upsampled to the target size and weighted by ``aux_weight``."""
+    import torch.nn.functional as F
+
+    if not isinstance(outputs, (list, tuple)):
+        return segmentation_loss(outputs.float(), target, num_phases)
+    loss = segmentation_loss(outputs[0].float(), target, num_phases)
+    for aux in outputs[1:]:
+        if tuple(aux.shape[2:]) != tuple(target.shape[1:]):
+            aux = F.interpolate(aux.float(), size=tuple(target.shape[1:]), mode="bilinear", align_corners=False)
+        loss = loss + aux_weight * segmentation_loss(aux.float(), target, num_phases)
+    return loss
 
 
 def segmentation_loss(logits, target, num_phases: int):
@@ -229,12 +272,20 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
                      guidance=config.encoder_guidance, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
                      lora_dropout=config.lora_dropout, lora_mlp=config.lora_mlp,
                      checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
-                     checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None)
-    model, report = spec.build(device)
+                     checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None,
+                     width=config.width, depth=config.depth)
+    val_set = val_samples if val_samples else None
+    training = {k: v for k, v in asdict(config).items()} | {"train_images": [s.name for s in samples],
+                                                             "val_images": [s.name for s in val_set or []]}
+    if not family_of(config.model).gradient:
+        yield from _fit_once(samples, phases, out, config, spec, val_set, training, rank)
+        return
+    model, report = spec.build(device, seed=config.seed)
     total_params, trainable_params = count_parameters(model)
     yield ProgressEvent("info", message=f"{config.model} at {config.img_size}px, {config.finetune} fine-tuning: "
                         f"{trainable_params:,} of {total_params:,} parameters trainable on {device}"
-                        + (f"; {report.summary()}" if report is not None else ""),
+                        + (f"; {report.summary()}" if report is not None else "")
+                        + (f"; budget {config.budget_s:g} s" if config.budget_s else ""),
                         metrics={"parameters": total_params, "trainable": trainable_params})
     net = model
     if world > 1:
@@ -242,27 +293,25 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.total_steps(samples)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup))
-    start, history, best = 0, [], -1.0
+    budget = config.budget_s
+    start, history, best, spent = 0, [], -1.0, 0.0
     if resume and (out / RESUME).is_file():
         state = torch.load(out / RESUME, map_location=device, weights_only=True)
         from napari_metalseg.models.lora import load_trainable_state_dict
 
         load_trainable_state_dict(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best = int(state["step"]), float(state["best"])
+        start, best, spent = int(state["step"]), float(state["best"]), float(state.get("seconds", 0.0))
         rng = np.random.default_rng([config.seed, rank, start])
         yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
     sampler = CropSampler(samples, config.img_size, len(phases), seed=int(rng.integers(2**31)),
                           augment=config.augment)
     val_every = config.val_every or max(1, total // 5)
-    val_set = val_samples if val_samples else None
-    training = {k: v for k, v in asdict(config).items()} | {"train_images": [s.name for s in samples],
-                                                             "val_images": [s.name for s in val_set or []]}
+    val_seconds = budget / 5 if budget else None
     amp = device.startswith("cuda")
     last_metrics: dict = {}
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - spent
+    next_val = spent + val_seconds if val_seconds else None
 
     def save(metrics: dict) -> None:
         if rank == 0:
@@ -274,9 +323,15 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
 
             with atomic_path(out / RESUME) as tmp:
                 torch.save({"model": trainable_state_dict(model), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "step": step, "best": best}, tmp)
+                            "step": step, "best": best, "seconds": time.perf_counter() - t0}, tmp)
 
-    for step in range(start, total):
+    def factor(step: int) -> float:
+        if budget and config.steps is None and config.epochs is None:
+            return time_lr_factor(time.perf_counter() - t0, budget, config.warmup)
+        return lr_factor(step, total, config.warmup)
+
+    step = start
+    while step < total:
         if stop is not None and stop():
             if val_set is None or not (out / "config.json").is_file():
                 save(last_metrics)
@@ -289,42 +344,79 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         target = torch.from_numpy(masks).long().to(device)
         r = torch.from_numpy(ratios).to(device) if ratios is not None else None
         b = torch.from_numpy(boxes).to(device) if boxes is not None else None
+        lr = config.lr * factor(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = net(x, ratios=r, boxes=b)
-        loss = segmentation_loss(logits.float(), target, len(phases))
+            outputs = net(x, ratios=r, boxes=b)
+        loss = deep_supervision_loss(outputs, target, len(phases))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        scheduler.step()
-        lr = scheduler.get_last_lr()[0]
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             save_resume(step)
             raise MetalsegError(f"training diverged at step {step + 1} (loss {loss_value}); the last good run in "
                                 f"{out} is kept; try a lower --lr")
-        history.append({"step": step + 1, "loss": loss_value, "lr": lr})
-        yield ProgressEvent("train", step + 1, total, loss_value,
-                            {"lr": lr, "seconds": time.perf_counter() - t0}, message=f"loss {loss_value:.4f}")
-        if (step + 1) % val_every == 0 or step + 1 == total:
+        step += 1
+        elapsed = time.perf_counter() - t0
+        out_of_time = budget is not None and elapsed >= budget
+        shown_total = total
+        if budget is not None and total >= 10**9:  # estimated from the pace so far
+            shown_total = step if out_of_time else max(step + 1, int(round(step * budget / max(elapsed, 1e-6))))
+        history.append({"step": step, "loss": loss_value, "lr": lr, "seconds": round(elapsed, 3)})
+        yield ProgressEvent("train", step, shown_total, loss_value, {"lr": lr, "seconds": elapsed},
+                            message=f"loss {loss_value:.4f}")
+        last = step == total or out_of_time
+        due = (elapsed >= next_val) if next_val is not None else step % val_every == 0
+        if due or last:
+            if next_val is not None:
+                next_val += val_seconds
             model.eval()
             if rank == 0:
                 evaluation = validate(model, val_set or samples, phases, device)
                 last_metrics = _metrics(evaluation, "val" if val_set else "train")
-                history.append({"step": step + 1, **last_metrics})
+                history.append({"step": step, **last_metrics})
                 score = last_metrics["mean_dice"]
                 if val_set is None or score > best or not (out / "config.json").is_file():
                     best = max(best, score) if math.isfinite(score) else best
                     save(last_metrics)
-                yield ProgressEvent("validate", step + 1, total, loss_value, last_metrics,
+                yield ProgressEvent("validate", step, shown_total, loss_value, last_metrics,
                                     message=f"{last_metrics['source']} mean Dice {last_metrics['mean_dice']:.2f}%")
-            save_resume(step + 1)
-    if export_full and rank == 0:
+            save_resume(step)
+        if last:
+            total = step
+            break
+    if export_full and rank == 0 and family_of(config.model).name == "sam":
         from napari_metalseg.models.lora import merge_lora
         from napari_metalseg.runs import export_full_model
 
         export_full_model(out, merge_lora(model))
     yield ProgressEvent("done", total, total, metrics=last_metrics, message=str(out))
+
+
+def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainConfig, spec, val_set, training: dict,
+              rank: int) -> Iterator[ProgressEvent]:
+    """Train a family fitted in one call (the classical pixel classifier): fit, validate, write the run."""
+    from napari_metalseg.models.classical import fit_classifier
+    from napari_metalseg.runs import save_run
+
+    t0 = time.perf_counter()
+    yield ProgressEvent("info", message=f"{config.model}: fitting on the labelled pixels of {len(samples)} image(s)")
+    model = fit_classifier(samples, len(phases), tile_size=config.img_size, seed=config.seed)
+    seconds = time.perf_counter() - t0
+    history = [{"step": 1, "seconds": round(seconds, 3)}]
+    yield ProgressEvent("train", 1, 1, metrics={"seconds": seconds, "parameters": model.n_parameters},
+                        message=f"fitted in {seconds:.1f} s")
+    metrics: dict = {}
+    if rank == 0:
+        metrics = _metrics(validate(model, val_set or samples, phases, "cpu"), "val" if val_set else "train")
+        history.append({"step": 1, **metrics})
+        save_run(out, spec, model, training=training | {"fit_seconds": seconds}, metrics=metrics, history=history)
+        yield ProgressEvent("validate", 1, 1, metrics=metrics,
+                            message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}%")
+    yield ProgressEvent("done", 1, 1, metrics=metrics, message=str(out))
 
 
 def _metrics(evaluation, source: str) -> dict:

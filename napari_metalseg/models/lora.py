@@ -163,6 +163,9 @@ def set_finetune_mode(model: nn.Module, mode: str) -> nn.Module:
 
 
 def _trainable_keys(model: nn.Module) -> list[str]:
+    own = getattr(model, "trainable_state_keys", None)
+    if own is not None:  # families that define their own trained state (the CNNs: every weight and BN statistic)
+        return list(own())
     mode = getattr(model, "finetune_mode", None)
     if mode is None:
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}

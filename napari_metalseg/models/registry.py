@@ -1,0 +1,113 @@
+"""The model registry: every model name maps to its family, and each family to its builder and run-file format.
+
+The trainer, the :class:`~napari_metalseg.predict.Predictor`, ``study`` and the napari docks ask this module
+what a model name can do (LoRA, boxes, guidance, input size) instead of branching on names themselves.
+
+Families
+--------
+``sam``
+    Segment Anything (``tiny`` from scratch, ``vit_b`` / ``vit_l`` / ``vit_h`` from a checkpoint), optionally with
+    LoRA (:mod:`.phase_sam`). Box prompts, ratio and spatial guidance.
+``cnn``
+    The study's task-specific networks, Enhanced U-Net3+ (``unet3plus``, :mod:`.unet3plus`) and Enhanced ELU-Net
+    (``elunet``, :mod:`.elunet`), trained from scratch. Ratio and spatial guidance at the bottleneck; no boxes.
+``classical``
+    The classical pixel classifier (``classical``, :mod:`.classical`): multiscale filter features + gradient-boosted
+    trees, what ilastik / Trainable Weka users know. Fitted in seconds, no guidance, no boxes; stored as text.
+
+Importing this module is cheap (no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.sam import SAM_KINDS
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a model family supports.
+
+    Attributes
+    ----------
+    name : str
+        ``sam``, ``cnn`` or ``classical``.
+    kinds : tuple of str
+        The model names of the family.
+    label : str
+        How the family is shown to users.
+    weights : str
+        File of the run directory holding the trained state.
+    gradient : bool
+        Trained by the gradient loop of :func:`napari_metalseg.training.train` (else fitted in one call).
+    guidance : tuple of str
+        Guidance modules the family can carry (``none`` always).
+    boxes : bool
+        Has a prompt encoder (box prompts in prediction and training).
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    label: str
+    weights: str
+    gradient: bool = True
+    guidance: tuple[str, ...] = ("none",)
+    boxes: bool = False
+
+
+ADAPTER = "adapter.safetensors"
+CLASSIFIER = "classifier.txt"
+
+FAMILIES: dict[str, Family] = {
+    "sam": Family("sam", SAM_KINDS, "Segment Anything (+ LoRA)", ADAPTER, guidance=("none", "ratio", "spatial"),
+                  boxes=True),
+    "cnn": Family("cnn", ("unet3plus", "elunet"), "task-specific CNN", ADAPTER, guidance=("none", "ratio", "spatial")),
+    "classical": Family("classical", ("classical",), "classical pixel classifier", CLASSIFIER, gradient=False),
+}
+
+MODEL_KINDS: tuple[str, ...] = tuple(kind for family in FAMILIES.values() for kind in family.kinds)
+"""Every name ``--model`` accepts."""
+
+MODEL_LABELS: dict[str, str] = {
+    "tiny": "compact SAM from scratch (tiny)",
+    "vit_b": "SAM ViT-B (checkpoint)",
+    "vit_l": "SAM ViT-L (checkpoint)",
+    "vit_h": "SAM ViT-H (checkpoint)",
+    "unet3plus": "Enhanced U-Net3+",
+    "elunet": "Enhanced ELU-Net",
+    "classical": "classical pixel classifier (features + boosted trees)",
+}
+
+DEFAULT_IMG_SIZE: dict[str, int] = {"tiny": 256, "vit_b": 512, "vit_l": 512, "vit_h": 512, "unet3plus": 256,
+                                    "elunet": 256, "classical": 1024}
+"""Training crop (model input) size of each model when none is given."""
+
+CNN_DEFAULTS: dict[str, dict] = {"unet3plus": {"width": 16, "depth": 4}, "elunet": {"width": 16, "depth": 4}}
+"""Width (base channels) and depth (encoder levels) of the CNNs when none is given."""
+
+
+def family_of(kind: str) -> Family:
+    """The :class:`Family` of a model name; one clear error for an unknown name."""
+    for family in FAMILIES.values():
+        if kind in family.kinds:
+            return family
+    raise MetalsegError(f"unknown model {kind!r}; use one of {', '.join(MODEL_KINDS)}")
+
+
+def check_model_options(kind: str, *, guidance: str = "none", finetune: str | None = None,
+                        checkpoint: str | None = None, boxes: bool = False) -> None:
+    """Refuse option combinations a family cannot honour, with one message a GUI user can read too."""
+    family = family_of(kind)
+    if guidance not in family.guidance:
+        raise MetalsegError(f"the {MODEL_LABELS[kind]} has no {guidance!r} guidance; it supports: "
+                            f"{', '.join(family.guidance)}")
+    if boxes and not family.boxes:
+        raise MetalsegError(f"box prompts need a SAM model; the {MODEL_LABELS[kind]} has no prompt encoder")
+    if family.name != "sam":
+        if checkpoint:
+            raise MetalsegError(f"a SAM checkpoint does not apply to the {MODEL_LABELS[kind]} (trained from scratch)")
+        if finetune not in (None, "full"):
+            raise MetalsegError(f"fine-tune mode {finetune!r} applies to SAM models; the {MODEL_LABELS[kind]} is "
+                                "trained in full")
