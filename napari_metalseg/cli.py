@@ -118,8 +118,9 @@ def _run_events(events, label: str):
               help="Pretrained SAM weights, e.g. sam_vit_b_01ec64.pth (official or micro-sam export).")
 @click.option("--img-size", type=int, default=None, help="Model input (training crop) size (default 256 for tiny "
               "and the CNNs, 512 for vit_*, 1024 tiles for classical).")
-@click.option("--width", type=int, default=None, help="unet3plus/elunet: base channels (default 16).")
-@click.option("--depth", type=int, default=None, help="unet3plus/elunet: encoder levels (default 4).")
+@click.option("--width", type=int, default=None, help="unet3plus/elunet: base channels (default 8).")
+@click.option("--depth", type=int, default=None,
+              help="unet3plus/elunet: down-sampling steps (default 4: five resolution levels).")
 @click.option("--budget-s", type=float, default=None,
               help="Train for this many seconds of wall clock (the schedule follows the clock), e.g. 180.")
 @click.option("--finetune", type=click.Choice(FINETUNE_MODES), default=None,
@@ -191,11 +192,12 @@ def _input_files(path: Path) -> list[Path]:
 @click.option("--ratio", default=None, help="Phase-ratio guidance, e.g. 0.1,0.7,0.2 (one value per phase).")
 @click.option("--box", default=None, help="Predict only inside this box: x0,y0,x1,y1 in pixels.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--tta", is_flag=True, help="Test-time augmentation: average the 8 flips/rotations (8x the time).")
 @click.option("--bf16", is_flag=True, help="bfloat16 encoder on the CPU: about 2x faster on CPUs with AVX512-BF16 "
               "(always on with CUDA).")
 @_user_errors
 def predict(run: Path, input_path: Path, out: Path, ratio: str | None, box: str | None, device: str,
-            bf16: bool) -> None:
+            bf16: bool, tta: bool) -> None:
     """Predict phase masks for micrographs and write them in the dataset format."""
     from napari_metalseg.data.dataset import new_dataset, write_item
     from napari_metalseg.io import read_micrograph
@@ -210,7 +212,7 @@ def predict(run: Path, input_path: Path, out: Path, ratio: str | None, box: str 
     with click.progressbar(files, label="predicting", file=sys.stderr) as bar:
         for path in bar:
             micrograph = read_micrograph(path)
-            phase_map = predictor.predict(micrograph.image, ratios=ratios, box=box_values)
+            phase_map = predictor.predict(micrograph.image, ratios=ratios, box=box_values, tta=tta)
             write_item(out, path.stem, micrograph.image, phase_map.labels)
             results[path.stem] = dict(zip(predictor.phases.names, phase_map.fractions().round(4).tolist()))
     click.echo(json.dumps({"out": str(out), "fractions": results}, indent=2))

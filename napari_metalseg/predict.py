@@ -37,6 +37,10 @@ class PhaseMap:
         return counts / max(counts.sum(), 1)
 
 
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+"""The 8 symmetries of the square as (quarter turns, horizontal flip first): the test-time augmentations."""
+
+
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when a GPU is usable, else ``"cpu"``; checks an explicit ``"cuda"``."""
     import torch
@@ -205,8 +209,12 @@ class Predictor:
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict(self, image: np.ndarray, ratios: Sequence[float] | None = None,
-                box: Sequence[float] | None = None, progress: Progress | None = None) -> PhaseMap:
-        """Phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given."""
+                box: Sequence[float] | None = None, progress: Progress | None = None, tta: bool = False) -> PhaseMap:
+        """Phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given.
+
+        With ``tta`` (test-time augmentation) the micrograph is also predicted flipped and rotated (the 8 symmetries
+        of the square) and the probabilities are averaged: 8 times the work, steadier boundaries.
+        """
         image = _check_image(image)
         ratio = check_ratios(ratios, self.phases)
         if ratio is not None and getattr(self.model, "guidance", "none") == "none":
@@ -215,8 +223,22 @@ class Predictor:
             if not getattr(self.model, "supports_boxes", True):
                 raise MetalsegError(f"box prompts need a SAM model; this {self.model.kind} model has no prompt "
                                     "encoder")
+            if tta:
+                raise MetalsegError("test-time augmentation applies to whole micrographs, not to box prompts")
             return self._predict_box(image, check_box(box, image.shape), ratio, progress)
-        return self._predict_tiled(image, ratio, progress)
+        if not tta:
+            return self._predict_tiled(image, ratio, progress)
+        acc = None
+        for i, (k, flip) in enumerate(DIHEDRAL):
+            view = np.rot90(image[:, ::-1] if flip else image, k)
+            probs = self._predict_tiled(np.ascontiguousarray(view), ratio, None).probs
+            probs = np.rot90(probs, -k, axes=(1, 2))
+            probs = probs[:, :, ::-1] if flip else probs
+            acc = probs.copy() if acc is None else acc + probs
+            if progress:
+                progress(ProgressEvent("predict", i + 1, len(DIHEDRAL), message="test-time augmentation"))
+        acc /= len(DIHEDRAL)
+        return PhaseMap(acc.argmax(0).astype(np.uint8), acc)
 
     def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None, progress: Progress | None) -> PhaseMap:
         h, w = image.shape

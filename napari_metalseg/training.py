@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_metalseg.data.samples import CropSampler, Sample, phase_fractions
+from napari_metalseg.data.samples import CropSampler, Sample, holdout_pixels, phase_fractions
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
 from napari_metalseg.models.registry import DEFAULT_IMG_SIZE, check_model_options, family_of
@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     augment: bool = True
+    holdout: float = 0.1
     ratio_noise: float = 0.05
     ratio_dropout: float = 0.25
     box_probability: float = 0.5
@@ -241,7 +242,9 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         Run directory (config.json, adapter.safetensors, metrics.json, resume.pt).
     config : TrainConfig
     val_samples : list of Sample, optional
-        Held-out images for validation; the best validated adapter is kept. Without them, the last one is.
+        Held-out images for validation; the best validated model is kept. Without them, ``config.holdout`` of the
+        labelled pixels (whole 32 px squares) are set aside for validation instead (:func:`holdout_pixels`); with
+        ``holdout=0`` the last model is kept.
     stop : callable, optional
         Polled every step; when it returns True the run saves and ends with a ``"stopped"`` event.
     resume : bool
@@ -275,10 +278,17 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
                      checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None,
                      width=config.width, depth=config.depth)
     val_set = val_samples if val_samples else None
+    source = "val"
     training = {k: v for k, v in asdict(config).items()} | {"train_images": [s.name for s in samples],
                                                              "val_images": [s.name for s in val_set or []]}
+    if val_set is None and config.holdout > 0:
+        samples, held = holdout_pixels(samples, len(phases), config.holdout, seed=config.seed)
+        if held:
+            val_set, source = held, "held-out pixels"
+            training["val_images"] = f"{config.holdout:.0%} of the labelled pixels of the training images"
+    source = source if val_set else "train"
     if not family_of(config.model).gradient:
-        yield from _fit_once(samples, phases, out, config, spec, val_set, training, rank)
+        yield from _fit_once(samples, phases, out, config, spec, val_set, source, training, rank)
         return
     model, report = spec.build(device, seed=config.seed)
     total_params, trainable_params = count_parameters(model)
@@ -376,7 +386,7 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
             model.eval()
             if rank == 0:
                 evaluation = validate(model, val_set or samples, phases, device)
-                last_metrics = _metrics(evaluation, "val" if val_set else "train")
+                last_metrics = _metrics(evaluation, source)
                 history.append({"step": step, **last_metrics})
                 score = last_metrics["mean_dice"]
                 if val_set is None or score > best or not (out / "config.json").is_file():
@@ -396,8 +406,8 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
     yield ProgressEvent("done", total, total, metrics=last_metrics, message=str(out))
 
 
-def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainConfig, spec, val_set, training: dict,
-              rank: int) -> Iterator[ProgressEvent]:
+def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainConfig, spec, val_set, source: str,
+              training: dict, rank: int) -> Iterator[ProgressEvent]:
     """Train a family fitted in one call (the classical pixel classifier): fit, validate, write the run."""
     from napari_metalseg.models.classical import fit_classifier
     from napari_metalseg.runs import save_run
@@ -411,7 +421,7 @@ def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainC
                         message=f"fitted in {seconds:.1f} s")
     metrics: dict = {}
     if rank == 0:
-        metrics = _metrics(validate(model, val_set or samples, phases, "cpu"), "val" if val_set else "train")
+        metrics = _metrics(validate(model, val_set or samples, phases, "cpu"), source)
         history.append({"step": 1, **metrics})
         save_run(out, spec, model, training=training | {"fit_seconds": seconds}, metrics=metrics, history=history)
         yield ProgressEvent("validate", 1, 1, metrics=metrics,

@@ -53,6 +53,49 @@ def phase_fractions(mask: np.ndarray, num_phases: int) -> np.ndarray | None:
     return counts / counts.sum()
 
 
+def holdout_pixels(samples: list[Sample], num_phases: int, fraction: float = 0.1, block: int = 32,
+                   seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Set aside labelled pixels for validation when there are no validation images.
+
+    The labelled area of every image is cut into ``block`` x ``block`` squares; about ``fraction`` of the squares that
+    hold labels go to validation (whole squares, so validation pixels are not the immediate neighbours of training
+    pixels), the rest stay for training. A phase is never held out completely: squares holding the last training
+    pixels of a phase stay in training.
+
+    Returns
+    -------
+    train, val : list of Sample
+        The same images with complementary masks (255 elsewhere); ``val`` is empty when nothing could be set aside.
+    """
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    left = np.zeros(num_phases, np.int64)
+    for s in samples:
+        left += np.bincount(s.mask[s.mask != UNLABELED].ravel(), minlength=num_phases)[:num_phases]
+    for s in samples:
+        h, w = s.mask.shape
+        gy, gx = -(-h // block), -(-w // block)
+        pad = np.full((gy * block, gx * block), UNLABELED, np.uint8)
+        pad[:h, :w] = s.mask
+        cells = pad.reshape(gy, block, gx, block).swapaxes(1, 2).reshape(gy * gx, block * block)
+        labelled = np.nonzero((cells != UNLABELED).any(1))[0]
+        chosen = np.zeros(gy * gx, bool)
+        for c in rng.permutation(labelled)[: int(round(fraction * len(labelled)))]:
+            counts = np.bincount(cells[c][cells[c] != UNLABELED], minlength=num_phases)[:num_phases]
+            if np.all((left - counts > 0) | (counts == 0)):
+                chosen[c] = True
+                left -= counts
+        held = np.repeat(np.repeat(chosen.reshape(gy, gx), block, 0), block, 1)[:h, :w]
+        if not held.any():
+            train.append(s)
+            continue
+        train.append(Sample(s.name, s.image, np.where(held, UNLABELED, s.mask).astype(np.uint8), s.magnification,
+                            s.pixel_size_um))
+        val.append(Sample(s.name, s.image, np.where(held, s.mask, UNLABELED).astype(np.uint8), s.magnification,
+                          s.pixel_size_um))
+    return train, val
+
+
 class CropSampler:
     """Class-balanced random crops of ``size`` x ``size`` with augmentation.
 

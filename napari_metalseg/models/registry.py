@@ -84,8 +84,8 @@ DEFAULT_IMG_SIZE: dict[str, int] = {"tiny": 256, "vit_b": 512, "vit_l": 512, "vi
                                     "elunet": 256, "classical": 1024}
 """Training crop (model input) size of each model when none is given."""
 
-CNN_DEFAULTS: dict[str, dict] = {"unet3plus": {"width": 16, "depth": 4}, "elunet": {"width": 16, "depth": 4}}
-"""Width (base channels) and depth (encoder levels) of the CNNs when none is given."""
+CNN_DEFAULTS: dict[str, dict] = {"unet3plus": {"width": 8, "depth": 4}, "elunet": {"width": 8, "depth": 4}}
+"""Width (base channels) and depth (down-sampling steps: depth + 1 resolution levels) of the CNNs by default."""
 
 
 def family_of(kind: str) -> Family:

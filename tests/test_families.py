@@ -1,0 +1,136 @@
+"""Every model family through the same engine: registry checks, train/save/load/predict, time budget, held-out
+pixels, test-time augmentation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_metalseg.data.samples import Sample, holdout_pixels
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.registry import MODEL_KINDS, check_model_options, family_of
+from napari_metalseg.phases import UNLABELED
+from napari_metalseg.predict import Predictor
+from napari_metalseg.runs import load_run
+from napari_metalseg.training import TrainConfig, time_lr_factor, train
+
+
+def test_registry_names_every_family():
+    assert {"tiny", "vit_b", "unet3plus", "elunet", "classical"} <= set(MODEL_KINDS)
+    assert family_of("elunet").name == "cnn" and family_of("classical").name == "classical"
+    assert family_of("vit_h").boxes and not family_of("unet3plus").boxes
+    with pytest.raises(MetalsegError, match="unknown model 'resnet'"):
+        family_of("resnet")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"model": "unet3plus", "guidance": "ratio+box"}, "box prompts need a SAM model"),
+    ({"model": "classical", "guidance": "ratio"}, "no 'ratio' guidance"),
+    ({"model": "elunet", "finetune": "lora"}, "applies to SAM models"),
+    ({"model": "elunet", "checkpoint": "sam_vit_b.pth"}, "does not apply"),
+    ({"model": "tiny", "width": 8}, "--width 8: applies to unet3plus/elunet only"),
+    ({"model": "unet3plus", "budget_s": 0}, "--budget-s 0"),
+])
+def test_options_a_family_cannot_honour_are_refused(kwargs, message):
+    with pytest.raises(MetalsegError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_gui_users_see_no_cli_flags_in_family_messages():
+    with pytest.raises(MetalsegError) as info:
+        check_model_options("unet3plus", boxes=True)
+    assert "--" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["unet3plus", "elunet", "classical"])
+def test_each_family_trains_saves_loads_and_predicts_identically(kind, split_samples, synth_dataset, tmp_path):
+    extra = {} if kind == "classical" else {"width": 4, "depth": 3, "steps": 6, "batch_size": 2, "img_size": 64}
+    config = TrainConfig(model=kind, device="cpu", **extra)
+    run = tmp_path / kind
+    events = list(train(split_samples["train"][:2], synth_dataset.phases, run, config,
+                        val_samples=split_samples["val"][:1]))
+    assert events[-1].kind == "done" and any(e.kind == "validate" for e in events)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["kind"] == kind and saved["metrics"]["source"] == "val"
+    model, cfg = load_run(run)
+    again, _ = load_run(run)
+    image = split_samples["test"][0].image
+    a = Predictor(model, cfg["model"].phase_set).predict(image)
+    b = Predictor(again, cfg["model"].phase_set).predict(image)
+    assert a.labels.shape == image.shape and a.probs.shape == (3, *image.shape)
+    np.testing.assert_array_equal(a.probs, b.probs)
+    assert np.allclose(a.probs.sum(0), 1, atol=1e-4)
+    with pytest.raises(MetalsegError, match="box prompts need a SAM model"):
+        Predictor(model, cfg["model"].phase_set).predict(image, box=(0, 0, 32, 32))
+    with pytest.raises(MetalsegError, match="without ratio guidance"):
+        Predictor(model, cfg["model"].phase_set).predict(image, ratios=[0.3, 0.3, 0.4])
+
+
+def test_guided_cnn_takes_ratios_in_prediction(split_samples, synth_dataset, tmp_path):
+    config = TrainConfig(model="elunet", guidance="ratio", width=4, depth=3, steps=3, batch_size=2, img_size=64,
+                         device="cpu")
+    list(train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config))
+    predictor = Predictor.from_run(tmp_path / "run", device="cpu")
+    image = split_samples["test"][0].image
+    assert predictor.predict(image, ratios=[0.2, 0.5, 0.3]).labels.shape == image.shape
+
+
+def test_time_budget_ends_training_and_the_schedule_follows_the_clock(split_samples, synth_dataset, tmp_path):
+    config = TrainConfig(model="elunet", width=4, depth=3, batch_size=2, img_size=64, budget_s=3.0, device="cpu")
+    events = list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "run", config))
+    steps = [e for e in events if e.kind == "train"]
+    assert events[-1].kind == "done" and len(steps) > 3
+    assert steps[-2].metrics["seconds"] < 3.0 <= steps[-1].metrics["seconds"]
+    assert events[-1].step == steps[-1].step == events[-1].total
+    lrs = [e.metrics["lr"] for e in steps]
+    assert max(lrs) > lrs[-1] and lrs[0] < max(lrs)
+    assert time_lr_factor(0.0, 10, 0.05) == pytest.approx(0.01)
+    assert time_lr_factor(10.0, 10, 0.05) == 0.0
+    assert time_lr_factor(0.5, 10, 0.05) == pytest.approx(1.0)
+
+
+def test_holdout_pixels_split_labels_in_squares_and_keep_every_phase():
+    rng = np.random.default_rng(0)
+    mask = np.full((96, 96), UNLABELED, np.uint8)
+    mask[10:90, 10:40] = 0
+    mask[10:90, 50:80] = 1
+    mask[5:7, 5:7] = 2  # a phase with one tiny scribble: never held out entirely
+    sample = Sample("a", rng.random((96, 96), dtype=np.float32), mask)
+    train_s, val_s = holdout_pixels([sample], 3, fraction=0.3, block=16, seed=1)
+    assert len(val_s) == 1
+    t, v = train_s[0].mask, val_s[0].mask
+    assert not np.any((t != UNLABELED) & (v != UNLABELED))
+    np.testing.assert_array_equal(np.where(t != UNLABELED, t, v), mask)
+    assert 0.1 < (v != UNLABELED).sum() / (mask != UNLABELED).sum() < 0.5
+    assert (t == 2).sum() == 4
+    held = (v != UNLABELED)
+    for y in range(0, 96, 16):  # whole squares
+        for x in range(0, 96, 16):
+            cell = held[y:y + 16, x:x + 16]
+            labelled = mask[y:y + 16, x:x + 16] != UNLABELED
+            assert not cell.any() or np.array_equal(cell, labelled)
+
+
+def test_training_without_val_images_validates_on_held_out_pixels(split_samples, synth_dataset, tmp_path):
+    config = TrainConfig(model="classical", device="cpu")
+    events = list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "run", config))
+    assert events[-1].metrics["source"] == "held-out pixels"
+    config = TrainConfig(model="classical", device="cpu", holdout=0)
+    events = list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "run2", config))
+    assert events[-1].metrics["source"] == "train"
+
+
+def test_tta_is_equivariant_and_averages_eight_views(trained_run, split_samples):
+    run, _ = trained_run
+    predictor = Predictor.from_run(run, device="cpu")
+    image = split_samples["test"][0].image[:128, :128]  # one tile: the same tiling in every view
+    plain = predictor.predict(image)
+    tta = predictor.predict(image, tta=True)
+    assert tta.probs.shape == plain.probs.shape and np.allclose(tta.probs.sum(0), 1, atol=1e-4)
+    assert not np.allclose(tta.probs, plain.probs)
+    turned = predictor.predict(np.rot90(image).copy(), tta=True)
+    np.testing.assert_allclose(np.rot90(tta.probs, axes=(1, 2)), turned.probs, atol=1e-4)
+    with pytest.raises(MetalsegError, match="whole micrographs"):
+        predictor.predict(image, box=(0, 0, 50, 50), tta=True)
