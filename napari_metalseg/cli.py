@@ -11,7 +11,7 @@ import click
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, SAM_KINDS, TRAINING_GUIDANCE
-from napari_metalseg.models.registry import MODEL_KINDS
+from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS
 
 
 def _user_errors(func):
@@ -111,9 +111,10 @@ def _run_events(events, label: str):
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (images/, masks/, "
               "phases.json); the 'train' split (or unassigned images) trains, the 'val' split validates.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
-@click.option("--model", "kind", type=click.Choice(MODEL_KINDS), default="tiny", show_default=True,
-              help="tiny/vit_b/vit_l/vit_h: SAM (tiny: compact, from scratch); unet3plus/elunet: the study's "
-              "task-specific CNNs; classical: multiscale features + boosted trees (ilastik style, seconds).")
+@click.option("--model", "kind", type=click.Choice(MODEL_KINDS), default=None,
+              help=f"Default: {DEFAULT_MODEL} (the measured CPU winner, docs/quality.md), or LoRA on the SAM kind of "
+              "--checkpoint. tiny/vit_b/vit_l/vit_h: SAM (tiny: compact, from scratch); unet3plus/elunet: the "
+              "study's task-specific CNNs; classical: multiscale features + boosted trees (ilastik style, seconds).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Pretrained SAM weights, e.g. sam_vit_b_01ec64.pth (official or micro-sam export).")
 @click.option("--img-size", type=int, default=None, help="Model input (training crop) size (default 256 for tiny "
@@ -133,18 +134,19 @@ def _run_events(events, label: str):
               default="none", show_default=True)
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default: 10 epochs).")
 @click.option("--epochs", type=int, default=None, help="Epochs (passes over the training pixels).")
-@click.option("--batch-size", type=int, default=2, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Crops per step (default: 2 for SAM, 4 for the CNNs).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: 1e-3 for SAM, 2e-3 for the CNNs).")
 @click.option("--val-every", type=int, default=None, help="Validate every N steps (default: 5 times per run).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--export-full", is_flag=True, help="Also write a merged stand-alone model_full.safetensors.")
 @_user_errors
-def train(data: Path, out: Path, kind: str, checkpoint: Path | None, img_size: int | None, width: int | None,
+def train(data: Path, out: Path, kind: str | None, checkpoint: Path | None, img_size: int | None, width: int | None,
           depth: int | None, budget_s: float | None, finetune: str | None, lora_rank: int, lora_alpha: float | None,
-          lora_dropout: float, lora_mlp: bool, guidance: str, steps: int | None, epochs: int | None, batch_size: int,
-          lr: float, val_every: int | None, device: str, seed: int, resume: bool, export_full: bool) -> None:
+          lora_dropout: float, lora_mlp: bool, guidance: str, steps: int | None, epochs: int | None,
+          batch_size: int | None, lr: float | None, val_every: int | None, device: str, seed: int, resume: bool,
+          export_full: bool) -> None:
     """Train (or LoRA-adapt) a phase-segmentation model on a dataset."""
     from napari_metalseg.data.dataset import load_dataset
     from napari_metalseg.data.samples import load_samples

@@ -20,7 +20,14 @@ import numpy as np
 from napari_metalseg.data.samples import CropSampler, Sample, holdout_pixels, phase_fractions
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
-from napari_metalseg.models.registry import DEFAULT_IMG_SIZE, check_model_options, family_of
+from napari_metalseg.models.registry import (
+    DEFAULT_BUDGET_S,
+    DEFAULT_IMG_SIZE,
+    DEFAULT_MODEL,
+    TRAIN_DEFAULTS,
+    check_model_options,
+    family_of,
+)
 from napari_metalseg.phases import UNLABELED, PhaseSet
 from napari_metalseg.progress import ProgressEvent
 
@@ -29,7 +36,7 @@ from napari_metalseg.progress import ProgressEvent
 class TrainConfig:
     """Training arguments (the CLI flags and the training widget's fields map one-to-one onto these)."""
 
-    model: str = "tiny"
+    model: str | None = None
     checkpoint: str | None = None
     img_size: int | None = None
     width: int | None = None
@@ -43,8 +50,8 @@ class TrainConfig:
     guidance: str = "none"
     steps: int | None = None
     epochs: int | None = None
-    batch_size: int = 2
-    lr: float = 1e-3
+    batch_size: int | None = None
+    lr: float | None = None
     weight_decay: float = 1e-2
     warmup: float = 0.05
     val_every: int | None = None
@@ -57,6 +64,11 @@ class TrainConfig:
     box_probability: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.finetune in ("lora", "decoder") and not self.checkpoint:
+            raise MetalsegError(f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
+                                "without one use --finetune full")
+        if self.model is None:  # the measured CPU default, or the SAM kind of the checkpoint
+            self.model = checkpoint_kind(self.checkpoint) if self.checkpoint else DEFAULT_MODEL
         family = family_of(self.model)
         if self.guidance not in TRAINING_GUIDANCE:
             raise MetalsegError(f"unknown guidance {self.guidance!r}; use one of {', '.join(TRAINING_GUIDANCE)}")
@@ -64,13 +76,14 @@ class TrainConfig:
                             checkpoint=self.checkpoint, boxes=self.uses_boxes)
         if family.name != "sam":
             self.finetune = "full"
+        if family.name == "cnn" and self.steps is None and self.epochs is None and self.budget_s is None:
+            self.budget_s = DEFAULT_BUDGET_S
+        self.batch_size = TRAIN_DEFAULTS[family.name]["batch_size"] if self.batch_size is None else self.batch_size
+        self.lr = TRAIN_DEFAULTS[family.name]["lr"] if self.lr is None else self.lr
         if self.finetune is None:
             self.finetune = "lora" if self.checkpoint else "full"
         if self.finetune not in FINETUNE_MODES:
             raise MetalsegError(f"unknown fine-tune mode {self.finetune!r}; use one of {', '.join(FINETUNE_MODES)}")
-        if self.finetune in ("lora", "decoder") and not self.checkpoint:
-            raise MetalsegError(f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
-                                "without one use --finetune full")
         if self.img_size is None:
             self.img_size = DEFAULT_IMG_SIZE[self.model]
         if self.img_size < 64 or self.img_size % 16:
@@ -109,6 +122,15 @@ class TrainConfig:
         pixels = sum(s.image.size for s in samples)
         per_epoch = max(1, math.ceil(pixels / (self.img_size**2) / self.batch_size))
         return per_epoch * (self.epochs or 10)
+
+
+def checkpoint_kind(checkpoint: str) -> str:
+    """The SAM kind (``vit_b``, ...) of a checkpoint file, from its tensor shapes."""
+    from napari_metalseg.models.checkpoint import detect_kind, read_sam_state_dict
+
+    if not Path(checkpoint).is_file():
+        raise MetalsegError(f"--checkpoint {checkpoint}: no such file")
+    return detect_kind(read_sam_state_dict(checkpoint))
 
 
 def _rank() -> tuple[int, int]:

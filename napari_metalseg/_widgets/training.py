@@ -53,7 +53,16 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import FINETUNE_MODES, SAM_KINDS, TRAINING_GUIDANCE
+from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
+from napari_metalseg.models.registry import (
+    DEFAULT_BUDGET_S,
+    DEFAULT_IMG_SIZE,
+    DEFAULT_MODEL,
+    MODEL_KINDS,
+    MODEL_LABELS,
+    TRAIN_DEFAULTS,
+    family_of,
+)
 from napari_metalseg.phases import UNLABELED, PhaseSet, labels_to_mask
 from napari_metalseg.progress import ProgressEvent
 
@@ -70,6 +79,7 @@ from .layers import (
     show_phase_map,
 )
 from .plots import LivePlot
+from .preview import PREVIEW_KEY, PREVIEW_SUFFIX, LivePreviewController
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -118,7 +128,7 @@ def find_labels_layer(viewer: napari.Viewer, image: Image) -> Labels | None:
 
     hw = image_hw(image)
     labels = [lay for lay in viewer.layers if isinstance(lay, Labels) and np.ndim(lay.data) == 2
-              and tuple(np.shape(lay.data)) == hw]
+              and tuple(np.shape(lay.data)) == hw and not is_preview_layer(lay)]
     by_name = {lay.name: lay for lay in labels}
     for suffix in LABEL_SUFFIXES:
         if image.name + suffix in by_name:
@@ -134,6 +144,11 @@ def find_labels_layer(viewer: napari.Viewer, image: Image) -> Labels | None:
         if len(labels) == 1:
             return labels[0]
     return None
+
+
+def is_preview_layer(layer: Any) -> bool:
+    """A live-preview layer (never training data)."""
+    return bool((getattr(layer, "metadata", None) or {}).get(PREVIEW_KEY))
 
 
 def training_pairs(viewer: napari.Viewer) -> list[tuple[Image, Labels]]:
@@ -238,6 +253,7 @@ class TrainingResult:
     device: str
     last: ProgressEvent
     phase_map: PhaseMap | None
+    metrics: dict | None = None
 
 
 def training_job(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainConfig,
@@ -276,7 +292,7 @@ def training_job(samples: list[Sample], phases: PhaseSet, out: Path, config: Tra
     if image is not None:
         yield ProgressEvent("info", last.step, last.total, message="predicting the current image")
         phase_map = Predictor(model, run_phases, device=device).predict(image)
-    return TrainingResult(Path(out), model, run_phases, device, last, phase_map)
+    return TrainingResult(Path(out), model, run_phases, device, last, phase_map, run_config.get("metrics") or {})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -335,6 +351,7 @@ class TrainingWidget(QWidget):
         self.last_run: Path | None = None
         self.last_error: BaseException | None = None
         self.autosaved_to: Path | None = None
+        self.preview = LivePreviewController(self.viewer, self.phase_set, lambda text: self.status.setText(text))
         self._build()
         self._connect_viewer()
         self._refresh_layers()
@@ -369,7 +386,11 @@ class TrainingWidget(QWidget):
         hyper = QGroupBox("Model and hyper-parameters")
         form = QFormLayout(hyper)
         self.model_combo = QComboBox()
-        self.model_combo.addItems(SAM_KINDS)
+        for kind in MODEL_KINDS:
+            self.model_combo.addItem(kind)
+            self.model_combo.setItemData(self.model_combo.count() - 1, MODEL_LABELS[kind], Qt.ToolTipRole)
+        self.model_combo.setToolTip("unet3plus / elunet: the study's CNNs (the CPU default); classical: features + "
+                                    "boosted trees (seconds); tiny: compact SAM; vit_*: SAM from a checkpoint")
         form.addRow("model", self.model_combo)
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("none: train from scratch")
@@ -390,13 +411,24 @@ class TrainingWidget(QWidget):
         self.guidance_combo = QComboBox()
         self.guidance_combo.addItems(TRAINING_GUIDANCE)
         form.addRow("guidance", self.guidance_combo)
+        self.budget = QSpinBox()
+        self.budget.setRange(0, 7 * 24 * 3600)
+        self.budget.setSingleStep(30)
+        self.budget.setValue(int(DEFAULT_BUDGET_S))
+        self.budget.setSuffix(" s")
+        self.budget.setSpecialValueText("no limit (steps)")
+        self.budget.setToolTip("Train for this long (wall clock); the learning-rate schedule follows the clock. "
+                               "0: train for the number of steps instead.")
+        form.addRow("time budget", self.budget)
         self.steps = QSpinBox()
-        self.steps.setRange(1, 10_000_000)
-        self.steps.setValue(500)
+        self.steps.setRange(0, 10_000_000)
+        self.steps.setValue(0)
+        self.steps.setSpecialValueText("until the budget")
+        self.steps.setToolTip("Optimizer steps; 0 = as many as the time budget allows.")
         form.addRow("steps", self.steps)
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 256)
-        self.batch_size.setValue(2)
+        self.batch_size.setValue(4)
         form.addRow("batch size", self.batch_size)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
@@ -430,6 +462,11 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.status)
         self.plot = LivePlot()
         layout.addWidget(self.plot)
+        self.preview_check = QCheckBox("live preview while painting (classical pixel classifier)")
+        self.preview_check.setChecked(True)
+        self.preview_check.setToolTip("After each stroke, refit the classical pixel classifier on the strokes so far "
+                                      "and show '<image> preview' and '<image> uncertainty' (where to paint next).")
+        layout.addWidget(self.preview_check)
         self.add_button = QPushButton("Add to training set")
         self.add_button.setToolTip("Save the image(s) and their (corrected) labels into the dataset folder "
                                    "(split 'train'); train on the dataset folder to use them.")
@@ -438,8 +475,11 @@ class TrainingWidget(QWidget):
         layout.addStretch(1)
 
         self.model_combo.currentTextChanged.connect(self._model_changed)
+        self.model_combo.setCurrentText(DEFAULT_MODEL)
+        self._model_changed(DEFAULT_MODEL)
         self.image_combo.currentIndexChanged.connect(self._image_changed)
-        self.labels_combo.currentIndexChanged.connect(lambda _: self._fill_phases())
+        self.labels_combo.currentIndexChanged.connect(lambda _: (self._fill_phases(), self._watch_preview()))
+        self.preview_check.toggled.connect(self.preview.set_enabled)
         self.source.currentIndexChanged.connect(self._source_changed)
         self.dataset_edit.editingFinished.connect(self._dataset_edited)
         if self.session.dataset_dir is not None:
@@ -486,7 +526,8 @@ class TrainingWidget(QWidget):
         current_labels = self.labels_combo.currentText()
         self.labels_combo.blockSignals(True)
         self.labels_combo.clear()
-        self.labels_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Labels)])
+        self.labels_combo.addItems([lay.name for lay in self.viewer.layers
+                                    if isinstance(lay, Labels) and not is_preview_layer(lay)])
         self.labels_combo.blockSignals(False)
         if current_labels and self.labels_combo.findText(current_labels) >= 0:
             self.labels_combo.setCurrentText(current_labels)
@@ -500,6 +541,18 @@ class TrainingWidget(QWidget):
             if match is not None:
                 self.labels_combo.setCurrentText(match.name)
         self._fill_phases()
+        self._watch_preview()
+
+    def _watch_preview(self) -> None:
+        """Point the live preview at the selected image and its annotation layer."""
+        from napari.layers import Labels
+
+        image = self._selected_image()
+        name = self.labels_combo.currentText()
+        labels = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        ok = (image is not None and isinstance(labels, Labels) and np.ndim(labels.data) == 2
+              and tuple(np.shape(labels.data)) == image_hw(image))
+        self.preview.watch(image if ok else None, labels if ok else None)
 
     def _selected_image(self) -> Image | None:
         name = self.image_combo.currentText()
@@ -609,18 +662,39 @@ class TrainingWidget(QWidget):
         return self.session.dataset_dir
 
     def _model_changed(self, kind: str) -> None:
-        self.img_size.setValue(256 if kind == "tiny" else 512)
+        family = family_of(kind)
+        self.img_size.setValue(DEFAULT_IMG_SIZE[kind])
+        sam = family.name == "sam"
+        for widget in (self.checkpoint_edit, self.finetune_combo, self.lora_rank):
+            widget.setEnabled(sam)
+        for widget in (self.steps, self.batch_size, self.lr, self.budget):
+            widget.setEnabled(family.gradient)
+        self.batch_size.setValue(TRAIN_DEFAULTS[family.name]["batch_size"])
+        self.lr.setValue(TRAIN_DEFAULTS[family.name]["lr"])
+        current = self.guidance_combo.currentText()
+        allowed = [g for g in TRAINING_GUIDANCE if ("box" not in g or family.boxes)
+                   and g.split("+")[0] in (*family.guidance, "box")]
+        self.guidance_combo.blockSignals(True)
+        self.guidance_combo.clear()
+        self.guidance_combo.addItems(allowed)
+        self.guidance_combo.setCurrentText(current if current in allowed else "none")
+        self.guidance_combo.blockSignals(False)
 
     # -- configuration ---------------------------------------------------------------------------------
     def config(self) -> TrainConfig:
         """The :class:`~napari_metalseg.training.TrainConfig` of the fields (validated)."""
         from napari_metalseg.training import TrainConfig
 
-        finetune = self.finetune_combo.currentText()
-        return TrainConfig(model=self.model_combo.currentText(), checkpoint=self.checkpoint_edit.text().strip() or None,
+        kind = self.model_combo.currentText()
+        sam = family_of(kind).name == "sam"
+        finetune = self.finetune_combo.currentText() if sam else "auto"
+        steps, budget = self.steps.value() or None, float(self.budget.value()) or None
+        if steps is None and budget is None:
+            raise MetalsegError("set a time budget or a number of steps")
+        return TrainConfig(model=kind, checkpoint=(self.checkpoint_edit.text().strip() or None) if sam else None,
                            img_size=self.img_size.value(), finetune=None if finetune == "auto" else finetune,
                            lora_rank=self.lora_rank.value(), guidance=self.guidance_combo.currentText(),
-                           steps=self.steps.value(), batch_size=self.batch_size.value(), lr=self.lr.value(),
+                           steps=steps, budget_s=budget, batch_size=self.batch_size.value(), lr=self.lr.value(),
                            device=self.device_combo.currentText())
 
     def _new_run_dir(self, dataset: Path | None) -> Path:
@@ -748,6 +822,7 @@ class TrainingWidget(QWidget):
         self.last_error = None
         self.last_run = out
         total = config.total_steps(samples)
+        total = 0 if total >= 10**9 else total  # a time budget: the number of steps is learnt on the way
         self.plot.reset(total, title=f"{config.model} · {out.name}")
         self._pbar = progress(total=total, desc="MetalSeg training")
         self.status.setText(f"training on {len(samples)} image(s) → {out}")
@@ -823,9 +898,27 @@ class TrainingWidget(QWidget):
         dice = result.last.metrics.get("mean_dice") if result.last.metrics else None
         score = f", mean Dice {dice:.1f} %" if isinstance(dice, float) and math.isfinite(dice) else ""
         message = f"training {what} at step {result.last.step}{score}; model loaded from {result.run_dir}"
+        message += self._compare_with_preview(result, layer)
         self.plot.set_title(f"{what}: {result.run_dir.name}")
         self.status.setText(message)
         show_info(message)
+
+    def _compare_with_preview(self, result: TrainingResult, image: Any) -> str:
+        """The trained model replaces the live preview of ``image`` when it scores at least as well on the held-out
+        strokes (the trainer and the preview hold out the same squares); else the preview stays in front."""
+        preview = self.preview.last
+        name = f"{getattr(image, 'name', '')}{PREVIEW_SUFFIX}"
+        if preview is None or image is None or name not in self.viewer.layers:
+            return ""
+        best = (result.metrics or {}).get("mean_dice")
+        if not isinstance(best, float) or not math.isfinite(best):
+            return ""
+        if preview.score is None or best >= preview.score:
+            self.viewer.layers[name].visible = False
+            theirs = "" if preview.score is None else f" ({best:.1f} % vs {preview.score:.1f} % on held-out strokes)"
+            return f"; it replaces the live preview{theirs}"
+        return (f"; the live preview is still better on held-out strokes ({preview.score:.1f} % vs {best:.1f} %): "
+                "paint more or train longer")
 
     @_while_alive
     def _on_error(self, exc: BaseException) -> None:

@@ -1,0 +1,152 @@
+"""The live preview of the Training dock: while the user paints, the classical pixel classifier refits on the strokes
+so far (debounced, in a worker thread) and shows ``<image> preview`` and ``<image> uncertainty``.
+
+The engine is :class:`napari_metalseg.preview.LivePreview`; this module only watches the annotation layer's paint
+events, runs the refit off the GUI thread (one at a time; strokes made meanwhile trigger one more refit) and shows
+the result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer
+
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import UNLABELED
+
+from .layers import IMAGE_KEY, image_of_layer, image_transform, mask_of_layer, show_phase_map
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari.layers import Image, Labels
+
+    from napari_metalseg.preview import Preview
+
+DEBOUNCE_MS = 400
+"""Quiet time after the last stroke before the preview refits."""
+PREVIEW_KEY = "metalseg_preview"
+"""Layer metadata key marking the preview layers (never training data)."""
+PREVIEW_SUFFIX = " preview"
+UNCERTAINTY_SUFFIX = " uncertainty"
+
+
+class LivePreviewController(QObject):
+    """Watch one (image, annotations) pair and keep its preview layers up to date.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    phases : callable
+        Returns the current :class:`~napari_metalseg.phases.PhaseSet` (the Training dock's phases).
+    status : callable
+        Shows a one-line message (the Training dock's status line).
+    """
+
+    def __init__(self, viewer: Any, phases: Any, status: Any) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self._phases = phases
+        self._status = status
+        self.enabled = True
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(DEBOUNCE_MS)
+        self.timer.timeout.connect(self.refresh)
+        self.worker = None
+        self.pending = False
+        self.engine = None
+        self.image: Image | None = None
+        self.labels: Labels | None = None
+        self.last: Preview | None = None
+        self.last_error: BaseException | None = None
+        self.updates = 0
+
+    # -- what is watched -------------------------------------------------------------------------------
+    def watch(self, image: Image | None, labels: Labels | None) -> None:
+        """Follow the paint events of ``labels`` (the annotations of ``image``); None stops watching."""
+        if self.labels is not None and self.labels is not labels:
+            try:
+                self.labels.events.paint.disconnect(self.schedule)
+            except (TypeError, RuntimeError, ValueError):
+                pass
+        if labels is not None and labels is not self.labels:
+            labels.events.paint.connect(self.schedule)
+        self.image, self.labels = image, labels
+
+    def set_enabled(self, on: bool) -> None:
+        self.enabled = bool(on)
+        if not on:
+            self.timer.stop()
+
+    def schedule(self, *_: Any) -> None:
+        """A stroke was painted: refit once the user pauses."""
+        if self.enabled:
+            self.timer.start()
+
+    # -- refit -----------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Refit now (in a worker); if one is running, once more when it ends."""
+        from napari.qt.threading import create_worker
+
+        if self.image is None or self.labels is None or self.image not in self.viewer.layers:
+            return
+        if self.worker is not None:
+            self.pending = True
+            return
+        try:
+            phases = self._phases()
+            mask = mask_of_layer(self.labels, len(phases))
+        except MetalsegError as exc:
+            self._failed(exc)
+            return
+        present = set(np.unique(mask[mask != UNLABELED]).tolist())
+        if len(present) < 2:
+            missing = [n for k, n in enumerate(phases.names) if k not in present]
+            self._status(f"live preview: paint at least two phases (no strokes yet for {', '.join(missing)})")
+            return
+        from napari_metalseg.preview import LivePreview
+
+        if self.engine is None or self.engine.num_phases != len(phases):
+            self.engine = LivePreview(len(phases))
+        image = np.array(image_of_layer(self.image), dtype=np.float32)
+        self.pending = False
+        worker = create_worker(self.engine.update, image, mask, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda preview, layer=self.image: self._show(preview, layer, phases))
+        worker.errored.connect(self._failed)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+
+    def _show(self, preview: Preview, image: Image, phases) -> None:
+        self.last = preview
+        self.updates += 1
+        if image not in self.viewer.layers:
+            return
+        transform = image_transform(image)
+        show_phase_map(self.viewer, preview.labels, phases, name=image.name + PREVIEW_SUFFIX, **transform,
+                       metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True})
+        name = image.name + UNCERTAINTY_SUFFIX
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = preview.uncertainty
+        else:
+            self.viewer.add_image(preview.uncertainty, name=name, colormap="magma", opacity=0.5,
+                                  contrast_limits=(0, 1), blending="additive", visible=False,
+                                  metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True}, **transform)
+        if self.labels is not None and self.labels in self.viewer.layers:
+            self.viewer.layers.selection.active = self.labels  # keep painting where the user paints
+        seconds = sum(preview.seconds.values())
+        score = "" if preview.score is None else f", {preview.score:.1f} % Dice on held-out strokes"
+        unsure = float((preview.uncertainty > 0.5).mean() * 100)
+        self._status(f"live preview: {preview.labelled:,} labelled pixels{score}; unsure on {unsure:.0f} % of the "
+                     f"image ({name}); {seconds:.1f} s")
+
+    def _failed(self, exc: BaseException) -> None:
+        self.last_error = exc
+        self._status(f"live preview: {exc}" if isinstance(exc, MetalsegError) else
+                     f"live preview failed: {type(exc).__name__}: {exc}")
+
+    def _finished(self) -> None:
+        self.worker = None
+        if self.pending and self.enabled:
+            self.refresh()
