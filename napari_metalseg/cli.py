@@ -139,14 +139,16 @@ def _run_events(events, label: str):
 @click.option("--val-every", type=int, default=None, help="Validate every N steps (default: 5 times per run).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fp32", is_flag=True, help="No bfloat16 autocast (default: bf16 on CUDA, and for the CNNs on CPUs "
+              "with native bf16).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--export-full", is_flag=True, help="Also write a merged stand-alone model_full.safetensors.")
 @_user_errors
 def train(data: Path, out: Path, kind: str | None, checkpoint: Path | None, img_size: int | None, width: int | None,
           depth: int | None, budget_s: float | None, finetune: str | None, lora_rank: int, lora_alpha: float | None,
           lora_dropout: float, lora_mlp: bool, guidance: str, steps: int | None, epochs: int | None,
-          batch_size: int | None, lr: float | None, val_every: int | None, device: str, seed: int, resume: bool,
-          export_full: bool) -> None:
+          batch_size: int | None, lr: float | None, val_every: int | None, device: str, seed: int, fp32: bool,
+          resume: bool, export_full: bool) -> None:
     """Train (or LoRA-adapt) a phase-segmentation model on a dataset."""
     from napari_metalseg.data.dataset import load_dataset
     from napari_metalseg.data.samples import load_samples
@@ -157,7 +159,7 @@ def train(data: Path, out: Path, kind: str | None, checkpoint: Path | None, img_
                          width=width, depth=depth, budget_s=budget_s, finetune=finetune, lora_rank=lora_rank,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                          lora_mlp=lora_mlp, guidance=guidance, steps=steps, epochs=epochs, batch_size=batch_size,
-                         lr=lr, val_every=val_every, device=device, seed=seed)
+                         lr=lr, val_every=val_every, device=device, seed=seed, bf16=False if fp32 else None)
     dataset = load_dataset(data)
     train_samples = load_samples(dataset.labelled_split("train"))
     if not train_samples:
@@ -550,19 +552,20 @@ def gui(image: Path | None, run: Path | None, screenshot: Path | None) -> None:
 @main.command()
 @click.option("--out", default=Path("demo_out"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the demo's dataset, model and results.")
-@click.option("--steps", default=1200, show_default=True, help="Training steps (more: better, slower).")
+@click.option("--budget-s", default=120.0, show_default=True, help="Training time of the default model in seconds "
+              "(more: better).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @_user_errors
-def demo(out: Path, steps: int, seed: int, device: str) -> None:
+def demo(out: Path, budget_s: float, seed: int, device: str) -> None:
     """Headless end-to-end demo: synthesise steel micrographs, train, evaluate, predict and quantify."""
     from napari_metalseg.data.dataset import load_dataset, new_dataset, write_item
-    from napari_metalseg.data.samples import load_samples, phase_fractions
+    from napari_metalseg.data.samples import load_samples
     from napari_metalseg.data.synth import write_synthetic_dataset
-    from napari_metalseg.metrics import Evaluation, format_seed_table
+    from napari_metalseg.metrics import format_seed_table
     from napari_metalseg.predict import Predictor
     from napari_metalseg.quantify import quantify_masks
-    from napari_metalseg.training import TrainConfig
+    from napari_metalseg.training import TrainConfig, validate
     from napari_metalseg.training import train as run_training
 
     data, run, predicted = out / "dataset", out / "run", out / "predicted"
@@ -573,22 +576,22 @@ def demo(out: Path, steps: int, seed: int, device: str) -> None:
     train_samples = load_samples(dataset.labelled_split("train"))
     val_samples = load_samples(dataset.labelled_split("val"))
     test_samples = load_samples(dataset.labelled_split("test"))
-    click.echo(f"[2/4] training a compact SAM (tiny, ratio guidance) for {steps} steps into {run}", err=True)
-    config = TrainConfig(model="tiny", img_size=128, guidance="ratio", steps=steps, batch_size=4, lr=2e-3,
-                         device=device, seed=seed)
+    config = TrainConfig(guidance="ratio", budget_s=budget_s, device=device, seed=seed)
+    click.echo(f"[2/4] training the default model ({config.model}, ratio guidance) for {budget_s:g} s into {run}, "
+               "and the classical pixel classifier for comparison", err=True)
     _run_events(run_training(train_samples, dataset.phases, run, config, val_samples=val_samples), "training")
+    classical = out / "classical"
+    _run_events(run_training(train_samples, dataset.phases, classical, TrainConfig(model="classical", seed=seed),
+                             val_samples=val_samples), "classical")
 
     click.echo("[3/4] evaluating on the held-out test images", err=True)
     predictor = Predictor.from_run(run, device=device)
-    untrained = Predictor(_untrained_model(run), dataset.phases)
-    rows = {}
-    for label, pred, guided in (("untrained tiny", untrained, False), ("tiny (no guidance)", predictor, False),
-                                ("tiny + true ratio", predictor, True)):
-        evaluation = Evaluation(dataset.phases.names)
-        for s in test_samples:
-            r = phase_fractions(s.mask, len(dataset.phases)) if guided else None
-            evaluation.add(s.name, pred.predict(s.image, ratios=r).labels, s.mask, s.magnification)
-        rows[label] = evaluation.by_magnification()
+    rows = {"classical pixel classifier": validate(Predictor.from_run(classical).model, test_samples,
+                                                   dataset.phases, "cpu").by_magnification(),
+            f"{config.model} (no guidance)": validate(predictor.model, test_samples, dataset.phases,
+                                                      predictor.device).by_magnification(),
+            f"{config.model} + true ratio": validate(predictor.model, test_samples, dataset.phases, predictor.device,
+                                                     ratios=True).by_magnification()}
     click.echo(format_seed_table(rows))
 
     click.echo(f"[4/4] predicting the test images into {predicted} and quantifying phase fractions", err=True)
@@ -601,14 +604,6 @@ def demo(out: Path, steps: int, seed: int, device: str) -> None:
     report.plot(out / "fractions.png")
     click.echo(f"results: {run} (model), {predicted} (masks), {out / 'fractions.csv'}, {out / 'fractions.png'}",
                err=True)
-
-
-def _untrained_model(run: Path):
-    """The model of a run's config before training (the baseline row of the demo table)."""
-    from napari_metalseg.runs import read_run_config
-
-    model, _ = read_run_config(run)["model"].build()
-    return model.eval()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from napari_metalseg.errors import MetalsegError
+
 
 @dataclass
 class FeatureMaps:
@@ -72,6 +74,9 @@ def block_outputs(model, image: np.ndarray, device: str = "cpu") -> tuple[list[n
     """
     import torch
 
+    if not hasattr(model, "sam"):
+        raise MetalsegError(f"encoder feature maps show the blocks of SAM's image encoder; this "
+                            f"{getattr(model, 'kind', 'model')} model has none")
     size = int(model.img_size)
     h, w = image.shape
     image = image.astype(np.float32)

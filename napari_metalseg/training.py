@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     holdout: float = 0.1
+    bf16: bool | None = None
     ratio_noise: float = 0.05
     ratio_dropout: float = 0.25
     box_probability: float = 0.5
@@ -122,6 +123,18 @@ class TrainConfig:
         pixels = sum(s.image.size for s in samples)
         per_epoch = max(1, math.ceil(pixels / (self.img_size**2) / self.batch_size))
         return per_epoch * (self.epochs or 10)
+
+
+def use_bf16(config: TrainConfig, device: str) -> bool:
+    """bfloat16 autocast in training: on CUDA always; on a CPU with native bf16 (AVX512-BF16 / AMX) for the CNNs
+    (1.4-1.5x faster steps measured here); ``config.bf16`` overrides."""
+    if config.bf16 is not None:
+        return bool(config.bf16)
+    if device.startswith("cuda"):
+        return True
+    import torch
+
+    return family_of(config.model).name == "cnn" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def checkpoint_kind(checkpoint: str) -> str:
@@ -340,7 +353,7 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
                           augment=config.augment)
     val_every = config.val_every or max(1, total // 5)
     val_seconds = budget / 5 if budget else None
-    amp = device.startswith("cuda")
+    amp = use_bf16(config, device)
     last_metrics: dict = {}
     t0 = time.perf_counter() - spent
     next_val = spent + val_seconds if val_seconds else None
@@ -379,7 +392,7 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         lr = config.lr * factor(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             outputs = net(x, ratios=r, boxes=b)
         loss = deep_supervision_loss(outputs, target, len(phases))
         optimizer.zero_grad(set_to_none=True)
@@ -428,6 +441,11 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
     yield ProgressEvent("done", total, total, metrics=last_metrics, message=str(out))
 
 
+CLASSICAL_FIT = {"n_estimators": 60, "num_leaves": 31, "learning_rate": 0.15, "max_pixels": 120_000}
+"""LightGBM settings of a trained classical classifier: more and larger trees than the live preview's, which must
+refit within a second (docs/quality.md compares both)."""
+
+
 def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainConfig, spec, val_set, source: str,
               training: dict, rank: int) -> Iterator[ProgressEvent]:
     """Train a family fitted in one call (the classical pixel classifier): fit, validate, write the run."""
@@ -436,7 +454,7 @@ def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainC
 
     t0 = time.perf_counter()
     yield ProgressEvent("info", message=f"{config.model}: fitting on the labelled pixels of {len(samples)} image(s)")
-    model = fit_classifier(samples, len(phases), tile_size=config.img_size, seed=config.seed)
+    model = fit_classifier(samples, len(phases), tile_size=config.img_size, seed=config.seed, **CLASSICAL_FIT)
     seconds = time.perf_counter() - t0
     history = [{"step": 1, "seconds": round(seconds, 3)}]
     yield ProgressEvent("train", 1, 1, metrics={"seconds": seconds, "parameters": model.n_parameters},

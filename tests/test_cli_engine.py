@@ -17,8 +17,8 @@ def _invoke(*args):
 
 def test_train_predict_evaluate_features(synth_dataset, tmp_path):
     run = tmp_path / "run"
-    result = _invoke("train", "--data", synth_dataset.root, "--out", run, "--steps", 4, "--img-size", 64,
-                     "--guidance", "spatial+box", "--device", "cpu")
+    result = _invoke("train", "--data", synth_dataset.root, "--out", run, "--model", "tiny", "--steps", 4,
+                     "--img-size", 64, "--guidance", "spatial+box", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output[result.output.index("{"):])["run"] == str(run)
     config = json.loads((run / "config.json").read_text())
@@ -118,3 +118,15 @@ def test_benchmark_against_sam_predictor(tmp_path):
         assert numbers[key] > 0, key
     # a ratio change reruns only the decoder: far cheaper than the cold prediction with the encoder
     assert numbers["decoder_ratio_change"] < numbers["encoder_first_predict"]
+
+
+def test_demo_runs_end_to_end_with_the_default_model(tmp_path):
+    from napari_metalseg.models.registry import DEFAULT_MODEL
+
+    out = tmp_path / "demo"
+    result = _invoke("demo", "--out", out, "--budget-s", 2, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "classical pixel classifier" in result.output and f"{DEFAULT_MODEL} + true ratio" in result.output
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["model"]["kind"] == DEFAULT_MODEL and config["model"]["guidance"] == "ratio"
+    assert (out / "fractions.csv").is_file() and (out / "classical" / "classifier.txt").is_file()

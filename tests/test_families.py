@@ -134,3 +134,12 @@ def test_tta_is_equivariant_and_averages_eight_views(trained_run, split_samples)
     np.testing.assert_allclose(np.rot90(tta.probs, axes=(1, 2)), turned.probs, atol=1e-4)
     with pytest.raises(MetalsegError, match="whole micrographs"):
         predictor.predict(image, box=(0, 0, 50, 50), tta=True)
+
+
+def test_feature_maps_refuse_models_without_a_sam_encoder():
+    from napari_metalseg.features import encoder_feature_maps
+    from napari_metalseg.models.elunet import build_elunet
+
+    model = build_elunet(num_phases=3, img_size=64, width=4, depth=3).eval()
+    with pytest.raises(MetalsegError, match="SAM's image encoder; this elunet model has none"):
+        encoder_feature_maps(model, np.zeros((64, 64), np.float32))

@@ -148,3 +148,20 @@ def test_ratio_effect_refuses_an_unguided_run(split_samples, synth_dataset, tmp_
     list(train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config))
     with pytest.raises(MetalsegError, match="without ratio guidance"):
         ratio_effect(tmp_path / "run", split_samples["test"][:1], tmp_path / "ratio", device="cpu")
+
+
+def test_study_command_reports_every_sam_row_skipped_without_a_checkpoint(synth_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from napari_metalseg.cli import main
+
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, ["study", "--data", str(synth_dataset.root), "--out", str(out),
+                                       "--only", "SAM (0,LoRA-SAM", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "study.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == SEED_NAMES[2:]
+    assert all(r["status"] == "skipped" and "checkpoint" in r["reason"] for r in rows)
+    assert "LoRA-SAM + Ratio (Spatial-v1) (512)" in result.output and "skipped" in result.output
+    bad = CliRunner().invoke(main, ["study", "--data", str(synth_dataset.root), "--out", str(out), "--only", "zzz"])
+    assert bad.exit_code == 2 and "matches no row" in bad.output
