@@ -67,12 +67,18 @@ def scribbled(samples: list[Sample], fraction: float, seed: int) -> list[Sample]
 
 
 RECIPES = {
+    "default": {},
     "classical": {"model": "classical"},
     "unet3plus": {"model": "unet3plus"},
     "elunet": {"model": "elunet"},
+    "unet3plus-256": {"model": "unet3plus", "img_size": 256, "batch_size": 4},
+    "elunet-256": {"model": "elunet", "img_size": 256, "batch_size": 4},
     "tiny": {"model": "tiny", "img_size": 128, "steps": 600, "batch_size": 4, "lr": 2e-3},
+    "unet3plus-128": {"model": "unet3plus", "img_size": 128, "batch_size": 8},
+    "elunet-128": {"model": "elunet", "img_size": 128, "batch_size": 8},
+    "elunet-w16": {"model": "elunet", "width": 16, "img_size": 256, "batch_size": 4},
 }
-"""Candidate recipes; the CNNs train for ``--budget-s`` seconds with their defaults."""
+"""Candidate recipes (``default``: ``metalseg train`` without options); the CNNs train for ``--budget-s`` seconds."""
 
 
 def run_recipe(name: str, train_samples: list[Sample], test: list[Sample], phases: PhaseSet, out: Path,
@@ -81,7 +87,7 @@ def run_recipe(name: str, train_samples: list[Sample], test: list[Sample], phase
     from napari_metalseg.training import TrainConfig, train, validate
 
     recipe = dict(RECIPES[name]) | (extra or {})
-    if recipe["model"] in ("unet3plus", "elunet") and "steps" not in recipe:
+    if recipe.get("model") in (None, "unet3plus", "elunet") and "steps" not in recipe:
         recipe.setdefault("budget_s", budget_s)
     if guided:
         recipe["guidance"] = "ratio"
@@ -139,7 +145,7 @@ def run_zeiss(recipes: list[str], out: Path, budget_s: float, fraction: float = 
     results = []
     for name in recipes:
         recipe = dict(RECIPES[name])
-        if recipe["model"] in ("unet3plus", "elunet"):
+        if recipe.get("model") in (None, "unet3plus", "elunet"):
             recipe.setdefault("budget_s", budget_s)
         config = TrainConfig(device="cpu", **recipe)
         run = out / f"zeiss-{name}"
@@ -164,7 +170,7 @@ def run_zeiss(recipes: list[str], out: Path, budget_s: float, fraction: float = 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("quality_out"))
-    parser.add_argument("--recipes", default="classical,unet3plus,elunet,tiny")
+    parser.add_argument("--recipes", default="classical,default")
     parser.add_argument("--sources", default="synth,heldout")
     parser.add_argument("--labels", default="full,scribble")
     parser.add_argument("--scribble-fraction", type=float, default=0.1)
@@ -193,7 +199,8 @@ def main(argv=None) -> int:
             for labels in args.labels.split(","):
                 train_set = train_full if labels == "full" else scribbled(train_full, args.scribble_fraction, 7)
                 for name in recipes:
-                    variants = [False, True] if args.guided and name not in ("classical",) else [False]
+                    guide = args.guided and name not in ("classical", "tiny") and labels == "full"
+                    variants = [False, True] if guide else [False]
                     for guided in variants:
                         tag = f"{source}-{labels}-{name}{'-ratio' if guided else ''}"
                         result = run_recipe(name, train_set, test, phases, args.out / tag, args.budget_s,

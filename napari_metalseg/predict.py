@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_metalseg.data.samples import normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, PhaseSet
 from napari_metalseg.progress import ProgressEvent
@@ -216,6 +217,8 @@ class Predictor:
         of the square) and the probabilities are averaged: 8 times the work, steadier boundaries.
         """
         image = _check_image(image)
+        if getattr(self.model, "contrast", None) == "image":
+            image = normalize_contrast(image)
         ratio = check_ratios(ratios, self.phases)
         if ratio is not None and getattr(self.model, "guidance", "none") == "none":
             raise MetalsegError("this model was trained without ratio guidance; predict without phase ratios")

@@ -417,9 +417,9 @@ def study_figure(results: Sequence[RowResult], path: str | Path) -> None:
     others = [f"{r.name}: {r.status}" for r in results if not r.dice]
     title = "Study: mean Dice on the test split"
     ax.set_title(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07 if others else 0, 1, 1))
     if others:
         fig.text(0.01, 0.01, "not measured: " + "; ".join(others)[:300], fontsize=6, wrap=True)
-    fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
@@ -511,7 +511,7 @@ def _ratio_figure(sample: Sample, shown, phases: PhaseSet, path: Path) -> None:
 
     cmap = ListedColormap(phases.rgb())
     n = len(shown) + 2
-    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.7))
+    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 3.1))
     axes[0].imshow(sample.image, cmap="gray")
     axes[0].set_title("micrograph", fontsize=8)
     target = np.ma.masked_equal(sample.mask, 255)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from napari_metalseg.data.samples import CropSampler, Sample, holdout_pixels, phase_fractions
+from napari_metalseg.data.samples import CropSampler, Sample, holdout_pixels, normalize_contrast, phase_fractions
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
 from napari_metalseg.models.registry import (
@@ -349,6 +349,8 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         start, best, spent = int(state["step"]), float(state["best"]), float(state.get("seconds", 0.0))
         rng = np.random.default_rng([config.seed, rank, start])
         yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
+    if getattr(model, "contrast", None) == "image":  # as the predictor does for every micrograph
+        samples = [replace(s, image=normalize_contrast(s.image)) for s in samples]
     sampler = CropSampler(samples, config.img_size, len(phases), seed=int(rng.integers(2**31)),
                           augment=config.augment)
     val_every = config.val_every or max(1, total // 5)

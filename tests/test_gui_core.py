@@ -381,3 +381,43 @@ def test_lora_model_built_after_a_viewer_exists(make_napari_viewer_proxy, tmp_pa
     wait(qtbot, widget)
     base = viewer.layers[BASE_LAYER]
     assert np.isclose(base.translate[-1] - viewer.layers[ADAPTED_LAYER].translate[-1], 64.0)
+
+
+# -- the other model families in the same docks -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory, split_samples, synth_dataset):
+    """A short run of each non-SAM family."""
+    from napari_metalseg.training import TrainConfig, train
+
+    runs = {}
+    for kind, extra in (("elunet", {"steps": 4, "img_size": 64, "batch_size": 2}),
+                        ("unet3plus", {"steps": 4, "img_size": 64, "batch_size": 2}), ("classical", {})):
+        run = tmp_path_factory.mktemp("runs") / kind
+        list(train(split_samples["train"][:2], synth_dataset.phases, run, TrainConfig(model=kind, device="cpu",
+                                                                                        **extra)))
+        runs[kind] = run
+    return runs
+
+
+@pytest.mark.parametrize("kind", ["elunet", "unet3plus", "classical"])
+def test_other_families_load_predict_and_refuse_boxes_and_feature_maps_clearly(viewer, qtbot, family_runs, kind):
+    model_widget = dock(viewer, "Model")
+    assert model_widget.load_run(family_runs[kind], device="cpu") is not None
+    wait(qtbot, model_widget)
+    assert session_of(viewer).model.kind == kind and kind in model_widget.info.text()
+    layer = predict(viewer, qtbot)
+    assert layer.data.shape == viewer.layers[IMAGE].data.shape and set(np.unique(layer.data)) <= {1, 2, 3}
+
+    boxes = dock(viewer, "Box prompts")
+    boxes.image.set_layer(IMAGE)
+    shapes = boxes.activate()
+    shapes.add(np.array([[40, 40], [40, 140], [120, 140], [120, 40]], float), shape_type="rectangle")
+    qtbot.waitUntil(lambda: boxes.last_error is not None, timeout=WAIT_MS)
+    assert "box prompts need a SAM model" in str(boxes.last_error)
+
+    features = dock(viewer, "Encoder features")
+    features.image.set_layer(IMAGE)
+    features.compute()
+    qtbot.waitUntil(lambda: features.last_error is not None, timeout=WAIT_MS)
+    assert "SAM's image encoder" in str(features.last_error)

@@ -389,7 +389,7 @@ class TrainingWidget(QWidget):
         for kind in MODEL_KINDS:
             self.model_combo.addItem(kind)
             self.model_combo.setItemData(self.model_combo.count() - 1, MODEL_LABELS[kind], Qt.ToolTipRole)
-        self.model_combo.setToolTip("unet3plus / elunet: the study's CNNs (the CPU default); classical: features + "
+        self.model_combo.setToolTip("elunet (the CPU default) / unet3plus: the study's CNNs; classical: features + "
                                     "boosted trees (seconds); tiny: compact SAM; vit_*: SAM from a checkpoint")
         form.addRow("model", self.model_combo)
         self.checkpoint_edit = QLineEdit()

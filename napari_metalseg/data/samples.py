@@ -53,6 +53,19 @@ def phase_fractions(mask: np.ndarray, num_phases: int) -> np.ndarray | None:
     return counts / counts.sum()
 
 
+def normalize_contrast(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Stretch a micrograph's intensities so its ``low`` / ``high`` percentiles become 0 / 1 (clipped to [0, 1]).
+
+    Computed over the whole micrograph, so every tile and every training crop of it sees the same mapping (a
+    per-tile standardisation changes with what the tile holds). A flat image maps to 0.5.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(image[:: max(1, image.shape[0] // 512), :: max(1, image.shape[1] // 512)], (low, high))
+    if not hi - lo > 1e-6:
+        return np.full(image.shape, 0.5, np.float32)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
 def holdout_pixels(samples: list[Sample], num_phases: int, fraction: float = 0.1, block: int = 32,
                    seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """Set aside labelled pixels for validation when there are no validation images.

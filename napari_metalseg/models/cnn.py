@@ -36,7 +36,7 @@ from napari_metalseg.models.triton_guard import guard_triton
 
 guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
-PREPROCESS = "zscore1-v1"
+PREPROCESS = "contrast-image-v1"
 """Identifier of :meth:`PhaseCNN.preprocess`; the whole encoder signature with the kind and tile size."""
 
 MAX_DEPTH = 6
@@ -265,13 +265,18 @@ class PhaseCNN(nn.Module):
             **self.backbone.config,
         }
 
+    contrast = "image"
+    """The predictor and the trainer stretch each whole micrograph's contrast
+    (:func:`~napari_metalseg.data.samples.normalize_contrast`: 0.5 / 99.5 percentiles to 0 / 1) before tiling or
+    cropping, so every tile of a micrograph sees the same intensity mapping."""
+
     def preprocess(self, gray: torch.Tensor) -> torch.Tensor:
-        """Standardise grey images per image: subtract the mean, divide by the standard deviation + :attr:`eps`.
+        """Centre contrast-stretched grey images: ``(gray - 0.5) / 0.25`` (the same for every tile and crop).
 
         Parameters
         ----------
         gray
-            (B, 1, H, W) or (B, H, W) floats in [0, 1].
+            (B, 1, H, W) or (B, H, W) floats in [0, 1], contrast-stretched per micrograph (:attr:`contrast`).
 
         Returns
         -------
@@ -286,9 +291,7 @@ class PhaseCNN(nn.Module):
             )
         if not gray.is_floating_point():
             gray = gray.float()
-        mean = gray.mean(dim=(2, 3), keepdim=True)
-        std = gray.std(dim=(2, 3), keepdim=True, correction=0)
-        return (gray - mean) / (std + self.eps)
+        return (gray - 0.5) / 0.25
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Return the preprocessed images unchanged: the whole network runs in :meth:`decode`."""

@@ -80,18 +80,18 @@ MODEL_LABELS: dict[str, str] = {
     "classical": "classical pixel classifier (features + boosted trees)",
 }
 
-DEFAULT_IMG_SIZE: dict[str, int] = {"tiny": 256, "vit_b": 512, "vit_l": 512, "vit_h": 512, "unet3plus": 256,
-                                    "elunet": 256, "classical": 1024}
+DEFAULT_IMG_SIZE: dict[str, int] = {"tiny": 256, "vit_b": 512, "vit_l": 512, "vit_h": 512, "unet3plus": 128,
+                                    "elunet": 128, "classical": 1024}
 """Training crop (model input) size of each model when none is given."""
 
-DEFAULT_MODEL = "unet3plus"
+DEFAULT_MODEL = "elunet"
 """What ``metalseg train``, the Training dock and the demo train without a SAM checkpoint (docs/quality.md says why);
 with a checkpoint the default is LoRA on the checkpoint's SAM kind."""
 
 DEFAULT_BUDGET_S = 180.0
 """Training time (s) of the CNNs when neither steps, epochs nor a budget is given: "train for 3 minutes"."""
 
-TRAIN_DEFAULTS: dict[str, dict] = {"sam": {"batch_size": 2, "lr": 1e-3}, "cnn": {"batch_size": 4, "lr": 2e-3},
+TRAIN_DEFAULTS: dict[str, dict] = {"sam": {"batch_size": 2, "lr": 1e-3}, "cnn": {"batch_size": 8, "lr": 2e-3},
                                    "classical": {"batch_size": 1, "lr": 1e-3}}
 """Batch size and learning rate of each family when none is given."""
 
