@@ -65,7 +65,8 @@ class TrainConfig:
     box_probability: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.finetune in ("lora", "decoder") and not self.checkpoint:
+        needs_base = self.finetune in ("lora", "decoder") and not self.checkpoint
+        if needs_base and (self.model is None or family_of(self.model).name == "sam"):
             raise MetalsegError(f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
                                 "without one use --finetune full")
         if self.model is None:  # the measured CPU default, or the SAM kind of the checkpoint
