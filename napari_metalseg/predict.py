@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_metalseg.data.samples import normalize_contrast
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet
 from napari_metalseg.progress import ProgressEvent
 
@@ -223,9 +224,7 @@ class Predictor:
         if ratio is not None and getattr(self.model, "guidance", "none") == "none":
             raise MetalsegError("this model was trained without ratio guidance; predict without phase ratios")
         if box is not None:
-            if not getattr(self.model, "supports_boxes", True):
-                raise MetalsegError(f"box prompts need a SAM model; this {self.model.kind} model has no prompt "
-                                    "encoder")
+            check_model_options(self.model.kind, boxes=True)
             if tta:
                 raise MetalsegError("test-time augmentation applies to whole micrographs, not to box prompts")
             return self._predict_box(image, check_box(box, image.shape), ratio, progress)

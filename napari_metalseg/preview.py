@@ -52,7 +52,7 @@ def uncertainty_map(probs: np.ndarray, kind: str = "margin") -> np.ndarray:
 class Preview:
     """One preview: ``labels`` uint8 HxW (phase index), ``probs`` (K, H, W), ``uncertainty`` HxW in [0, 1],
     ``score`` the mean Dice (%) on held-out labelled pixels (None when too few strokes to hold any out),
-    ``seconds`` per stage (features, fit, predict)."""
+    ``seconds`` per stage (features, fit, predict), ``strokes`` which strokes it was made from."""
 
     labels: np.ndarray
     probs: np.ndarray
@@ -60,6 +60,8 @@ class Preview:
     score: float | None
     labelled: int
     seconds: dict = field(default_factory=dict)
+    strokes: str = ""
+    """Content key of the strokes it was fitted on (:func:`~napari_metalseg.predict.image_key`)."""
 
     def fractions(self) -> np.ndarray:
         k = self.probs.shape[0]
@@ -74,9 +76,11 @@ class LivePreview:
     ----------
     num_phases : int
     holdout : float
-        Fraction of the labelled squares held out to score the preview (as the trainer does); 0 to fit on all.
+        Fraction of the labelled squares held out to score the preview; 0 to fit on all. With the trainer's defaults
+        (0.1, seed 0) and the same strokes of one micrograph, the trainer holds out exactly the same squares
+        (:func:`~napari_metalseg.data.samples.holdout_pixels` is deterministic), so the scores compare.
     seed : int
-        Seed of the held-out split and the fit (the trainer's default seed gives the trainer's split).
+        Seed of the held-out split and the fit.
     cache_size : int
         Micrographs whose features are kept.
     """
@@ -140,4 +144,6 @@ class LivePreview:
             evaluation = Evaluation([str(k) for k in range(self.num_phases)])
             evaluation.add("preview", labels, held[0].mask)
             score = evaluation.average
-        return Preview(labels, probs, uncertainty_map(probs, kind), score, labelled, seconds)
+        from napari_metalseg.predict import image_key
+
+        return Preview(labels, probs, uncertainty_map(probs, kind), score, labelled, seconds, image_key(mask))

@@ -202,6 +202,7 @@ def run_study(train_samples: list[Sample], val_samples: list[Sample], test_sampl
         Called with each finished :class:`RowResult`.
     """
     from napari_metalseg.predict import resolve_device
+    from napari_metalseg.training import checkpoint_kind
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,13 +211,7 @@ def run_study(train_samples: list[Sample], val_samples: list[Sample], test_sampl
     if not train_samples:
         raise MetalsegError("the study needs labelled training images (split 'train' or unassigned)")
     device = resolve_device(device)
-    kind = None
-    if checkpoint is not None:
-        from napari_metalseg.models.checkpoint import detect_kind, read_sam_state_dict
-
-        if not Path(checkpoint).is_file():
-            raise MetalsegError(f"--checkpoint {checkpoint}: no such file")
-        kind = detect_kind(read_sam_state_dict(checkpoint))
+    kind = checkpoint_kind(checkpoint) if checkpoint is not None else None
     results: list[RowResult] = []
     meta = {"data": data_label, "train_images": len(train_samples), "val_images": len(val_samples),
             "test_images": len(test_samples), "phases": phases.names, "checkpoint": checkpoint,
@@ -280,12 +275,10 @@ def _run_row(row: StudyRow, result: RowResult, train_samples, val_samples, test_
 def _write_untrained_run(config, phases: PhaseSet, run: Path) -> None:
     """SAM (0 shot): the pretrained model as loaded, its K multimask outputs read as the K phases; no training."""
     from napari_metalseg.models.lora import trainable_state_dict
-    from napari_metalseg.runs import ModelSpec, save_run, sha256_file
+    from napari_metalseg.runs import save_run
+    from napari_metalseg.training import model_spec
 
-    spec = ModelSpec(kind=config.model, img_size=config.img_size, phases=phases.to_json(), finetune=config.finetune,
-                     guidance="none", lora_rank=config.lora_rank,
-                     checkpoint=str(Path(config.checkpoint).resolve()),
-                     checkpoint_sha256=sha256_file(config.checkpoint))
+    spec = model_spec(config, phases)
     model, _ = spec.build("cpu")
     save_run(run, spec, trainable_state_dict(model), training={"zero_shot": True})
 

@@ -120,10 +120,27 @@ class TrainConfig:
         if self.steps is not None:
             return self.steps
         if self.budget_s is not None and self.epochs is None:
-            return 10**9
+            return UNTIL_BUDGET
         pixels = sum(s.image.size for s in samples)
         per_epoch = max(1, math.ceil(pixels / (self.img_size**2) / self.batch_size))
         return per_epoch * (self.epochs or 10)
+
+
+def model_spec(config: TrainConfig, phases: PhaseSet):
+    """The :class:`~napari_metalseg.runs.ModelSpec` a run of ``config`` writes (the base checkpoint by path and
+    sha256)."""
+    from napari_metalseg.runs import ModelSpec, sha256_file
+
+    return ModelSpec(kind=config.model, img_size=config.img_size, phases=phases.to_json(), finetune=config.finetune,
+                     guidance=config.encoder_guidance, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                     lora_dropout=config.lora_dropout, lora_mlp=config.lora_mlp,
+                     checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
+                     checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None,
+                     width=config.width, depth=config.depth)
+
+
+UNTIL_BUDGET = 10**9
+""":meth:`TrainConfig.total_steps` of a run that ends when its time budget is spent (no step count)."""
 
 
 def use_bf16(config: TrainConfig, device: str) -> bool:
@@ -133,9 +150,14 @@ def use_bf16(config: TrainConfig, device: str) -> bool:
         return bool(config.bf16)
     if device.startswith("cuda"):
         return True
+    if family_of(config.model).name != "cnn":
+        return False
     import torch
 
-    return family_of(config.model).name == "cnn" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private torch check: absent or failing means no
+        return False
 
 
 def checkpoint_kind(checkpoint: str) -> str:
@@ -298,7 +320,7 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
 
     from napari_metalseg.models.lora import count_parameters, trainable_state_dict
     from napari_metalseg.predict import resolve_device
-    from napari_metalseg.runs import RESUME, ModelSpec, save_run, sha256_file
+    from napari_metalseg.runs import RESUME, save_run
 
     out = Path(out)
     if not samples:
@@ -307,12 +329,7 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, rank])
-    spec = ModelSpec(kind=config.model, img_size=config.img_size, phases=phases.to_json(), finetune=config.finetune,
-                     guidance=config.encoder_guidance, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
-                     lora_dropout=config.lora_dropout, lora_mlp=config.lora_mlp,
-                     checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
-                     checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None,
-                     width=config.width, depth=config.depth)
+    spec = model_spec(config, phases)
     val_set = val_samples if val_samples else None
     source = "val"
     training = {k: v for k, v in asdict(config).items()} | {"train_images": [s.name for s in samples],
@@ -350,9 +367,10 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         start, best, spent = int(state["step"]), float(state["best"]), float(state.get("seconds", 0.0))
         rng = np.random.default_rng([config.seed, rank, start])
         yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
-    if getattr(model, "contrast", None) == "image":  # as the predictor does for every micrograph
-        samples = [replace(s, image=normalize_contrast(s.image)) for s in samples]
-    sampler = CropSampler(samples, config.img_size, len(phases), seed=int(rng.integers(2**31)),
+    crops_from = samples
+    if getattr(model, "contrast", None) == "image":  # as the predictor does for every micrograph it is given
+        crops_from = [replace(s, image=normalize_contrast(s.image)) for s in samples]
+    sampler = CropSampler(crops_from, config.img_size, len(phases), seed=int(rng.integers(2**31)),
                           augment=config.augment)
     val_every = config.val_every or max(1, total // 5)
     val_seconds = budget / 5 if budget else None
@@ -374,7 +392,7 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
                             "step": step, "best": best, "seconds": time.perf_counter() - t0}, tmp)
 
     def factor(step: int) -> float:
-        if budget and config.steps is None and config.epochs is None:
+        if total == UNTIL_BUDGET:
             return time_lr_factor(time.perf_counter() - t0, budget, config.warmup)
         return lr_factor(step, total, config.warmup)
 
@@ -411,7 +429,7 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         elapsed = time.perf_counter() - t0
         out_of_time = budget is not None and elapsed >= budget
         shown_total = total
-        if budget is not None and total >= 10**9:  # estimated from the pace so far
+        if total == UNTIL_BUDGET:  # estimated from the pace so far
             shown_total = step if out_of_time else max(step + 1, int(round(step * budget / max(elapsed, 1e-6))))
         history.append({"step": step, "loss": loss_value, "lr": lr, "seconds": round(elapsed, 3)})
         yield ProgressEvent("train", step, shown_total, loss_value, {"lr": lr, "seconds": elapsed},

@@ -351,6 +351,7 @@ class TrainingWidget(QWidget):
         self.last_run: Path | None = None
         self.last_error: BaseException | None = None
         self.autosaved_to: Path | None = None
+        self._compare_strokes: str | None = None
         self.preview = LivePreviewController(self.viewer, self.phase_set, lambda text: self.status.setText(text))
         self._build()
         self._connect_viewer()
@@ -821,8 +822,15 @@ class TrainingWidget(QWidget):
         self.events = []
         self.last_error = None
         self.last_run = out
+        from napari_metalseg.predict import image_key
+        from napari_metalseg.training import UNTIL_BUDGET
+
+        # the live preview and this run can be compared only on the same held-out squares: one micrograph, the same
+        # strokes, the trainer's default held-out split, no validation images
+        same_split = (len(samples) == 1 and not val_samples and config.seed == 0 and config.holdout == 0.1)
+        self._compare_strokes = image_key(samples[0].mask) if same_split else None
         total = config.total_steps(samples)
-        total = 0 if total >= 10**9 else total  # a time budget: the number of steps is learnt on the way
+        total = 0 if total == UNTIL_BUDGET else total  # a time budget: the number of steps is learnt on the way
         self.plot.reset(total, title=f"{config.model} · {out.name}")
         self._pbar = progress(total=total, desc="MetalSeg training")
         self.status.setText(f"training on {len(samples)} image(s) → {out}")
@@ -904,19 +912,22 @@ class TrainingWidget(QWidget):
         show_info(message)
 
     def _compare_with_preview(self, result: TrainingResult, image: Any) -> str:
-        """The trained model replaces the live preview of ``image`` when it scores at least as well on the held-out
-        strokes (the trainer and the preview hold out the same squares); else the preview stays in front."""
+        """The trained model replaces the live preview of ``image`` when it scores at least as well on the same
+        held-out strokes; else the preview stays in front. Without a like-for-like comparison (several micrographs,
+        validation images, strokes changed since the preview) nothing is compared or hidden."""
         preview = self.preview.last
         name = f"{getattr(image, 'name', '')}{PREVIEW_SUFFIX}"
         if preview is None or image is None or name not in self.viewer.layers:
             return ""
-        best = (result.metrics or {}).get("mean_dice")
-        if not isinstance(best, float) or not math.isfinite(best):
-            return ""
-        if preview.score is None or best >= preview.score:
+        metrics = result.metrics or {}
+        best = metrics.get("mean_dice")
+        comparable = (self._compare_strokes is not None and preview.strokes == self._compare_strokes
+                      and metrics.get("source") == "held-out pixels" and preview.score is not None)
+        if not comparable or not isinstance(best, float) or not math.isfinite(best):
+            return "; not compared with the live preview (other strokes or other validation data)"
+        if best >= preview.score:
             self.viewer.layers[name].visible = False
-            theirs = "" if preview.score is None else f" ({best:.1f} % vs {preview.score:.1f} % on held-out strokes)"
-            return f"; it replaces the live preview{theirs}"
+            return f"; it replaces the live preview ({best:.1f} % vs {preview.score:.1f} % on held-out strokes)"
         return (f"; the live preview is still better on held-out strokes ({preview.score:.1f} % vs {best:.1f} %): "
                 "paint more or train longer")
 
