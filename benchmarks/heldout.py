@@ -87,7 +87,7 @@ def _filtered_noise(rng: np.random.Generator, shape: tuple[int, int], filt: np.n
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Isotropic Gaussian-correlated noise with correlation length ``sigma`` pixels."""
     fy, fx = _freqs(shape)
-    return _filtered_noise(rng, shape, np.exp(-2 * math.pi ** 2 * sigma ** 2 * (fy ** 2 + fx ** 2)))
+    return _filtered_noise(rng, shape, np.exp(-2 * math.pi**2 * sigma**2 * (fy**2 + fx**2)))
 
 
 def _rotated(shape: tuple[int, int], angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +100,7 @@ def _rotated(shape: tuple[int, int], angle: float) -> tuple[np.ndarray, np.ndarr
 def _oriented_noise(rng, shape, angle: float, sigma_along: float, sigma_across: float) -> np.ndarray:
     """Noise elongated along ``angle``: streaks ~``sigma_along`` long and ~``sigma_across`` wide (pixels)."""
     fa, fc = _rotated(shape, angle)
-    filt = np.exp(-2 * math.pi ** 2 * (sigma_along ** 2 * fa ** 2 + sigma_across ** 2 * fc ** 2))
+    filt = np.exp(-2 * math.pi**2 * (sigma_along**2 * fa**2 + sigma_across**2 * fc**2))
     return _filtered_noise(rng, shape, filt)
 
 
@@ -109,7 +109,7 @@ def _stripes(rng, shape, angle: float, period: float, sigma_along: float, rel_bw
     fa, fc = _rotated(shape, angle)
     f0 = 1.0 / max(period, 2.05)
     filt = np.exp(-((np.abs(fc) - f0) ** 2) / (2 * (rel_bw * f0) ** 2))
-    filt *= np.exp(-2 * math.pi ** 2 * sigma_along ** 2 * fa ** 2)
+    filt *= np.exp(-2 * math.pi**2 * sigma_along**2 * fa**2)
     return _filtered_noise(rng, shape, filt)
 
 
@@ -118,8 +118,16 @@ def _stripes(rng, shape, angle: float, period: float, sigma_along: float, rel_bw
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _tessellation(rng, shape, cell: float, warp: float = 0.12, weight: float = 0.3, k: int = 4,
-                  distances: bool = True, where: np.ndarray | None = None):
+def _tessellation(
+    rng,
+    shape,
+    cell: float,
+    warp: float = 0.12,
+    weight: float = 0.3,
+    k: int = 4,
+    distances: bool = True,
+    where: np.ndarray | None = None,
+):
     """Johnson-Mehl-like grains on a warped grid.
 
     Returns ``(label, gb, tj)``: grain label per pixel (non-negative ints, not contiguous), approximate distance
@@ -132,8 +140,9 @@ def _tessellation(rng, shape, cell: float, warp: float = 0.12, weight: float = 0
     ny = max(int(math.ceil((h + 2 * pad) / cell)), 1)
     nx = max(int(math.ceil((w + 2 * pad) / cell)), 1)
     gy, gx = np.mgrid[0:ny, 0:nx].astype(float)
-    pts = np.stack([(gy + rng.uniform(0, 1, gy.shape)) * cell - pad,
-                    (gx + rng.uniform(0, 1, gx.shape)) * cell - pad], axis=-1).reshape(-1, 2)
+    pts = np.stack(
+        [(gy + rng.uniform(0, 1, gy.shape)) * cell - pad, (gx + rng.uniform(0, 1, gx.shape)) * cell - pad], axis=-1
+    ).reshape(-1, 2)
     # Johnson-Mehl: nuclei born at random times grow at equal speed -> distance minus a per-nucleus head start.
     head = rng.uniform(0.0, weight * cell, len(pts))
     yy, xx = np.mgrid[0:h, 0:w].astype(float)
@@ -180,8 +189,9 @@ def _target_fractions(rng, fractions, k: int) -> np.ndarray:
         if f.size == k - 1:
             f = np.concatenate([[1.0 - f.sum()], f])
         if f.size != k or np.any(f < 0) or f.sum() <= 0:
-            raise ValueError(f"fractions must be {k} non-negative numbers (ferrite, martensite[, bainite]), "
-                             f"got {fractions!r}")
+            raise ValueError(
+                f"fractions must be {k} non-negative numbers (ferrite, martensite[, bainite]), got {fractions!r}"
+            )
         return f / f.sum()
     if k == 2:
         m = rng.uniform(0.1, 0.5)
@@ -236,8 +246,12 @@ def _microstructure(rng, shape, s: float, f: np.ndarray, k: int) -> dict:
         scale = 0.45 * s
         coarse = _smooth_noise(rng, shape, rng.uniform(0.6, 1.0) * s)
         fine = _smooth_noise(rng, shape, max(1.5, rng.uniform(0.2, 0.35) * s))
-        score = (-gb / scale - rng.uniform(0.6, 1.2) * tj / scale + rng.uniform(1.0, 2.0) * coarse
-                 + rng.uniform(0.15, 0.35) * fine)
+        score = (
+            -gb / scale
+            - rng.uniform(0.6, 1.2) * tj / scale
+            + rng.uniform(1.0, 2.0) * coarse
+            + rng.uniform(0.15, 0.35) * fine
+        )
         score[bain] = -np.inf
         eligible = int((~bain).sum())
         min_area = max(6, int((0.3 * s) ** 2))
@@ -306,7 +320,7 @@ def _render(rng, micro: dict, s: float) -> np.ndarray:
 
     # ---- ferrite grain-boundary grooves
     groove_w = max(0.7, rng.uniform(0.02, 0.04) * s)
-    groove = np.exp(-(gb / groove_w) ** 2)
+    groove = np.exp(-((gb / groove_w) ** 2))
     height -= rng.uniform(0.25, 0.6) * groove * (mask == FERRITE)
     material -= 0.05 * groove * (mask == FERRITE)
 
@@ -348,8 +362,9 @@ def _render(rng, micro: dict, s: float) -> np.ndarray:
     if is_b.any():
         bs = ndimage.gaussian_filter(is_b.astype(float), sigma_edge)
         height += rng.uniform(0.35, 0.6) * bs
-        packets, _, _ = _tessellation(rng, shape, max(8.0, cell / rng.uniform(1.5, 2.5)), warp=0.15,
-                                      weight=0.0, distances=False, where=is_b)
+        packets, _, _ = _tessellation(
+            rng, shape, max(8.0, cell / rng.uniform(1.5, 2.5)), warp=0.15, weight=0.0, distances=False, where=is_b
+        )
         packets, npk = _compact(packets)
         key, nkey = _compact(grains.astype(np.int64) * npk + packets)
         n_var = 5
@@ -422,7 +437,7 @@ def _dashes(rng, sites: np.ndarray, prob: float, angle: float, length: float, wi
     imp = imp * rng.uniform(0.5, 1.0, shape)
     sa, sc = length / 2.5, width / 2.0
     fa, fc = _rotated(shape, angle)
-    filt = np.exp(-2 * math.pi ** 2 * (sa ** 2 * fa ** 2 + sc ** 2 * fc ** 2))
+    filt = np.exp(-2 * math.pi**2 * (sa**2 * fa**2 + sc**2 * fc**2))
     out = np.fft.irfft2(np.fft.rfft2(imp) * filt, s=shape)
     return np.clip(out * (2 * math.pi * sa * sc), 0.0, None)
 
@@ -458,7 +473,7 @@ def _image(rng, se: np.ndarray, mask: np.ndarray, s: float, quantize: bool) -> t
 
     # low-frequency brightness gradient and charging
     ramp_ang = rng.uniform(0, 2 * math.pi)
-    ramp = ((xx / w - 0.5) * math.cos(ramp_ang) + (yy / h - 0.5) * math.sin(ramp_ang))
+    ramp = (xx / w - 0.5) * math.cos(ramp_ang) + (yy / h - 0.5) * math.sin(ramp_ang)
     lowf = _smooth_noise(rng, se.shape, max(h, w) / 3)
     se = se * (1 + rng.uniform(0.0, 0.15) * lowf) + rng.uniform(0.0, 0.12) * ramp
     if rng.random() < 0.35:  # line-wise charging: bright features leave a tail to the right
@@ -489,9 +504,16 @@ def _image(rng, se: np.ndarray, mask: np.ndarray, s: float, quantize: bool) -> t
 # --------------------------------------------------------------------------------------------------------------
 
 
-def generate(*, size: int | tuple[int, int] = 384, seed: int | np.random.SeedSequence | None,
-             fractions: Sequence[float] | None = None, magnification: float = 3500, phases: int = 3,
-             quantize: bool = True, return_info: bool = False):
+def generate(
+    *,
+    size: int | tuple[int, int] = 384,
+    seed: int | np.random.SeedSequence | None,
+    fractions: Sequence[float] | None = None,
+    magnification: float = 3500,
+    phases: int = 3,
+    quantize: bool = True,
+    return_info: bool = False,
+):
     """One SEM-like micrograph of etched steel and its exact phase mask.
 
     Parameters
@@ -542,9 +564,18 @@ def generate(*, size: int | tuple[int, int] = 384, seed: int | np.random.SeedSeq
     return image, mask, info
 
 
-def write_heldout(root: str | Path, *, n: int, size: int = 384, seed: int = 0,
-                  magnifications: Sequence[float] = (2000, 3500, 6000), fractions: Sequence[float] | None = None,
-                  phases: int = 3, split: str = "test", prefix: str = "heldout") -> Path:
+def write_heldout(
+    root: str | Path,
+    *,
+    n: int,
+    size: int = 384,
+    seed: int = 0,
+    magnifications: Sequence[float] = (2000, 3500, 6000),
+    fractions: Sequence[float] | None = None,
+    phases: int = 3,
+    split: str = "test",
+    prefix: str = "heldout",
+) -> Path:
     """Write ``n`` generated micrographs into a dataset folder (the project's format), all in ``split``.
 
     Image ``i`` uses magnification ``magnifications[i % len(magnifications)]`` and an independent seed derived from
@@ -563,12 +594,19 @@ def write_heldout(root: str | Path, *, n: int, size: int = 384, seed: int = 0,
     seeds = np.random.SeedSequence(seed).spawn(n)
     for i in range(n):
         mag = float(magnifications[i % len(magnifications)])
-        image, mask, info = generate(size=size, seed=seeds[i], fractions=fractions, magnification=mag,
-                                     phases=phases, return_info=True)
+        image, mask, info = generate(
+            size=size, seed=seeds[i], fractions=fractions, magnification=mag, phases=phases, return_info=True
+        )
         name = f"{prefix}_{i:03d}_x{mag:g}"
         write_item(root, name, image, mask)
-        row = {"name": name, "magnification": mag, "pixel_size_um": info["pixel_size_um"], "split": split,
-               "source": "heldout", "grain_size_um": round(info["grain_size_um"], 3)}
+        row = {
+            "name": name,
+            "magnification": mag,
+            "pixel_size_um": info["pixel_size_um"],
+            "split": split,
+            "source": "heldout",
+            "grain_size_um": round(info["grain_size_um"], 3),
+        }
         for phase, value in info["fractions"].items():
             row[f"fraction_{phase}"] = round(value, 4)
         rows[name] = row
@@ -583,8 +621,8 @@ def write_heldout(root: str | Path, *, n: int, size: int = 384, seed: int = 0,
 
 def _disk_offsets(radius: float) -> tuple[np.ndarray, np.ndarray]:
     r = int(math.ceil(radius))
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
-    keep = dy ** 2 + dx ** 2 <= radius ** 2 + 1e-9
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = dy**2 + dx**2 <= radius**2 + 1e-9
     return dy[keep], dx[keep]
 
 
@@ -694,8 +732,16 @@ def _scribble_phase(rng, region, out, p, budget, radius0, h, w) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def save_montage(path: str | Path, *, n: int = 6, size: int = 384, seed: int = 100,
-                 magnifications: Sequence[float] = (2000, 3500, 6000), phases: int = 3, per_row: int = 3) -> Path:
+def save_montage(
+    path: str | Path,
+    *,
+    n: int = 6,
+    size: int = 384,
+    seed: int = 100,
+    magnifications: Sequence[float] = (2000, 3500, 6000),
+    phases: int = 3,
+    per_row: int = 3,
+) -> Path:
     """PNG montage: ``n`` generated images, each followed by its coloured mask, ``per_row`` pairs per row."""
     import matplotlib
 
@@ -738,20 +784,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=12, help="number of images (default 12)")
     parser.add_argument("--size", type=int, default=384, help="image side in pixels (default 384)")
     parser.add_argument("--seed", type=int, default=100, help="random seed (default 100)")
-    parser.add_argument("--phases", type=int, choices=(2, 3), default=3,
-                        help="3: ferrite, martensite, bainite; 2: ferrite, martensite (default 3)")
+    parser.add_argument(
+        "--phases",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="3: ferrite, martensite, bainite; 2: ferrite, martensite (default 3)",
+    )
     parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="split (default test)")
-    parser.add_argument("--magnifications", default="2000,3500,6000",
-                        help="comma-separated magnifications, cycled (default 2000,3500,6000)")
-    parser.add_argument("--fractions", default=None,
-                        help="comma-separated target fractions ferrite,martensite[,bainite] (default: random)")
+    parser.add_argument(
+        "--magnifications",
+        default="2000,3500,6000",
+        help="comma-separated magnifications, cycled (default 2000,3500,6000)",
+    )
+    parser.add_argument(
+        "--fractions",
+        default=None,
+        help="comma-separated target fractions ferrite,martensite[,bainite] (default: random)",
+    )
     parser.add_argument("--montage", default=None, help="also save a PNG montage of 6 examples here")
     args = parser.parse_args(argv)
     mags = [float(m) for m in args.magnifications.split(",") if m.strip()]
     fractions = [float(x) for x in args.fractions.split(",")] if args.fractions else None
     t0 = time.perf_counter()
-    root = write_heldout(args.out, n=args.n, size=args.size, seed=args.seed, magnifications=mags,
-                         fractions=fractions, phases=args.phases, split=args.split)
+    root = write_heldout(
+        args.out,
+        n=args.n,
+        size=args.size,
+        seed=args.seed,
+        magnifications=mags,
+        fractions=fractions,
+        phases=args.phases,
+        split=args.split,
+    )
     print(f"wrote {args.n} images to {root} in {time.perf_counter() - t0:.1f} s")
     if args.montage:
         print(f"montage: {save_montage(args.montage, seed=args.seed, magnifications=mags, phases=args.phases)}")

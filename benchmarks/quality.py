@@ -41,8 +41,9 @@ def synth_samples(n: int, size: int, seed: int, mags, prefix: str) -> list[Sampl
     out = []
     for i in range(n):
         f = rng.dirichlet((5, 3, 2))
-        image, mask = synthesize_micrograph(size, fractions=f, magnification=mags[i % len(mags)],
-                                            seed=int(rng.integers(2**31)))
+        image, mask = synthesize_micrograph(
+            size, fractions=f, magnification=mags[i % len(mags)], seed=int(rng.integers(2**31))
+        )
         out.append(Sample(f"{prefix}{i}", image.astype(np.float32), mask, float(mags[i % len(mags)])))
     return out
 
@@ -53,8 +54,9 @@ def heldout_samples(n: int, size: int, seed: int, mags, prefix: str, phases: int
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        image, mask = generate(size=size, seed=int(rng.integers(2**31)), magnification=mags[i % len(mags)],
-                               phases=phases)
+        image, mask = generate(
+            size=size, seed=int(rng.integers(2**31)), magnification=mags[i % len(mags)], phases=phases
+        )
         out.append(Sample(f"{prefix}{i}", image.astype(np.float32), mask, float(mags[i % len(mags)])))
     return out
 
@@ -62,8 +64,10 @@ def heldout_samples(n: int, size: int, seed: int, mags, prefix: str, phases: int
 def scribbled(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
     from benchmarks.heldout import scribble_mask
 
-    return [Sample(s.name, s.image, scribble_mask(s.mask, fraction=fraction, seed=seed + i), s.magnification)
-            for i, s in enumerate(samples)]
+    return [
+        Sample(s.name, s.image, scribble_mask(s.mask, fraction=fraction, seed=seed + i), s.magnification)
+        for i, s in enumerate(samples)
+    ]
 
 
 RECIPES = {
@@ -77,17 +81,30 @@ RECIPES = {
     "unet3plus-128": {"model": "unet3plus", "img_size": 128, "batch_size": 8},
     "elunet-128": {"model": "elunet", "img_size": 128, "batch_size": 8},
     "elunet-w16": {"model": "elunet", "width": 16, "img_size": 256, "batch_size": 4},
+    "unet-w16": {"model": "unet", "width": 16},
+    "unet-w24": {"model": "unet", "width": 24},
+    "unet-w24-d3": {"model": "unet", "width": 24, "depth": 3},
+    "unet-w16-192": {"model": "unet", "width": 16, "img_size": 192, "batch_size": 4},
 }
 """Candidate recipes (``default``: ``metalseg train`` without options); the CNNs train for ``--budget-s`` seconds."""
 
 
-def run_recipe(name: str, train_samples: list[Sample], test: list[Sample], phases: PhaseSet, out: Path,
-               budget_s: float, seed: int = 0, guided: bool = False, extra: dict | None = None) -> dict:
+def run_recipe(
+    name: str,
+    train_samples: list[Sample],
+    test: list[Sample],
+    phases: PhaseSet,
+    out: Path,
+    budget_s: float,
+    seed: int = 0,
+    guided: bool = False,
+    extra: dict | None = None,
+) -> dict:
     from napari_metalseg.data.samples import phase_fractions
     from napari_metalseg.training import TrainConfig, train, validate
 
     recipe = dict(RECIPES[name]) | (extra or {})
-    if recipe.get("model") in (None, "unet3plus", "elunet") and "steps" not in recipe:
+    if recipe.get("model") in (None, "unet", "unet3plus", "elunet") and "steps" not in recipe:
         recipe.setdefault("budget_s", budget_s)
     if guided:
         recipe["guidance"] = "ratio"
@@ -109,10 +126,17 @@ def run_recipe(name: str, train_samples: list[Sample], test: list[Sample], phase
         r = phase_fractions(s.mask, len(phases)) if guided else None
         pred = predictor.predict(s.image, ratios=r).fractions()
         frac_err.append(float(np.abs(pred - phase_fractions(s.mask, len(phases))).max() * 100))
-    return {"recipe": name, "guided": guided, "dice": evaluation.average, "by_magnification":
-            evaluation.by_magnification(), "dice_per_phase": evaluation.dice_per_phase(), "train_s": round(train_s, 1),
-            "steps": last.step if last else 0, "max_fraction_error_pts": round(float(np.mean(frac_err)), 2),
-            "val": (last.metrics or {}).get("mean_dice") if last else None}
+    return {
+        "recipe": name,
+        "guided": guided,
+        "dice": evaluation.average,
+        "by_magnification": evaluation.by_magnification(),
+        "dice_per_phase": evaluation.dice_per_phase(),
+        "train_s": round(train_s, 1),
+        "steps": last.step if last else 0,
+        "max_fraction_error_pts": round(float(np.mean(frac_err)), 2),
+        "val": (last.metrics or {}).get("mean_dice") if last else None,
+    }
 
 
 def zeiss_reference(image: np.ndarray) -> np.ndarray:
@@ -145,7 +169,7 @@ def run_zeiss(recipes: list[str], out: Path, budget_s: float, fraction: float = 
     results = []
     for name in recipes:
         recipe = dict(RECIPES[name])
-        if recipe.get("model") in (None, "unet3plus", "elunet"):
+        if recipe.get("model") in (None, "unet", "unet3plus", "elunet"):
             recipe.setdefault("budget_s", budget_s)
         config = TrainConfig(device="cpu", **recipe)
         run = out / f"zeiss-{name}"
@@ -159,10 +183,16 @@ def run_zeiss(recipes: list[str], out: Path, budget_s: float, fraction: float = 
         evaluation = Evaluation(phases.names)
         evaluation.add("zeiss", pred, scored)
         true_pore = reference.mean() * 100
-        results.append({"recipe": name, "dice": evaluation.average, "train_s": round(train_s, 1),
-                        "pore_fraction_pred": round(float((pred == 1).mean() * 100), 2),
-                        "pore_fraction_ref": round(float(true_pore), 2),
-                        "scribbled_pct": round(float((scribbles != UNLABELED).mean() * 100), 2)})
+        results.append(
+            {
+                "recipe": name,
+                "dice": evaluation.average,
+                "train_s": round(train_s, 1),
+                "pore_fraction_pred": round(float((pred == 1).mean() * 100), 2),
+                "pore_fraction_ref": round(float(true_pore), 2),
+                "scribbled_pct": round(float((scribbles != UNLABELED).mean() * 100), 2),
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -178,8 +208,11 @@ def main(argv=None) -> int:
     parser.add_argument("--n-train", type=int, default=8)
     parser.add_argument("--n-test", type=int, default=9)
     parser.add_argument("--size", type=int, default=384)
-    parser.add_argument("--guided", action="store_true", help="Also train ratio-guided variants (scored with the "
-                        "true fractions) of each CNN recipe.")
+    parser.add_argument(
+        "--guided",
+        action="store_true",
+        help="Also train ratio-guided variants (scored with the true fractions) of each CNN recipe.",
+    )
     parser.add_argument("--zeiss", action="store_true", help="Also score the real Zeiss image (2 %% scribbles).")
     parser.add_argument("--no-grid", action="store_true", help="Only the Zeiss image.")
     args = parser.parse_args(argv)
@@ -203,8 +236,7 @@ def main(argv=None) -> int:
                     variants = [False, True] if guide else [False]
                     for guided in variants:
                         tag = f"{source}-{labels}-{name}{'-ratio' if guided else ''}"
-                        result = run_recipe(name, train_set, test, phases, args.out / tag, args.budget_s,
-                                            guided=guided)
+                        result = run_recipe(name, train_set, test, phases, args.out / tag, args.budget_s, guided=guided)
                         result |= {"source": source, "labels": labels}
                         results.append(result)
                         print(json.dumps(result), flush=True)
@@ -213,12 +245,16 @@ def main(argv=None) -> int:
         for r in run_zeiss(recipes, args.out, args.budget_s):
             results.append(r | {"source": "zeiss", "labels": "scribble 2%"})
             record.write_text(json.dumps(results, indent=1))
-    lines = ["| source | labels | recipe | mean Dice (%) | train (s) | fraction error (pts) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| source | labels | recipe | mean Dice (%) | train (s) | fraction error (pts) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         err = r.get("max_fraction_error_pts", abs(r.get("pore_fraction_pred", 0) - r.get("pore_fraction_ref", 0)))
-        lines.append(f"| {r['source']} | {r['labels']} | {r['recipe']}{' + true ratio' if r.get('guided') else ''} "
-                     f"| {r['dice']:.2f} | {r['train_s']:.0f} | {err:.2f} |")
+        lines.append(
+            f"| {r['source']} | {r['labels']} | {r['recipe']}{' + true ratio' if r.get('guided') else ''} "
+            f"| {r['dice']:.2f} | {r['train_s']:.0f} | {err:.2f} |"
+        )
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -24,8 +24,15 @@ def _best_of(func: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def run_benchmark(kind: str = "vit_b", img_size: int = 1024, image_size: int = 1024, device: str = "cpu",
-                  repeat: int = 3, reference: bool = True, bf16: bool = False) -> dict:
+def run_benchmark(
+    kind: str = "vit_b",
+    img_size: int = 1024,
+    image_size: int = 1024,
+    device: str = "cpu",
+    repeat: int = 3,
+    reference: bool = True,
+    bf16: bool = False,
+) -> dict:
     """Time the encoder, the cached decoder path and (optionally) SamPredictor on one synthetic micrograph.
 
     Returns
@@ -49,9 +56,15 @@ def run_benchmark(kind: str = "vit_b", img_size: int = 1024, image_size: int = 1
     model, _ = build_phase_sam(kind, img_size=img_size, num_phases=3, guidance="ratio")
     model = model.to(device).eval()
     phases = PhaseSet.from_names(["ferrite", "martensite", "bainite"])
-    results: dict = {"kind": kind, "img_size": img_size, "image_size": image_size, "device": device,
-                     "bf16": bf16, "torch_threads": torch.get_num_threads(),
-                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
+    results: dict = {
+        "kind": kind,
+        "img_size": img_size,
+        "image_size": image_size,
+        "device": device,
+        "bf16": bf16,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    }
 
     def cold() -> None:
         predictor = Predictor(model, phases, device=device, bf16=bf16)
@@ -81,7 +94,8 @@ def run_benchmark(kind: str = "vit_b", img_size: int = 1024, image_size: int = 1
         if bf16:
             reference_predictor.features = reference_predictor.features.float()
         results["sam_predictor_predict_box"] = _best_of(
-            lambda: reference_predictor.predict(box=np.array(box), multimask_output=False), repeat)
+            lambda: reference_predictor.predict(box=np.array(box), multimask_output=False), repeat
+        )
     return results
 
 
@@ -100,5 +114,10 @@ def tiled_memory(kind: str = "tiny", img_size: int = 256, image_size: int = 4096
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"image_size": image_size, "img_size": img_size, "seconds": seconds, "peak_mib": peak / 2**20,
-            "output_mib": (result.probs.nbytes + result.labels.nbytes) / 2**20}
+    return {
+        "image_size": image_size,
+        "img_size": img_size,
+        "seconds": seconds,
+        "peak_mib": peak / 2**20,
+        "output_mib": (result.probs.nbytes + result.labels.nbytes) / 2**20,
+    }

@@ -75,8 +75,10 @@ def block_outputs(model, image: np.ndarray, device: str = "cpu") -> tuple[list[n
     import torch
 
     if not hasattr(model, "sam"):
-        raise MetalsegError(f"encoder feature maps show the blocks of SAM's image encoder; this "
-                            f"{getattr(model, 'kind', 'model')} model has none")
+        raise MetalsegError(
+            f"encoder feature maps show the blocks of SAM's image encoder; this "
+            f"{getattr(model, 'kind', 'model')} model has none"
+        )
     size = int(model.img_size)
     h, w = image.shape
     image = image.astype(np.float32)
@@ -90,19 +92,21 @@ def block_outputs(model, image: np.ndarray, device: str = "cpu") -> tuple[list[n
     grid = size // 16
     stitched: list[np.ndarray] | None = None
     captured: list[np.ndarray] = []
-    hooks = [block.register_forward_hook(lambda _m, _i, out: captured.append(out[0].float().cpu().numpy()))
-             for block in model.sam.image_encoder.blocks]
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out: captured.append(out[0].float().cpu().numpy()))
+        for block in model.sam.image_encoder.blocks
+    ]
     try:
         for ty in range(ny):
             for tx in range(nx):
                 captured.clear()
-                tile = padded[ty * size:(ty + 1) * size, tx * size:(tx + 1) * size]
+                tile = padded[ty * size : (ty + 1) * size, tx * size : (tx + 1) * size]
                 with torch.inference_mode():
                     model.embed(model.preprocess(torch.from_numpy(np.ascontiguousarray(tile))[None].to(device)))
                 if stitched is None:
                     stitched = [np.zeros((ny * grid, nx * grid, c.shape[-1]), np.float32) for c in captured]
                 for out, block_map in zip(stitched, captured):
-                    out[ty * grid:(ty + 1) * grid, tx * grid:(tx + 1) * grid] = block_map
+                    out[ty * grid : (ty + 1) * grid, tx * grid : (tx + 1) * grid] = block_map
     finally:
         for hook in hooks:
             hook.remove()
@@ -110,8 +114,9 @@ def block_outputs(model, image: np.ndarray, device: str = "cpu") -> tuple[list[n
     return [m[:vh, :vw] for m in stitched], (h / vh, w / vw)
 
 
-def encoder_feature_maps(model, image: np.ndarray, device: str = "cpu", base: bool = False,
-                         label: str | None = None) -> FeatureMaps:
+def encoder_feature_maps(
+    model, image: np.ndarray, device: str = "cpu", base: bool = False, label: str | None = None
+) -> FeatureMaps:
     """PCA-RGB map of every encoder block for ``image``; ``base=True`` gives the maps with LoRA switched off.
 
     For a model without LoRA, pass the untrained model of the same spec (``ModelSpec.build()``: the pretrained base,

@@ -28,8 +28,9 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_phases: int,
-                     ignore_index: int = UNLABELED) -> np.ndarray:
+def confusion_matrix(
+    pred: np.ndarray, target: np.ndarray, num_phases: int, ignore_index: int = UNLABELED
+) -> np.ndarray:
     """Confusion matrix ``cm[true, predicted]`` over the labelled pixels of ``target``.
 
     Parameters
@@ -139,8 +140,10 @@ class Evaluation:
     def dice_per_phase(self) -> dict[str, float]:
         """Dice (%) per phase: mean over images where the phase occurs."""
         stacked = np.array([s.dice for s in self.images]) if self.images else np.zeros((0, len(self.phase_names)))
-        return {n: _nanmean(list(stacked[:, i])) * 100 if len(stacked) else float("nan")
-                for i, n in enumerate(self.phase_names)}
+        return {
+            n: _nanmean(list(stacked[:, i])) * 100 if len(stacked) else float("nan")
+            for i, n in enumerate(self.phase_names)
+        }
 
     def to_dict(self) -> dict:
         return {
@@ -151,8 +154,15 @@ class Evaluation:
             "iou_per_phase": dict(zip(self.phase_names, (iou_per_phase(self.confusion) * 100).tolist())),
             "pixel_accuracy": pixel_accuracy(self.confusion),
             "confusion_matrix": self.confusion.tolist(),
-            "images": [{"name": s.name, "magnification": s.magnification, "mean_dice": s.mean_dice,
-                        "dice": dict(zip(self.phase_names, (s.dice * 100).tolist()))} for s in self.images],
+            "images": [
+                {
+                    "name": s.name,
+                    "magnification": s.magnification,
+                    "mean_dice": s.mean_dice,
+                    "dice": dict(zip(self.phase_names, (s.dice * 100).tolist())),
+                }
+                for s in self.images
+            ],
         }
 
 
@@ -166,8 +176,9 @@ def magnification_label(magnification: float | None) -> str:
     return "unknown" if magnification is None else f"x{magnification:g}"
 
 
-def format_seed_table(rows: Mapping[str, Mapping[str, float]], columns: Iterable[str] | None = None,
-                      decimals: int = 2) -> str:
+def format_seed_table(
+    rows: Mapping[str, Mapping[str, float]], columns: Iterable[str] | None = None, decimals: int = 2
+) -> str:
     """Format scores like the seed study's tables: one row per model, one column per magnification, then ``Avg.``.
 
     Parameters

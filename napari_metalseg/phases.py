@@ -108,13 +108,14 @@ class PhaseSet:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
                 raise MetalsegError(f"{source}: entry {i} needs a non-empty 'name'")
             names.append(entry["name"])
-            colors.append(_check_color(entry.get("color", DEFAULT_COLORS[i % len(DEFAULT_COLORS)]),
-                                       f"{source}: entry {i}"))
+            colors.append(
+                _check_color(entry.get("color", DEFAULT_COLORS[i % len(DEFAULT_COLORS)]), f"{source}: entry {i}")
+            )
         return cls.from_names(names, colors)
 
     def rgb(self) -> np.ndarray:
         """Colours as a float array of shape (K, 3) in 0..1."""
-        return np.array([[int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)] for c in self.colors], dtype=float)
+        return np.array([[int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)] for c in self.colors], dtype=float)
 
     def napari_colormap(self) -> dict[int | None, str]:
         """Colour dict for napari's ``DirectLabelColormap`` (label k+1 = phase k, 0 transparent)."""

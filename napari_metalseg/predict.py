@@ -62,8 +62,10 @@ def check_ratios(ratios: Sequence[float] | None, phases: PhaseSet) -> np.ndarray
         return None
     arr = np.asarray(list(ratios), dtype=np.float64)
     if arr.shape != (len(phases),):
-        raise MetalsegError(f"ratio {list(ratios)} has {arr.size} values but the model has {len(phases)} phases "
-                            f"({', '.join(phases.names)})")
+        raise MetalsegError(
+            f"ratio {list(ratios)} has {arr.size} values but the model has {len(phases)} phases "
+            f"({', '.join(phases.names)})"
+        )
     if not np.isfinite(arr).all():
         raise MetalsegError(f"ratio {list(ratios)} contains NaN or infinite values")
     if (arr < 0).any():
@@ -141,8 +143,17 @@ class Predictor:
     >>> phase_map = predictor.predict(micrograph.image, ratios=[0.2, 0.6, 0.2])  # decoder only  # doctest: +SKIP
     """
 
-    def __init__(self, model, phases: PhaseSet, device: str = "cpu", overlap: float = 0.25, cache_size: int = 4,
-                 cache_dir: str | Path | None = None, bf16: bool | None = None, batch_size: int = 4) -> None:
+    def __init__(
+        self,
+        model,
+        phases: PhaseSet,
+        device: str = "cpu",
+        overlap: float = 0.25,
+        cache_size: int = 4,
+        cache_dir: str | Path | None = None,
+        bf16: bool | None = None,
+        batch_size: int = 4,
+    ) -> None:
         self.model = model.eval()
         self.phases = phases
         self.device = device
@@ -189,13 +200,18 @@ class Predictor:
         else:
             out = []
             for i in range(0, len(tiles), self.batch_size):
-                batch = torch.from_numpy(np.stack(tiles[i: i + self.batch_size])).to(self.device)
-                with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16,
-                                                            enabled=self.bf16):
+                batch = torch.from_numpy(np.stack(tiles[i : i + self.batch_size])).to(self.device)
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16),
+                ):
                     out.append(self.model.embed(self.model.preprocess(batch)).float().cpu())
                 if progress:
-                    progress(ProgressEvent("embed", min(i + self.batch_size, len(tiles)), len(tiles),
-                                           message="image encoder"))
+                    progress(
+                        ProgressEvent(
+                            "embed", min(i + self.batch_size, len(tiles)), len(tiles), message="image encoder"
+                        )
+                    )
             emb = torch.cat(out)
             if disk is not None:
                 from safetensors.torch import save_file
@@ -210,8 +226,14 @@ class Predictor:
         return emb
 
     # -- prediction ------------------------------------------------------------------------------------------
-    def predict(self, image: np.ndarray, ratios: Sequence[float] | None = None,
-                box: Sequence[float] | None = None, progress: Progress | None = None, tta: bool = False) -> PhaseMap:
+    def predict(
+        self,
+        image: np.ndarray,
+        ratios: Sequence[float] | None = None,
+        box: Sequence[float] | None = None,
+        progress: Progress | None = None,
+        tta: bool = False,
+    ) -> PhaseMap:
         """Phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given.
 
         With ``tta`` (test-time augmentation) the micrograph is also predicted flipped and rotated (the 8 symmetries
@@ -248,7 +270,7 @@ class Predictor:
         padded = _pad_image(image, max(h, s), max(w, s))
         ys, xs = tile_starts(padded.shape[0], s, self.overlap), tile_starts(padded.shape[1], s, self.overlap)
         origins = [(y, x) for y in ys for x in xs]
-        tiles = [padded[y: y + s, x: x + s] for y, x in origins]
+        tiles = [padded[y : y + s, x : x + s] for y, x in origins]
         key = f"{image_key(image)}-{self.signature()}-t{s}-{self.overlap}"
         emb = self._embed_tiles(tiles, key, progress)
         k = len(self.phases)
@@ -256,14 +278,15 @@ class Predictor:
         weight = np.zeros(padded.shape, np.float32)
         window = blend_window(s) if len(origins) > 1 else np.ones((s, s), np.float32)
         for i in range(0, len(origins), self.batch_size):
-            batch = emb[i: i + self.batch_size].to(self.device)
+            batch = emb[i : i + self.batch_size].to(self.device)
             probs = self._decode(batch, ratio, None)
-            for j, (y, x) in enumerate(origins[i: i + self.batch_size]):
-                acc[:, y: y + s, x: x + s] += probs[j] * window
-                weight[y: y + s, x: x + s] += window
+            for j, (y, x) in enumerate(origins[i : i + self.batch_size]):
+                acc[:, y : y + s, x : x + s] += probs[j] * window
+                weight[y : y + s, x : x + s] += window
             if progress:
-                progress(ProgressEvent("predict", min(i + self.batch_size, len(origins)), len(origins),
-                                       message="decoder"))
+                progress(
+                    ProgressEvent("predict", min(i + self.batch_size, len(origins)), len(origins), message="decoder")
+                )
         acc /= weight  # in place: the probability map is the largest buffer of a big micrograph
         probs = acc[:, :h, :w]
         return PhaseMap(probs.argmax(0).astype(np.uint8), probs)
@@ -280,8 +303,9 @@ class Predictor:
             logits = self.model.decode(emb, ratios=r, boxes=b, out_size=(self.size, self.size))
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-    def _predict_box(self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None,
-                     progress: Progress | None) -> PhaseMap:
+    def _predict_box(
+        self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None, progress: Progress | None
+    ) -> PhaseMap:
         from scipy import ndimage
 
         h, w = image.shape
@@ -293,7 +317,7 @@ class Predictor:
         wy = int(np.clip(round(cy - side / 2), 0, max(0, h - side)))
         wx = int(np.clip(round(cx - side / 2), 0, max(0, w - side)))
         padded = _pad_image(image, max(h, side), max(w, side))
-        window = padded[wy: wy + side, wx: wx + side]
+        window = padded[wy : wy + side, wx : wx + side]
         scale = s / side
         tile = ndimage.zoom(window, scale, order=1)[:s, :s] if side != s else window
         tile = _pad_image(tile, s, s)
@@ -306,7 +330,7 @@ class Predictor:
             probs = np.stack([_pad_image(p, side, side) for p in probs])
         k = len(self.phases)
         full = np.zeros((k, max(h, side), max(w, side)), np.float32)
-        full[:, wy: wy + side, wx: wx + side] = probs
+        full[:, wy : wy + side, wx : wx + side] = probs
         full = full[:, :h, :w]
         inside = np.zeros((h, w), bool)
         inside[y0:y1, x0:x1] = True

@@ -130,8 +130,9 @@ class LivePreview:
         feats = self.features(image)
         seconds["features"] = time.perf_counter() - t0
         sample = Sample("preview", image, mask)
-        train, held = holdout_pixels([sample], self.num_phases, self.holdout, seed=self.seed) if self.holdout else (
-            [sample], [])
+        train, held = (
+            holdout_pixels([sample], self.num_phases, self.holdout, seed=self.seed) if self.holdout else ([sample], [])
+        )
         t0 = time.perf_counter()
         model = fit_classifier(train, self.num_phases, tile_size=max(image.shape), seed=self.seed, features=[feats])
         seconds["fit"] = time.perf_counter() - t0

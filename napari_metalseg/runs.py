@@ -79,11 +79,19 @@ class ModelSpec:
             raise MetalsegError("the classical pixel classifier is fitted, not built: train it first")
         if family == "cnn":
             from napari_metalseg.models.elunet import build_elunet
+            from napari_metalseg.models.unet import build_unet
             from napari_metalseg.models.unet3plus import build_unet3plus
 
-            builder = {"unet3plus": build_unet3plus, "elunet": build_elunet}[self.kind]
-            model = builder(num_phases=len(self.phases), img_size=self.img_size, width=self.width, depth=self.depth,
-                            guidance=self.guidance, seed=seed, **self.options)
+            builder = {"unet": build_unet, "unet3plus": build_unet3plus, "elunet": build_elunet}[self.kind]
+            model = builder(
+                num_phases=len(self.phases),
+                img_size=self.img_size,
+                width=self.width,
+                depth=self.depth,
+                guidance=self.guidance,
+                seed=seed,
+                **self.options,
+            )
             return model.to(device), None
         from napari_metalseg.models.phase_sam import build_phase_sam
 
@@ -91,9 +99,16 @@ class ModelSpec:
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise MetalsegError(f"base checkpoint {checkpoint} of this run is missing; the adapter needs it")
         model, report = build_phase_sam(
-            kind=self.kind, img_size=self.img_size, num_phases=len(self.phases), checkpoint=checkpoint,
-            guidance=self.guidance, finetune=self.finetune, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout, lora_mlp=self.lora_mlp,
+            kind=self.kind,
+            img_size=self.img_size,
+            num_phases=len(self.phases),
+            checkpoint=checkpoint,
+            guidance=self.guidance,
+            finetune=self.finetune,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            lora_mlp=self.lora_mlp,
         )
         return model.to(device), report
 
@@ -106,8 +121,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def save_run(run_dir: str | Path, spec: ModelSpec, state, training: dict | None = None,
-             metrics: dict | None = None, history: list | None = None) -> Path:
+def save_run(
+    run_dir: str | Path,
+    spec: ModelSpec,
+    state,
+    training: dict | None = None,
+    metrics: dict | None = None,
+    history: list | None = None,
+) -> Path:
     """Write the weights, then config.json (+ metrics.json), each atomically.
 
     ``state`` is the trainable state dict (tensors) of a torch family, or the fitted
@@ -125,8 +146,12 @@ def save_run(run_dir: str | Path, spec: ModelSpec, state, training: dict | None 
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         with atomic_path(run_dir / ADAPTER) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "napari-metalseg", "version": str(FORMAT_VERSION)})
-    config = {"format_version": FORMAT_VERSION, "model": asdict(spec), "training": training or {},
-              "metrics": metrics or {}}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": asdict(spec),
+        "training": training or {},
+        "metrics": metrics or {},
+    }
     atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2, default=_json_default) + "\n")
     if history is not None:
         atomic_write_text(run_dir / METRICS, json.dumps(history, indent=1, default=_json_default) + "\n")

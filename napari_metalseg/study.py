@@ -91,16 +91,35 @@ SEED_GRID: tuple[StudyRow, ...] = (
     StudyRow("LoRA-SAM (512)", "sam", img_size=512, group="Adapted VFM"),
     StudyRow("LoRA-SAM (1024)", "sam", img_size=1024, group="Adapted VFM"),
     StudyRow("LoRA-SAM (2048)", "sam", img_size=2048, group="Adapted VFM"),
-    StudyRow("LoRA-SAM + Ratio + BB (512)", "sam", img_size=512, guidance="ratio+box", baseline="LoRA-SAM (512)",
-             group="Adapted VFM"),
-    StudyRow("LoRA-SAM + Ratio (512)", "sam", img_size=512, guidance="ratio", baseline="LoRA-SAM (512)",
-             group="Adapted VFM"),
-    StudyRow("LoRA-SAM + Ratio (Spatial-v1) (512)", "sam", img_size=512, guidance="spatial",
-             baseline="LoRA-SAM (512)", group="Adapted VFM"),
+    StudyRow(
+        "LoRA-SAM + Ratio + BB (512)",
+        "sam",
+        img_size=512,
+        guidance="ratio+box",
+        baseline="LoRA-SAM (512)",
+        group="Adapted VFM",
+    ),
+    StudyRow(
+        "LoRA-SAM + Ratio (512)", "sam", img_size=512, guidance="ratio", baseline="LoRA-SAM (512)", group="Adapted VFM"
+    ),
+    StudyRow(
+        "LoRA-SAM + Ratio (Spatial-v1) (512)",
+        "sam",
+        img_size=512,
+        guidance="spatial",
+        baseline="LoRA-SAM (512)",
+        group="Adapted VFM",
+    ),
     StudyRow("Classical pixel classifier", "classical", group="This product"),
     StudyRow("Compact SAM (tiny)", "tiny", img_size=128, group="This product"),
-    StudyRow("Compact SAM (tiny) + Ratio", "tiny", img_size=128, guidance="ratio", baseline="Compact SAM (tiny)",
-             group="This product"),
+    StudyRow(
+        "Compact SAM (tiny) + Ratio",
+        "tiny",
+        img_size=128,
+        guidance="ratio",
+        baseline="Compact SAM (tiny)",
+        group="This product",
+    ),
 )
 """The seed's table in its order, then the rows this product adds."""
 
@@ -154,8 +173,10 @@ def load_grid(path: str | Path) -> list[StudyRow]:
             raise MetalsegError(f"{path}: row {i} needs at least 'name' and 'model'")
         unknown = sorted(set(entry) - allowed)
         if unknown:
-            raise MetalsegError(f"{path}: row {i} ({entry['name']}): unknown field(s) {', '.join(unknown)}; "
-                                f"allowed: {', '.join(sorted(allowed))}")
+            raise MetalsegError(
+                f"{path}: row {i} ({entry['name']}): unknown field(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
         rows.append(StudyRow(**entry))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
@@ -163,23 +184,43 @@ def load_grid(path: str | Path) -> list[StudyRow]:
     return rows
 
 
-def _train_config(row: StudyRow, checkpoint: str | None, kind: str, budget_s: float | None, device: str,
-                  seed: int, steps: int | None):
+def _train_config(
+    row: StudyRow, checkpoint: str | None, kind: str, budget_s: float | None, device: str, seed: int, steps: int | None
+):
     from napari_metalseg.training import TrainConfig
 
-    extra = {k: getattr(row, k) for k in ("img_size", "width", "depth", "batch_size", "lr", "finetune")
-             if getattr(row, k) is not None}
-    return TrainConfig(model=kind, checkpoint=checkpoint if row.needs_checkpoint else None, guidance=row.guidance,
-                       steps=row.steps if row.steps is not None else steps,
-                       budget_s=row.budget_s if row.budget_s is not None else budget_s, device=device, seed=seed,
-                       **extra)
+    extra = {
+        k: getattr(row, k)
+        for k in ("img_size", "width", "depth", "batch_size", "lr", "finetune")
+        if getattr(row, k) is not None
+    }
+    return TrainConfig(
+        model=kind,
+        checkpoint=checkpoint if row.needs_checkpoint else None,
+        guidance=row.guidance,
+        steps=row.steps if row.steps is not None else steps,
+        budget_s=row.budget_s if row.budget_s is not None else budget_s,
+        device=device,
+        seed=seed,
+        **extra,
+    )
 
 
-def run_study(train_samples: list[Sample], val_samples: list[Sample], test_samples: list[Sample], phases: PhaseSet,
-              out: str | Path, rows: Sequence[StudyRow] = SEED_GRID, checkpoint: str | None = None,
-              budget_s: float | None = 120.0, steps: int | None = None, device: str = "auto", seed: int = 0,
-              data_label: str = "", on_result: Callable[[RowResult], None] | None = None
-              ) -> Iterator[ProgressEvent]:
+def run_study(
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    test_samples: list[Sample],
+    phases: PhaseSet,
+    out: str | Path,
+    rows: Sequence[StudyRow] = SEED_GRID,
+    checkpoint: str | None = None,
+    budget_s: float | None = 120.0,
+    steps: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    data_label: str = "",
+    on_result: Callable[[RowResult], None] | None = None,
+) -> Iterator[ProgressEvent]:
     """Run every row; yields progress events (``"row"`` per row, the trainer's events in between).
 
     The output files are rewritten after every row, so an interrupted study keeps the rows already finished.
@@ -213,19 +254,49 @@ def run_study(train_samples: list[Sample], val_samples: list[Sample], test_sampl
     device = resolve_device(device)
     kind = checkpoint_kind(checkpoint) if checkpoint is not None else None
     results: list[RowResult] = []
-    meta = {"data": data_label, "train_images": len(train_samples), "val_images": len(val_samples),
-            "test_images": len(test_samples), "phases": phases.names, "checkpoint": checkpoint,
-            "budget_s": budget_s, "steps": steps, "device": device, "seed": seed, "machine": machine_description()}
+    meta = {
+        "data": data_label,
+        "train_images": len(train_samples),
+        "val_images": len(val_samples),
+        "test_images": len(test_samples),
+        "phases": phases.names,
+        "checkpoint": checkpoint,
+        "budget_s": budget_s,
+        "steps": steps,
+        "device": device,
+        "seed": seed,
+        "machine": machine_description(),
+    }
     for i, row in enumerate(rows):
         yield ProgressEvent("row", i, len(rows), message=f"{row.name}")
-        result = RowResult(row.name, "measured", model=row.model, img_size=row.img_size, guidance=row.guidance,
-                           group=row.group, baseline=row.baseline)
+        result = RowResult(
+            row.name,
+            "measured",
+            model=row.model,
+            img_size=row.img_size,
+            guidance=row.guidance,
+            group=row.group,
+            baseline=row.baseline,
+        )
         if row.needs_checkpoint and checkpoint is None:
             result.status, result.reason = "skipped", "needs a SAM checkpoint (--checkpoint sam_vit_b_01ec64.pth)"
         else:
             try:
-                yield from _run_row(row, result, train_samples, val_samples, test_samples, phases, out,
-                                    checkpoint, kind or "", budget_s, steps, device, seed)
+                yield from _run_row(
+                    row,
+                    result,
+                    train_samples,
+                    val_samples,
+                    test_samples,
+                    phases,
+                    out,
+                    checkpoint,
+                    kind or "",
+                    budget_s,
+                    steps,
+                    device,
+                    seed,
+                )
             except MetalsegError as exc:
                 result.status, result.reason = "failed", str(exc)
             except Exception as exc:  # noqa: BLE001 - one broken row must not end the study
@@ -235,14 +306,32 @@ def run_study(train_samples: list[Sample], val_samples: list[Sample], test_sampl
         write_study(out, results, meta)
         if on_result is not None:
             on_result(result)
-        yield ProgressEvent("row", i + 1, len(rows), metrics=asdict(result),
-                            message=f"{row.name}: {result.status}"
-                            + (f" ({result.dice['avg']:.2f})" if result.dice else f" ({result.reason})"))
+        yield ProgressEvent(
+            "row",
+            i + 1,
+            len(rows),
+            metrics=asdict(result),
+            message=f"{row.name}: {result.status}"
+            + (f" ({result.dice['avg']:.2f})" if result.dice else f" ({result.reason})"),
+        )
     yield ProgressEvent("done", len(rows), len(rows), message=str(out))
 
 
-def _run_row(row: StudyRow, result: RowResult, train_samples, val_samples, test_samples, phases, out: Path,
-             checkpoint, kind: str, budget_s, steps, device: str, seed: int) -> Iterator[ProgressEvent]:
+def _run_row(
+    row: StudyRow,
+    result: RowResult,
+    train_samples,
+    val_samples,
+    test_samples,
+    phases,
+    out: Path,
+    checkpoint,
+    kind: str,
+    budget_s,
+    steps,
+    device: str,
+    seed: int,
+) -> Iterator[ProgressEvent]:
     from napari_metalseg.training import train, validate
 
     model_kind = kind if row.model == "sam" else row.model
@@ -312,7 +401,7 @@ def machine_description() -> str:
 def _columns(results: Sequence[RowResult]) -> list[str]:
     columns: list[str] = []
     for r in results:
-        for c in (r.dice or {}):
+        for c in r.dice or {}:
             if c != "avg" and c not in columns:
                 columns.append(c)
     return sorted(columns, key=lambda c: (c == "unknown", float(c[1:]) if c.startswith("x") else 0.0))
@@ -322,10 +411,19 @@ def study_markdown(results: Sequence[RowResult], meta: dict) -> str:
     """The seed's table: one row per model, Dice (%) per magnification and Avg., best value per column in bold,
     guided rows with their gain over their unguided baseline; skipped and failed rows with their reason."""
     columns = _columns(results) + ["avg"]
-    best = {c: max((r.dice[c] for r in results if r.dice and math.isfinite(r.dice.get(c, math.nan))),
-                   default=math.nan) for c in columns}
-    head = ["Group", "Model", *(("Avg." if c == "avg" else c.replace("x", "× ")) for c in columns), "Gain",
-            "Train (s)", "Inference (ms/image)", "Trainable params"]
+    best = {
+        c: max((r.dice[c] for r in results if r.dice and math.isfinite(r.dice.get(c, math.nan))), default=math.nan)
+        for c in columns
+    }
+    head = [
+        "Group",
+        "Model",
+        *(("Avg." if c == "avg" else c.replace("x", "× ")) for c in columns),
+        "Gain",
+        "Train (s)",
+        "Inference (ms/image)",
+        "Trainable params",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if r.dice:
@@ -340,13 +438,15 @@ def study_markdown(results: Sequence[RowResult], meta: dict) -> str:
             cells = [f"{r.status}: {r.reason}"] + [""] * (len(columns) - 1)
             tail = ["", "", "", ""]
         lines.append("| " + " | ".join([r.group, r.name, *cells, *tail]) + " |")
-    notes = [f"Data: {meta.get('data', '')} ({meta.get('train_images')} train, {meta.get('val_images')} val, "
-             f"{meta.get('test_images')} test images; phases {', '.join(meta.get('phases', []))}).",
-             f"Machine: {meta.get('machine', '')}; device {meta.get('device')}; budget per row "
-             f"{meta.get('budget_s')} s; seed {meta.get('seed')}.",
-             "Scores: mean Dice (%) over the test images of each magnification, Avg. = mean of the columns. "
-             "Guided rows are scored with each test image's true phase fractions; "
-             "Gain = their Avg. minus their baseline's."]
+    notes = [
+        f"Data: {meta.get('data', '')} ({meta.get('train_images')} train, {meta.get('val_images')} val, "
+        f"{meta.get('test_images')} test images; phases {', '.join(meta.get('phases', []))}).",
+        f"Machine: {meta.get('machine', '')}; device {meta.get('device')}; budget per row "
+        f"{meta.get('budget_s')} s; seed {meta.get('seed')}.",
+        "Scores: mean Dice (%) over the test images of each magnification, Avg. = mean of the columns. "
+        "Guided rows are scored with each test image's true phase fractions; "
+        "Gain = their Avg. minus their baseline's.",
+    ]
     return "# Study\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -354,13 +454,44 @@ def study_csv(results: Sequence[RowResult]) -> str:
     columns = _columns(results)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["name", "group", "status", "reason", *columns, "avg", "gain", "train_s", "infer_ms_per_image",
-                     "trainable_params", "model", "img_size", "guidance", "run"])
+    writer.writerow(
+        [
+            "name",
+            "group",
+            "status",
+            "reason",
+            *columns,
+            "avg",
+            "gain",
+            "train_s",
+            "infer_ms_per_image",
+            "trainable_params",
+            "model",
+            "img_size",
+            "guidance",
+            "run",
+        ]
+    )
     for r in results:
         d = r.dice or {}
-        writer.writerow([r.name, r.group, r.status, r.reason or "", *(_num(d.get(c)) for c in columns),
-                         _num(d.get("avg")), _num(r.gain), r.train_s, r.infer_ms_per_image, r.trainable_params,
-                         r.model, r.img_size or "", r.guidance, r.run or ""])
+        writer.writerow(
+            [
+                r.name,
+                r.group,
+                r.status,
+                r.reason or "",
+                *(_num(d.get(c)) for c in columns),
+                _num(d.get("avg")),
+                _num(r.gain),
+                r.train_s,
+                r.infer_ms_per_image,
+                r.trainable_params,
+                r.model,
+                r.img_size or "",
+                r.guidance,
+                r.run or "",
+            ]
+        )
     return buf.getvalue()
 
 
@@ -373,8 +504,12 @@ def write_study(out: str | Path, results: Sequence[RowResult], meta: dict) -> No
     out = Path(out)
     atomic_write_text(out / "study.md", study_markdown(results, meta))
     atomic_write_text(out / "study.csv", study_csv(results))
-    payload = {"rows": [_json_row(r) for r in results], "data": meta.get("data"), "machine": meta.get("machine"),
-               "settings": meta}
+    payload = {
+        "rows": [_json_row(r) for r in results],
+        "data": meta.get("data"),
+        "machine": meta.get("machine"),
+        "settings": meta,
+    }
     atomic_write_text(out / "study.json", json.dumps(payload, indent=2, default=float) + "\n")
     study_figure(results, out / "study.png")
 
@@ -401,8 +536,12 @@ def study_figure(results: Sequence[RowResult], path: str | Path) -> None:
     width = 0.8 / len(columns)
     for j, c in enumerate(columns):
         values = [r.dice.get(c, np.nan) for r in measured]
-        ax.bar(np.arange(len(measured)) + (j - (len(columns) - 1) / 2) * width, values, width,
-               label="Avg." if c == "avg" else c)
+        ax.bar(
+            np.arange(len(measured)) + (j - (len(columns) - 1) / 2) * width,
+            values,
+            width,
+            label="Avg." if c == "avg" else c,
+        )
     ax.set_xticks(np.arange(len(measured)), [r.name for r in measured], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("mean Dice (%)")
     ax.set_ylim(0, 100)
@@ -446,9 +585,13 @@ class RatioEffect:
     true_fractions: list[float] = field(default_factory=list)
 
 
-def ratio_effect(run: str | Path, samples: list[Sample], out: str | Path,
-                 vectors: Sequence[tuple[str, np.ndarray | None]] | None = None, device: str = "auto"
-                 ) -> list[RatioEffect]:
+def ratio_effect(
+    run: str | Path,
+    samples: list[Sample],
+    out: str | Path,
+    vectors: Sequence[tuple[str, np.ndarray | None]] | None = None,
+    device: str = "auto",
+) -> list[RatioEffect]:
     """Predict ``samples`` with one guided run under several ratio vectors; write ratio_effect.json/.md/.png.
 
     ``("true", None)`` stands for each image's true phase fractions, ``("none", None)`` for no guidance. The figure
@@ -462,8 +605,10 @@ def ratio_effect(run: str | Path, samples: list[Sample], out: str | Path,
     predictor = Predictor.from_run(run, device=device)
     phases = predictor.phases
     if getattr(predictor.model, "guidance", "none") == "none":
-        raise MetalsegError(f"{run}: trained without ratio guidance; the ratio study needs a guided run "
-                            "(train with --guidance ratio or spatial)")
+        raise MetalsegError(
+            f"{run}: trained without ratio guidance; the ratio study needs a guided run "
+            "(train with --guidance ratio or spatial)"
+        )
     if not samples:
         raise MetalsegError("the ratio study needs labelled test images")
     vectors = list(vectors) if vectors is not None else default_ratio_vectors(len(phases))
@@ -479,16 +624,26 @@ def ratio_effect(run: str | Path, samples: list[Sample], out: str | Path,
             fractions.append(phase_map.fractions())
             if s is samples[0]:
                 shown.append((label, phase_map.labels, evaluation.images[-1].mean_dice))
-        effects.append(RatioEffect(label, None if vector is None else [float(x) for x in vector],
-                                   round(evaluation.average, 2), np.mean(fractions, 0).round(4).tolist(),
-                                   np.mean(truth, 0).round(4).tolist()))
+        effects.append(
+            RatioEffect(
+                label,
+                None if vector is None else [float(x) for x in vector],
+                round(evaluation.average, 2),
+                np.mean(fractions, 0).round(4).tolist(),
+                np.mean(truth, 0).round(4).tolist(),
+            )
+        )
     atomic_write_text(out / "ratio_effect.json", json.dumps([asdict(e) for e in effects], indent=2) + "\n")
     lines = ["| ratio given | mean Dice (%) | predicted fractions | true fractions |", "|---|---|---|---|"]
     for e in effects:
-        lines.append(f"| {e.label} | {e.dice:.2f} | {', '.join(f'{x:.3f}' for x in e.fractions)} | "
-                     f"{', '.join(f'{x:.3f}' for x in e.true_fractions)} |")
-    atomic_write_text(out / "ratio_effect.md", f"# Ratio effect ({Path(run).name}; phases "
-                      f"{', '.join(phases.names)})\n\n" + "\n".join(lines) + "\n")
+        lines.append(
+            f"| {e.label} | {e.dice:.2f} | {', '.join(f'{x:.3f}' for x in e.fractions)} | "
+            f"{', '.join(f'{x:.3f}' for x in e.true_fractions)} |"
+        )
+    atomic_write_text(
+        out / "ratio_effect.md",
+        f"# Ratio effect ({Path(run).name}; phases {', '.join(phases.names)})\n\n" + "\n".join(lines) + "\n",
+    )
     _ratio_figure(samples[0], shown, phases, out / "ratio_effect.png")
     return effects
 

@@ -67,15 +67,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         needs_base = self.finetune in ("lora", "decoder") and not self.checkpoint
         if needs_base and (self.model is None or family_of(self.model).name == "sam"):
-            raise MetalsegError(f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
-                                "without one use --finetune full")
+            raise MetalsegError(
+                f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
+                "without one use --finetune full"
+            )
         if self.model is None:  # the measured CPU default, or the SAM kind of the checkpoint
             self.model = checkpoint_kind(self.checkpoint) if self.checkpoint else DEFAULT_MODEL
         family = family_of(self.model)
         if self.guidance not in TRAINING_GUIDANCE:
             raise MetalsegError(f"unknown guidance {self.guidance!r}; use one of {', '.join(TRAINING_GUIDANCE)}")
-        check_model_options(self.model, guidance=self.encoder_guidance, finetune=self.finetune,
-                            checkpoint=self.checkpoint, boxes=self.uses_boxes)
+        check_model_options(
+            self.model,
+            guidance=self.encoder_guidance,
+            finetune=self.finetune,
+            checkpoint=self.checkpoint,
+            boxes=self.uses_boxes,
+        )
         if family.name != "sam":
             self.finetune = "full"
         if family.name == "cnn" and self.steps is None and self.epochs is None and self.budget_s is None:
@@ -131,12 +138,21 @@ def model_spec(config: TrainConfig, phases: PhaseSet):
     sha256)."""
     from napari_metalseg.runs import ModelSpec, sha256_file
 
-    return ModelSpec(kind=config.model, img_size=config.img_size, phases=phases.to_json(), finetune=config.finetune,
-                     guidance=config.encoder_guidance, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
-                     lora_dropout=config.lora_dropout, lora_mlp=config.lora_mlp,
-                     checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
-                     checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None,
-                     width=config.width, depth=config.depth)
+    return ModelSpec(
+        kind=config.model,
+        img_size=config.img_size,
+        phases=phases.to_json(),
+        finetune=config.finetune,
+        guidance=config.encoder_guidance,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        lora_mlp=config.lora_mlp,
+        checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
+        checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None,
+        width=config.width,
+        depth=config.depth,
+    )
 
 
 UNTIL_BUDGET = 10**9
@@ -268,7 +284,7 @@ def _batch(sampler: CropSampler, config: TrainConfig, num_phases: int, rng: np.r
             boxes = np.stack(found).astype(np.float32)
             for m, b in zip(masks, boxes):  # the loss only sees the inside of the box
                 inside = np.zeros(m.shape, bool)
-                inside[int(b[1]): int(np.ceil(b[3])), int(b[0]): int(np.ceil(b[2]))] = True
+                inside[int(b[1]) : int(np.ceil(b[3])), int(b[0]) : int(np.ceil(b[2]))] = True
                 m[~inside] = UNLABELED
     return images, masks, ratios, boxes
 
@@ -286,9 +302,16 @@ def validate(model, samples: list[Sample], phases: PhaseSet, device: str, ratios
     return evaluation
 
 
-def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: TrainConfig,
-          val_samples: list[Sample] | None = None, stop: Callable[[], bool] | None = None,
-          resume: bool = False, export_full: bool = False) -> Iterator[ProgressEvent]:
+def train(
+    samples: list[Sample],
+    phases: PhaseSet,
+    out: str | Path,
+    config: TrainConfig,
+    val_samples: list[Sample] | None = None,
+    stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    export_full: bool = False,
+) -> Iterator[ProgressEvent]:
     """Train a phase-segmentation model; yields progress events; writes the run directory ``out``.
 
     Parameters
@@ -332,8 +355,10 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
     spec = model_spec(config, phases)
     val_set = val_samples if val_samples else None
     source = "val"
-    training = {k: v for k, v in asdict(config).items()} | {"train_images": [s.name for s in samples],
-                                                             "val_images": [s.name for s in val_set or []]}
+    training = {k: v for k, v in asdict(config).items()} | {
+        "train_images": [s.name for s in samples],
+        "val_images": [s.name for s in val_set or []],
+    }
     if val_set is None and config.holdout > 0:
         samples, held = holdout_pixels(samples, len(phases), config.holdout, seed=config.seed)
         if held:
@@ -345,11 +370,14 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         return
     model, report = spec.build(device, seed=config.seed)
     total_params, trainable_params = count_parameters(model)
-    yield ProgressEvent("info", message=f"{config.model} at {config.img_size}px, {config.finetune} fine-tuning: "
-                        f"{trainable_params:,} of {total_params:,} parameters trainable on {device}"
-                        + (f"; {report.summary()}" if report is not None else "")
-                        + (f"; budget {config.budget_s:g} s" if config.budget_s else ""),
-                        metrics={"parameters": total_params, "trainable": trainable_params})
+    yield ProgressEvent(
+        "info",
+        message=f"{config.model} at {config.img_size}px, {config.finetune} fine-tuning: "
+        f"{trainable_params:,} of {total_params:,} parameters trainable on {device}"
+        + (f"; {report.summary()}" if report is not None else "")
+        + (f"; budget {config.budget_s:g} s" if config.budget_s else ""),
+        metrics={"parameters": total_params, "trainable": trainable_params},
+    )
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
@@ -370,8 +398,9 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
     crops_from = samples
     if getattr(model, "contrast", None) == "image":  # as the predictor does for every micrograph it is given
         crops_from = [replace(s, image=normalize_contrast(s.image)) for s in samples]
-    sampler = CropSampler(crops_from, config.img_size, len(phases), seed=int(rng.integers(2**31)),
-                          augment=config.augment)
+    sampler = CropSampler(
+        crops_from, config.img_size, len(phases), seed=int(rng.integers(2**31)), augment=config.augment
+    )
     val_every = config.val_every or max(1, total // 5)
     val_seconds = budget / 5 if budget else None
     amp = use_bf16(config, device)
@@ -388,8 +417,16 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
             from napari_metalseg.io.atomic import atomic_path
 
             with atomic_path(out / RESUME) as tmp:
-                torch.save({"model": trainable_state_dict(model), "optimizer": optimizer.state_dict(),
-                            "step": step, "best": best, "seconds": time.perf_counter() - t0}, tmp)
+                torch.save(
+                    {
+                        "model": trainable_state_dict(model),
+                        "optimizer": optimizer.state_dict(),
+                        "step": step,
+                        "best": best,
+                        "seconds": time.perf_counter() - t0,
+                    },
+                    tmp,
+                )
 
     def factor(step: int) -> float:
         if total == UNTIL_BUDGET:
@@ -423,8 +460,10 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             save_resume(step)
-            raise MetalsegError(f"training diverged at step {step + 1} (loss {loss_value}); the last good run in "
-                                f"{out} is kept; try a lower --lr")
+            raise MetalsegError(
+                f"training diverged at step {step + 1} (loss {loss_value}); the last good run in "
+                f"{out} is kept; try a lower --lr"
+            )
         step += 1
         elapsed = time.perf_counter() - t0
         out_of_time = budget is not None and elapsed >= budget
@@ -432,8 +471,9 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
         if total == UNTIL_BUDGET:  # estimated from the pace so far
             shown_total = step if out_of_time else max(step + 1, int(round(step * budget / max(elapsed, 1e-6))))
         history.append({"step": step, "loss": loss_value, "lr": lr, "seconds": round(elapsed, 3)})
-        yield ProgressEvent("train", step, shown_total, loss_value, {"lr": lr, "seconds": elapsed},
-                            message=f"loss {loss_value:.4f}")
+        yield ProgressEvent(
+            "train", step, shown_total, loss_value, {"lr": lr, "seconds": elapsed}, message=f"loss {loss_value:.4f}"
+        )
         last = step == total or out_of_time
         due = (elapsed >= next_val) if next_val is not None else step % val_every == 0
         if due or last:
@@ -448,8 +488,14 @@ def train(samples: list[Sample], phases: PhaseSet, out: str | Path, config: Trai
                 if val_set is None or score > best or not (out / "config.json").is_file():
                     best = max(best, score) if math.isfinite(score) else best
                     save(last_metrics)
-                yield ProgressEvent("validate", step, shown_total, loss_value, last_metrics,
-                                    message=f"{last_metrics['source']} mean Dice {last_metrics['mean_dice']:.2f}%")
+                yield ProgressEvent(
+                    "validate",
+                    step,
+                    shown_total,
+                    loss_value,
+                    last_metrics,
+                    message=f"{last_metrics['source']} mean Dice {last_metrics['mean_dice']:.2f}%",
+                )
             save_resume(step)
         if last:
             total = step
@@ -467,8 +513,17 @@ CLASSICAL_FIT = {"n_estimators": 60, "num_leaves": 31, "learning_rate": 0.15, "m
 refit within a second (docs/quality.md compares both)."""
 
 
-def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainConfig, spec, val_set, source: str,
-              training: dict, rank: int) -> Iterator[ProgressEvent]:
+def _fit_once(
+    samples: list[Sample],
+    phases: PhaseSet,
+    out: Path,
+    config: TrainConfig,
+    spec,
+    val_set,
+    source: str,
+    training: dict,
+    rank: int,
+) -> Iterator[ProgressEvent]:
     """Train a family fitted in one call (the classical pixel classifier): fit, validate, write the run."""
     from napari_metalseg.models.classical import fit_classifier
     from napari_metalseg.runs import save_run
@@ -478,18 +533,28 @@ def _fit_once(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainC
     model = fit_classifier(samples, len(phases), tile_size=config.img_size, seed=config.seed, **CLASSICAL_FIT)
     seconds = time.perf_counter() - t0
     history = [{"step": 1, "seconds": round(seconds, 3)}]
-    yield ProgressEvent("train", 1, 1, metrics={"seconds": seconds, "parameters": model.n_parameters},
-                        message=f"fitted in {seconds:.1f} s")
+    yield ProgressEvent(
+        "train",
+        1,
+        1,
+        metrics={"seconds": seconds, "parameters": model.n_parameters},
+        message=f"fitted in {seconds:.1f} s",
+    )
     metrics: dict = {}
     if rank == 0:
         metrics = _metrics(validate(model, val_set or samples, phases, "cpu"), source)
         history.append({"step": 1, **metrics})
         save_run(out, spec, model, training=training | {"fit_seconds": seconds}, metrics=metrics, history=history)
-        yield ProgressEvent("validate", 1, 1, metrics=metrics,
-                            message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}%")
+        yield ProgressEvent(
+            "validate", 1, 1, metrics=metrics, message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}%"
+        )
     yield ProgressEvent("done", 1, 1, metrics=metrics, message=str(out))
 
 
 def _metrics(evaluation, source: str) -> dict:
-    return {"source": source, "mean_dice": evaluation.average, "by_magnification": evaluation.by_magnification(),
-            "dice_per_phase": evaluation.dice_per_phase()}
+    return {
+        "source": source,
+        "mean_dice": evaluation.average,
+        "by_magnification": evaluation.by_magnification(),
+        "dice_per_phase": evaluation.dice_per_phase(),
+    }

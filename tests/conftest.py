@@ -36,7 +36,16 @@ def trained_run(tmp_path_factory, synth_dataset, split_samples):
     from napari_metalseg.training import TrainConfig, train
 
     run = tmp_path_factory.mktemp("runs") / "tiny_ratio"
-    config = TrainConfig(model="tiny", img_size=IMG_SIZE, guidance="ratio", steps=TRAIN_STEPS, batch_size=4,
-                         lr=2e-3, val_every=TRAIN_STEPS // 2, device="cpu", seed=0)
+    config = TrainConfig(
+        model="tiny",
+        img_size=IMG_SIZE,
+        guidance="ratio",
+        steps=TRAIN_STEPS,
+        batch_size=4,
+        lr=2e-3,
+        val_every=TRAIN_STEPS // 2,
+        device="cpu",
+        seed=0,
+    )
     events = list(train(split_samples["train"], synth_dataset.phases, run, config, val_samples=split_samples["val"]))
     return run, events

@@ -56,8 +56,9 @@ def micrograph(seed: int, rare: bool = False, size: int = SIZE) -> tuple[np.ndar
     return np.clip(image, 0, 1).astype(np.float32), mask
 
 
-def scribbles(mask: np.ndarray, seed: int, strokes: tuple[int, ...] = (10, 6, 3), length: int = 40,
-              width: int = 2) -> np.ndarray:
+def scribbles(
+    mask: np.ndarray, seed: int, strokes: tuple[int, ...] = (10, 6, 3), length: int = 40, width: int = 2
+) -> np.ndarray:
     """Partial labels as a user draws them: ``strokes[k]`` thick strokes inside phase ``k``, the rest unlabeled."""
     rng = np.random.default_rng(seed)
     labels = np.full(mask.shape, UNLABELED, np.uint8)
@@ -93,8 +94,10 @@ def three_phase():
 
 
 def test_the_module_imports_without_torch_or_lightgbm():
-    code = ("import sys; import napari_metalseg.models.classical; "
-            "print(sorted(m for m in ('torch', 'lightgbm') if m in sys.modules))")
+    code = (
+        "import sys; import napari_metalseg.models.classical; "
+        "print(sorted(m for m in ('torch', 'lightgbm') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -114,7 +117,7 @@ def test_features_have_the_documented_shape_and_are_finite():
 
 def test_a_bright_disc_on_a_dark_background_is_separable():
     yy, xx = np.mgrid[:96, :96]
-    disc = (yy - 48) ** 2 + (xx - 40) ** 2 <= 20 ** 2
+    disc = (yy - 48) ** 2 + (xx - 40) ** 2 <= 20**2
     image = np.where(disc, 0.8, 0.2).astype(np.float32) + np.random.default_rng(0).normal(0, 0.05, disc.shape)
     feats = pixel_features(image.astype(np.float32))
     smooth = feats[feature_names().index("gaussian@1.6")]
@@ -210,7 +213,7 @@ def test_a_phase_without_labels_gets_probability_zero(two_phase):
     probs = model.predict_proba_features(pixel_features(image))
     assert probs.shape == (4, SIZE, SIZE)
     assert (probs[2:] == 0).all() and (probs[:2] > 0).any()
-    header = json.loads(model.to_text().split("\n", 1)[0][len(HEADER_PREFIX) + 3:])
+    header = json.loads(model.to_text().split("\n", 1)[0][len(HEADER_PREFIX) + 3 :])
     assert header["unlabeled_phases"] == [2, 3] and header["num_phases"] == 4
     assert model.config["unlabeled_phases"] == [2, 3]
 
@@ -255,7 +258,11 @@ def test_model_contract(two_phase):
     model, image, _, _ = two_phase
     assert (model.kind, model.img_size, model.predict_size, model.num_phases) == ("classical", SIZE, SIZE, 2)
     assert (model.guidance, model.supports_boxes, model.light_decoder, model.finetune_mode) == (
-        "none", False, False, None)
+        "none",
+        False,
+        False,
+        None,
+    )
     assert model.eval() is model and model.train() is model and model.to("cpu") is model
     assert list(model.parameters()) == []
     assert isinstance(model.n_parameters, int) and model.n_parameters >= model.n_trees
@@ -325,7 +332,7 @@ def test_save_load_round_trip_is_bit_identical(three_phase, tmp_path):
     data = path.read_bytes()
     text = data.decode("utf-8")  # plain UTF-8 text
     assert b"\x00" not in data and text.startswith(f"{HEADER_PREFIX}v1 {{")
-    header = json.loads(text.split("\n", 1)[0][len(HEADER_PREFIX) + 3:])
+    header = json.loads(text.split("\n", 1)[0][len(HEADER_PREFIX) + 3 :])
     assert header["feature_set"] == FEATURE_SET and header["sigmas"] == list(DEFAULT_SIGMAS)
     assert header["num_phases"] == 3 and header["tile_size"] == SIZE and "lightgbm" in header
     assert text.split("\n", 1)[1].startswith("tree\n")  # LightGBM's own text model follows
@@ -368,7 +375,7 @@ def test_a_pickle_payload_is_refused_and_never_executed(tmp_path, protocol):
 def _with_body(text: str, body: str, fix_checksum: bool) -> str:
     first = text.split("\n", 1)[0]
     if fix_checksum:
-        header = json.loads(first[len(HEADER_PREFIX) + 3:])
+        header = json.loads(first[len(HEADER_PREFIX) + 3 :])
         header["model_sha256"] = hashlib.sha256(body.encode()).hexdigest()
         first = f"{HEADER_PREFIX}v1 {json.dumps(header)}"
     return f"{first}\n{body}"
@@ -380,8 +387,10 @@ def test_broken_files_are_refused_with_one_error_naming_the_file(two_phase, tmp_
     cases = {
         "empty": ("", "empty"),
         "garbage": (_with_body(text, "tree\nthis is not a model\n" * 20, False), "checksum"),
-        "garbage-with-checksum": (_with_body(text, "tree\nversion=v4\nnum_class=banana\n", True),
-                                  "not a valid LightGBM text model"),
+        "garbage-with-checksum": (
+            _with_body(text, "tree\nversion=v4\nnum_class=banana\n", True),
+            "not a valid LightGBM text model",
+        ),
         "truncated": (text[: len(text) // 2], "checksum"),
         "truncated-with-checksum": (_with_body(text, body[: len(body) // 2], True), "truncated"),
         "version": (text.replace(f"{HEADER_PREFIX}v1 ", f"{HEADER_PREFIX}v2 ", 1), "'v2' is not supported"),
@@ -416,12 +425,12 @@ def test_inconsistent_lightgbm_text_never_reaches_lightgbm(two_phase, tmp_path):
 
     def edit_tree0(old: str, new: str) -> str:
         """Replace in the first tree and fix its size, so that only the edit is wrong."""
-        first, rest = sizes[len("tree_sizes="):].split(" ", 1)
+        first, rest = sizes[len("tree_sizes=") :].split(" ", 1)
         fixed = f"tree_sizes={int(first) + len(new) - len(old)} {rest}"
         return body.replace(old, new, 1).replace(sizes, fixed, 1)
 
     cases = {
-        "cycle": (edit_tree0(left, "left_child=0" + left[len("left_child=") + 1:]), "do not form a tree"),
+        "cycle": (edit_tree0(left, "left_child=0" + left[len("left_child=") + 1 :]), "do not form a tree"),
         "offsets": (body.replace(sizes, sizes + "0", 1), "truncated"),
         "feature": (edit_tree0("split_feature=", "split_feature=999"), "not below"),
         "no-trees": (body[: body.index("Tree=0")], "hold trees"),

@@ -55,8 +55,9 @@ def test_synth_writes_a_valid_dataset_and_is_deterministic(tmp_path):
     ds = load_dataset(tmp_path / "a", require_masks=True)
     assert len(ds) == 3 and ds.phases.names == ["ferrite", "martensite", "bainite"]
     for item in ds:
-        assert (tmp_path / "a" / "masks" / f"{item.name}.png").read_bytes() == \
-            (tmp_path / "b" / "masks" / f"{item.name}.png").read_bytes()
+        assert (tmp_path / "a" / "masks" / f"{item.name}.png").read_bytes() == (
+            tmp_path / "b" / "masks" / f"{item.name}.png"
+        ).read_bytes()
         fractions = [float(item.extra[f"true_fraction_{p}"]) for p in ds.phases.names]
         assert abs(fractions[0] - 0.6) < 0.04 and abs(fractions[2] - 0.1) < 0.04
     refused = runner.invoke(main, [*args, "--out", str(tmp_path / "a")])
@@ -68,4 +69,5 @@ def test_synth_bad_fractions_is_one_error_line(tmp_path):
     result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "x"), "--fractions", "0.5,abc"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: --fractions '0.5,abc': expected comma-separated numbers, e.g. 0.5,0.3,0.2"]
+        "error: --fractions '0.5,abc': expected comma-separated numbers, e.g. 0.5,0.3,0.2"
+    ]

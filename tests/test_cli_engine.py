@@ -17,10 +17,25 @@ def _invoke(*args):
 
 def test_train_predict_evaluate_features(synth_dataset, tmp_path):
     run = tmp_path / "run"
-    result = _invoke("train", "--data", synth_dataset.root, "--out", run, "--model", "tiny", "--steps", 4,
-                     "--img-size", 64, "--guidance", "spatial+box", "--device", "cpu")
+    result = _invoke(
+        "train",
+        "--data",
+        synth_dataset.root,
+        "--out",
+        run,
+        "--model",
+        "tiny",
+        "--steps",
+        4,
+        "--img-size",
+        64,
+        "--guidance",
+        "spatial+box",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output[result.output.index("{"):])["run"] == str(run)
+    assert json.loads(result.output[result.output.index("{") :])["run"] == str(run)
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["guidance"] == "spatial" and config["training"]["guidance"] == "spatial+box"
 
@@ -37,8 +52,9 @@ def test_train_predict_evaluate_features(synth_dataset, tmp_path):
     mask = load_dataset(tmp_path / "box").items[0].read_mask()
     assert (mask[:20] == 255).all() and (mask[20:90, 10:60] < 3).all()
 
-    result = _invoke("evaluate", "--model", run, "--data", synth_dataset.root, "--split", "test",
-                     "--json", tmp_path / "scores.json")
+    result = _invoke(
+        "evaluate", "--model", run, "--data", synth_dataset.root, "--split", "test", "--json", tmp_path / "scores.json"
+    )
     assert result.exit_code == 0, result.output
     header = result.output.strip().splitlines()[-2].split()
     assert header[0] == "Model" and header[-1] == "Avg."
@@ -63,40 +79,56 @@ def _one_error_line(result, *fragments):
 def test_bad_inputs_give_one_error_line(trained_run, synth_dataset, tmp_path):
     run, _ = trained_run
     image = synth_dataset.items[0].image_path
-    _one_error_line(_invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o", "--ratio", "1,2"),
-                    "has 2 values but the model has 3 phases")
-    _one_error_line(_invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o",
-                            "--ratio", "0.5,nan,0.5"), "NaN")
-    _one_error_line(_invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o",
-                            "--ratio", "0.5,-1,0.5"), "negative")
-    _one_error_line(_invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o",
-                            "--box", "0,0,9999,10"), "outside the image")
-    _one_error_line(_invoke("predict", "--model", tmp_path / "nope", "--input", image, "--out", tmp_path / "o"),
-                    "run directory does not exist")
+    _one_error_line(
+        _invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o", "--ratio", "1,2"),
+        "has 2 values but the model has 3 phases",
+    )
+    _one_error_line(
+        _invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o", "--ratio", "0.5,nan,0.5"), "NaN"
+    )
+    _one_error_line(
+        _invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o", "--ratio", "0.5,-1,0.5"),
+        "negative",
+    )
+    _one_error_line(
+        _invoke("predict", "--model", run, "--input", image, "--out", tmp_path / "o", "--box", "0,0,9999,10"),
+        "outside the image",
+    )
+    _one_error_line(
+        _invoke("predict", "--model", tmp_path / "nope", "--input", image, "--out", tmp_path / "o"),
+        "run directory does not exist",
+    )
     broken = tmp_path / "broken_run"
     shutil.copytree(run, broken)
     (broken / "adapter.safetensors").unlink()
-    _one_error_line(_invoke("predict", "--model", broken, "--input", image, "--out", tmp_path / "o"),
-                    "adapter.safetensors is missing")
+    _one_error_line(
+        _invoke("predict", "--model", broken, "--input", image, "--out", tmp_path / "o"),
+        "adapter.safetensors is missing",
+    )
     (broken / "adapter.safetensors").write_bytes(b"garbage")
-    _one_error_line(_invoke("predict", "--model", broken, "--input", image, "--out", tmp_path / "o"),
-                    "corrupt adapter file")
+    _one_error_line(
+        _invoke("predict", "--model", broken, "--input", image, "--out", tmp_path / "o"), "corrupt adapter file"
+    )
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)
     (empty / "phases.json").write_text('[{"name": "ferrite", "color": "#4477aa"}]')
     _one_error_line(_invoke("train", "--data", empty, "--out", tmp_path / "r"), "no images")
     other = tmp_path / "other"
     shutil.copytree(synth_dataset.root, other)
-    (other / "phases.json").write_text('[{"name": "a", "color": "#000000"}, {"name": "b", "color": "#ffffff"},'
-                                       ' {"name": "c", "color": "#ff0000"}]')
+    (other / "phases.json").write_text(
+        '[{"name": "a", "color": "#000000"}, {"name": "b", "color": "#ffffff"}, {"name": "c", "color": "#ff0000"}]'
+    )
     _one_error_line(_invoke("evaluate", "--model", run, "--data", other), "differ from the model's")
 
 
-@pytest.mark.parametrize("flag, value, fragment", [
-    ("--img-size", "100", "multiple of 16"),
-    ("--steps", "0", "at least 1"),
-    ("--finetune", "lora", "needs a pretrained --checkpoint"),
-])
+@pytest.mark.parametrize(
+    "flag, value, fragment",
+    [
+        ("--img-size", "100", "multiple of 16"),
+        ("--steps", "0", "at least 1"),
+        ("--finetune", "lora", "needs a pretrained --checkpoint"),
+    ],
+)
 def test_bad_training_arguments(synth_dataset, tmp_path, flag, value, fragment):
     _one_error_line(_invoke("train", "--data", synth_dataset.root, "--out", tmp_path / "r", flag, value), fragment)
 
@@ -104,17 +136,49 @@ def test_bad_training_arguments(synth_dataset, tmp_path, flag, value, fragment):
 def test_wrong_checkpoint_is_one_error_line(synth_dataset, tmp_path):
     bad = tmp_path / "sam_vit_b.pth"
     bad.write_bytes(b"not a checkpoint")
-    _one_error_line(_invoke("train", "--data", synth_dataset.root, "--out", tmp_path / "r", "--model", "vit_b",
-                            "--checkpoint", bad, "--steps", "1"), "sam_vit_b.pth")
+    _one_error_line(
+        _invoke(
+            "train",
+            "--data",
+            synth_dataset.root,
+            "--out",
+            tmp_path / "r",
+            "--model",
+            "vit_b",
+            "--checkpoint",
+            bad,
+            "--steps",
+            "1",
+        ),
+        "sam_vit_b.pth",
+    )
 
 
 def test_benchmark_against_sam_predictor(tmp_path):
-    result = _invoke("benchmark", "--model", "tiny", "--img-size", 128, "--image-size", 200, "--repeat", 1,
-                     "--device", "cpu", "--json", tmp_path / "b.json")
+    result = _invoke(
+        "benchmark",
+        "--model",
+        "tiny",
+        "--img-size",
+        128,
+        "--image-size",
+        200,
+        "--repeat",
+        1,
+        "--device",
+        "cpu",
+        "--json",
+        tmp_path / "b.json",
+    )
     assert result.exit_code == 0, result.output
     numbers = json.loads((tmp_path / "b.json").read_text())
-    for key in ("encoder_first_predict", "decoder_ratio_change", "decoder_box", "sam_predictor_set_image",
-                "sam_predictor_predict_box"):
+    for key in (
+        "encoder_first_predict",
+        "decoder_ratio_change",
+        "decoder_box",
+        "sam_predictor_set_image",
+        "sam_predictor_predict_box",
+    ):
         assert numbers[key] > 0, key
     # a ratio change reruns only the decoder: far cheaper than the cold prediction with the encoder
     assert numbers["decoder_ratio_change"] < numbers["encoder_first_predict"]

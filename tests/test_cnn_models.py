@@ -1,4 +1,4 @@
-"""Tests of the task-specific CNN families (Enhanced U-Net3+, Enhanced ELU-Net) and their :class:`PhaseCNN` wrapper.
+"""Tests of the CNN families (plain U-Net, Enhanced U-Net3+, Enhanced ELU-Net) and their :class:`PhaseCNN` wrapper.
 
 Everything runs on the CPU with narrow, shallow networks on 32-64 px inputs, so the whole file takes seconds.
 """
@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.cnn import PhaseCNN
 from napari_metalseg.models.elunet import ELUNet, build_elunet
+from napari_metalseg.models.unet import UNet, build_unet
 from napari_metalseg.models.unet3plus import UNet3Plus, build_unet3plus
 
-BUILDERS = {"unet3plus": build_unet3plus, "elunet": build_elunet}
+BUILDERS = {"unet": build_unet, "unet3plus": build_unet3plus, "elunet": build_elunet}
+BACKBONES = {"unet": UNet, "unet3plus": UNet3Plus, "elunet": ELUNet}
 FAMILIES = list(BUILDERS)
 K = 3
 
@@ -66,7 +68,7 @@ def _perturb(module: torch.nn.Module, seed: int = 0) -> None:
 def test_contract_attributes(family):
     model = _build(family, img_size=64, depth=4, guidance="ratio")
     assert isinstance(model, PhaseCNN) and model.kind == family
-    assert isinstance(model.backbone, UNet3Plus if family == "unet3plus" else ELUNet)
+    assert isinstance(model.backbone, BACKBONES[family])
     assert (model.img_size, model.num_phases, model.guidance) == (64, K, "ratio")
     assert model.supports_boxes is False and model.light_decoder is False and model.finetune_mode == "full"
     assert model.predict_size == 512 and model.training

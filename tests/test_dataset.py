@@ -26,10 +26,13 @@ def dataset_dir(tmp_path):
     write_item(root, "a", _image(), mask)
     write_item(root, "b", _image(seed=1), np.ones((32, 40), np.uint8))
     write_item(root, "c", _image(seed=2), None)  # prediction only
-    write_metadata(root, [
-        {"name": "a", "magnification": 3000, "pixel_size_um": 0.04, "split": "train", "sample": "S1"},
-        {"name": "b", "magnification": 5000, "split": "test"},
-    ])
+    write_metadata(
+        root,
+        [
+            {"name": "a", "magnification": 3000, "pixel_size_um": 0.04, "split": "train", "sample": "S1"},
+            {"name": "b", "magnification": 5000, "split": "test"},
+        ],
+    )
     return root
 
 

@@ -25,14 +25,17 @@ def test_registry_names_every_family():
         family_of("resnet")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"model": "unet3plus", "guidance": "ratio+box"}, "box prompts need a SAM model"),
-    ({"model": "classical", "guidance": "ratio"}, "no 'ratio' guidance"),
-    ({"model": "elunet", "finetune": "lora"}, "applies to SAM models"),
-    ({"model": "elunet", "checkpoint": "sam_vit_b.pth"}, "does not apply"),
-    ({"model": "tiny", "width": 8}, "--width 8: applies to unet3plus/elunet only"),
-    ({"model": "unet3plus", "budget_s": 0}, "--budget-s 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model": "unet3plus", "guidance": "ratio+box"}, "box prompts need a SAM model"),
+        ({"model": "classical", "guidance": "ratio"}, "no 'ratio' guidance"),
+        ({"model": "elunet", "finetune": "lora"}, "applies to SAM models"),
+        ({"model": "elunet", "checkpoint": "sam_vit_b.pth"}, "does not apply"),
+        ({"model": "tiny", "width": 8}, "--width 8: applies to unet3plus/elunet only"),
+        ({"model": "unet3plus", "budget_s": 0}, "--budget-s 0"),
+    ],
+)
 def test_options_a_family_cannot_honour_are_refused(kwargs, message):
     with pytest.raises(MetalsegError, match=message):
         TrainConfig(**kwargs)
@@ -49,8 +52,9 @@ def test_each_family_trains_saves_loads_and_predicts_identically(kind, split_sam
     extra = {} if kind == "classical" else {"width": 4, "depth": 3, "steps": 6, "batch_size": 2, "img_size": 64}
     config = TrainConfig(model=kind, device="cpu", **extra)
     run = tmp_path / kind
-    events = list(train(split_samples["train"][:2], synth_dataset.phases, run, config,
-                        val_samples=split_samples["val"][:1]))
+    events = list(
+        train(split_samples["train"][:2], synth_dataset.phases, run, config, val_samples=split_samples["val"][:1])
+    )
     assert events[-1].kind == "done" and any(e.kind == "validate" for e in events)
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["kind"] == kind and saved["metrics"]["source"] == "val"
@@ -69,8 +73,9 @@ def test_each_family_trains_saves_loads_and_predicts_identically(kind, split_sam
 
 
 def test_guided_cnn_takes_ratios_in_prediction(split_samples, synth_dataset, tmp_path):
-    config = TrainConfig(model="elunet", guidance="ratio", width=4, depth=3, steps=3, batch_size=2, img_size=64,
-                         device="cpu")
+    config = TrainConfig(
+        model="elunet", guidance="ratio", width=4, depth=3, steps=3, batch_size=2, img_size=64, device="cpu"
+    )
     list(train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config))
     predictor = Predictor.from_run(tmp_path / "run", device="cpu")
     image = split_samples["test"][0].image
@@ -105,11 +110,11 @@ def test_holdout_pixels_split_labels_in_squares_and_keep_every_phase():
     np.testing.assert_array_equal(np.where(t != UNLABELED, t, v), mask)
     assert 0.1 < (v != UNLABELED).sum() / (mask != UNLABELED).sum() < 0.5
     assert (t == 2).sum() == 4
-    held = (v != UNLABELED)
+    held = v != UNLABELED
     for y in range(0, 96, 16):  # whole squares
         for x in range(0, 96, 16):
-            cell = held[y:y + 16, x:x + 16]
-            labelled = mask[y:y + 16, x:x + 16] != UNLABELED
+            cell = held[y : y + 16, x : x + 16]
+            labelled = mask[y : y + 16, x : x + 16] != UNLABELED
             assert not cell.any() or np.array_equal(cell, labelled)
 
 

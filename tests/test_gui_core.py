@@ -30,11 +30,17 @@ PLUGIN = "napari-metalseg"
 IMAGE = "synthetic steel 3000x"
 ZEISS = Path(__file__).parent / "data" / "sem" / "nanoporous_gold_zeiss.tif"
 WAIT_MS = 120_000
-MY_WIDGETS = {"Model": ModelWidget, "Predict": PredictWidget, "Box prompts": BoxPromptWidget,
-              "Phase ratios": RatioWidget, "Encoder features": FeaturesWidget}
+MY_WIDGETS = {
+    "Model": ModelWidget,
+    "Predict": PredictWidget,
+    "Box prompts": BoxPromptWidget,
+    "Phase ratios": RatioWidget,
+    "Encoder features": FeaturesWidget,
+}
 
 
 # -- fixtures ----------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sample_layers():
@@ -87,6 +93,7 @@ def predict(viewer, qtbot, probabilities: bool = False) -> Labels:
 
 # -- start-up ------------------------------------------------------------------------------------------------------
 
+
 def test_widget_modules_import_fast_without_torch():
     code = (
         "import time, sys\n"
@@ -109,8 +116,12 @@ def test_widget_modules_import_fast_without_torch():
 
 def test_gui_command_docks_every_widget_and_saves_a_screenshot(tmp_path):
     shot = tmp_path / "overview.png"
-    out = subprocess.run([sys.executable, "-m", "napari_metalseg.cli", "gui", "--screenshot", str(shot)],
-                         capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-m", "napari_metalseg.cli", "gui", "--screenshot", str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "could not be opened" not in out.stderr
     assert shot.is_file() and shot.stat().st_size > 10_000
@@ -134,6 +145,7 @@ def test_bad_input_is_a_notification_not_a_crash(viewer, tmp_path):
 
 
 # -- model, predict ------------------------------------------------------------------------------------------------
+
 
 def test_model_widget_loads_trained_run(loaded, trained_run):
     session = session_of(loaded)
@@ -167,11 +179,13 @@ def test_predict_creates_coloured_phase_layer(loaded, qtbot):
 
 # -- box prompts ---------------------------------------------------------------------------------------------------
 
+
 def _empty_target(viewer) -> Labels:
     session = session_of(viewer)
     image = viewer.layers[IMAGE]
-    return show_phase_map(viewer, np.full(image.data.shape, 255, np.uint8), session.phases,
-                          scale=image.scale, translate=image.translate)
+    return show_phase_map(
+        viewer, np.full(image.data.shape, 255, np.uint8), session.phases, scale=image.scale, translate=image.translate
+    )
 
 
 def _draw_box(viewer, qtbot, widget, corners) -> None:
@@ -237,6 +251,7 @@ def test_object_rule_keeps_the_centre_object_with_holes_filled():
 
 # -- ratios ----------------------------------------------------------------------------------------------------------
 
+
 def test_rebalance_keeps_sum_one():
     r = rebalance([0.5, 0.3, 0.2], 0, 0.8)
     assert np.isclose(r.sum(), 1.0) and np.isclose(r[0], 0.8) and np.isclose(r[1] / r[2], 1.5)
@@ -282,6 +297,7 @@ def test_ratios_estimated_from_labels(loaded):
 
 # -- features --------------------------------------------------------------------------------------------------------
 
+
 def test_feature_layers_have_block_axis_and_image_scale(loaded, qtbot):
     widget = dock(loaded, "Encoder features")
     widget.image.set_layer(IMAGE)
@@ -299,6 +315,7 @@ def test_feature_layers_have_block_axis_and_image_scale(loaded, qtbot):
 
 
 # -- reader, writer, sample data ---------------------------------------------------------------------------------------
+
 
 def test_writer_reader_round_trip(make_napari_viewer_proxy, tmp_path):
     viewer = make_napari_viewer_proxy()
@@ -332,11 +349,11 @@ def test_reader_on_real_zeiss_tiff_gives_physical_scale():
 
     reader = get_reader(str(ZEISS))
     assert reader is not None
-    (data, kwargs, kind), = reader(str(ZEISS))
+    ((data, kwargs, kind),) = reader(str(ZEISS))
     assert kind == "image" and data.shape == (691, 1024)
     assert kwargs["scale"] == pytest.approx((0.000543, 0.000543))
     assert kwargs["metadata"]["metalseg_micrograph"]["info_band_rows"] == 77
-    (sample, sample_kwargs, _), = zeiss_sem()
+    ((sample, sample_kwargs, _),) = zeiss_sem()
     assert np.array_equal(sample, data) and "MIT" in sample_kwargs["metadata"]["note"]
 
 
@@ -355,6 +372,7 @@ def test_reader_opens_a_dataset_and_declines_other_paths(synth_dataset, tmp_path
 
 
 # -- triton guard ----------------------------------------------------------------------------------------------------
+
 
 def test_lora_model_built_after_a_viewer_exists(make_napari_viewer_proxy, tmp_path, qtbot):
     viewer = make_napari_viewer_proxy()
@@ -385,17 +403,22 @@ def test_lora_model_built_after_a_viewer_exists(make_napari_viewer_proxy, tmp_pa
 
 # -- the other model families in the same docks -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def family_runs(tmp_path_factory, split_samples, synth_dataset):
     """A short run of each non-SAM family."""
     from napari_metalseg.training import TrainConfig, train
 
     runs = {}
-    for kind, extra in (("elunet", {"steps": 4, "img_size": 64, "batch_size": 2}),
-                        ("unet3plus", {"steps": 4, "img_size": 64, "batch_size": 2}), ("classical", {})):
+    for kind, extra in (
+        ("elunet", {"steps": 4, "img_size": 64, "batch_size": 2}),
+        ("unet3plus", {"steps": 4, "img_size": 64, "batch_size": 2}),
+        ("classical", {}),
+    ):
         run = tmp_path_factory.mktemp("runs") / kind
-        list(train(split_samples["train"][:2], synth_dataset.phases, run, TrainConfig(model=kind, device="cpu",
-                                                                                        **extra)))
+        list(
+            train(split_samples["train"][:2], synth_dataset.phases, run, TrainConfig(model=kind, device="cpu", **extra))
+        )
         runs[kind] = run
     return runs
 

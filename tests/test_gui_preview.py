@@ -59,8 +59,12 @@ def test_painting_shows_a_preview_that_follows_the_strokes(viewer, qtbot):
     updates = widget.preview.updates
     _strokes(labels, mask, 1, rows=range(4, 190, 8), step=2)
     _strokes(labels, mask, 0, rows=range(30, 190, 25), step=2)
-    qtbot.waitUntil(lambda: widget.preview.updates > updates and widget.preview.worker is None
-                    and not widget.preview.timer.isActive(), timeout=60_000)
+    qtbot.waitUntil(
+        lambda: (
+            widget.preview.updates > updates and widget.preview.worker is None and not widget.preview.timer.isActive()
+        ),
+        timeout=60_000,
+    )
     assert not np.array_equal(first, preview.data)
     assert (np.asarray(preview.data) - 1 == mask).mean() >= accuracy - 0.05
 

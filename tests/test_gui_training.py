@@ -44,10 +44,11 @@ def _add_annotated(viewer, name: str = "steel", size: int = 96, seed: int = 0, u
 
     image, mask = _micrograph(size, seed)
     data = (image * 255 + 0.5).astype(np.uint8) if uint8 else image
-    image_layer = viewer.add_image(data, name=name, metadata={MICROGRAPH_KEY: {"magnification": 3000.0,
-                                                                               "pixel_size_um": 0.05}})
+    image_layer = viewer.add_image(
+        data, name=name, metadata={MICROGRAPH_KEY: {"magnification": 3000.0, "pixel_size_um": 0.05}}
+    )
     labels = mask_to_labels(mask)
-    labels[:, 2 * size // 3:] = 0
+    labels[:, 2 * size // 3 :] = 0
     labels_layer = viewer.add_labels(labels, name=f"{name} labels")
     return image_layer, labels_layer
 
@@ -107,7 +108,6 @@ def test_pairing_rule(viewer):
 def test_training_from_layers_keeps_the_viewer_responsive(viewer, qtbot, tmp_path, capsys):
     from qtpy.QtCore import QTimer
 
-
     _, labels_layer = _add_annotated(viewer)
     drawn = np.array(labels_layer.data)
     widget = _training_widget(viewer)
@@ -132,8 +132,10 @@ def test_training_from_layers_keeps_the_viewer_responsive(viewer, qtbot, tmp_pat
     gaps = np.diff(ticks)
     p95 = float(np.percentile(gaps, 95))
     with capsys.disabled():
-        print(f"\n[responsiveness] run {duration:.1f} s, {len(ticks)} ticks of a 20 ms timer, gap p50 "
-              f"{1000 * np.median(gaps):.0f} ms, p95 {1000 * p95:.0f} ms, max {1000 * gaps.max():.0f} ms")
+        print(
+            f"\n[responsiveness] run {duration:.1f} s, {len(ticks)} ticks of a 20 ms timer, gap p50 "
+            f"{1000 * np.median(gaps):.0f} ms, p95 {1000 * p95:.0f} ms, max {1000 * gaps.max():.0f} ms"
+        )
     assert p95 < 0.25, f"event loop blocked: p95 timer gap {p95 * 1000:.0f} ms"
     assert len(ticks) >= 0.3 * duration / 0.020, "the 20 ms timer hardly ticked during training"
 
@@ -213,8 +215,9 @@ def test_add_to_training_set_writes_image_mask_and_metadata(viewer, tmp_path):
         item = dataset.item(name)
         np.testing.assert_array_equal(item.read_mask(), labels_to_mask(np.asarray(layer.data), 2))
         assert item.split == "train" and item.magnification == 3000 and item.pixel_size_um == 0.05
-    np.testing.assert_array_equal(dataset.item("field A").read_image().image,
-                                  np.asarray(image_a.data, np.float32) / 255)
+    np.testing.assert_array_equal(
+        dataset.item("field A").read_image().image, np.asarray(image_a.data, np.float32) / 255
+    )
     assert set(read_metadata(root)) == {"field A", "field B"}
 
     # a correction re-added replaces only that mask
@@ -310,8 +313,9 @@ def _known_layer(viewer, name: str = "phases"):
     labels[:20, 20:] = 2
     if "steel" not in viewer.layers:
         viewer.add_image(np.zeros((40, 40), np.float32), name="steel", scale=(0.5, 0.5), units=UNITS)
-    return show_phase_map(viewer, labels, PHASES, name=name, labels=True, scale=(0.5, 0.5),
-                          metadata={IMAGE_KEY: "steel"})
+    return show_phase_map(
+        viewer, labels, PHASES, name=name, labels=True, scale=(0.5, 0.5), metadata={IMAGE_KEY: "steel"}
+    )
 
 
 def test_quantify_shows_exact_fractions_and_follows_corrections(viewer, qtbot):
@@ -357,11 +361,27 @@ def test_quantify_exports_csv_and_json(viewer, qtbot, tmp_path):
     path = widget.export_csv(tmp_path / "fractions.csv")
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    per_phase = ("fraction", "point_fraction", "pixels", "islands", "mean_island_area", "median_island_area",
-                 "mean_diameter", "median_diameter")
-    expected = ["image", "magnification", "pixel_size_um", "sample",
-                *[f"{p}_{c}" for p in PHASES.names for c in per_phase],
-                "length_unit", "labelled_pixels", "points", "grid_spacing_px"]
+    per_phase = (
+        "fraction",
+        "point_fraction",
+        "pixels",
+        "islands",
+        "mean_island_area",
+        "median_island_area",
+        "mean_diameter",
+        "median_diameter",
+    )
+    expected = [
+        "image",
+        "magnification",
+        "pixel_size_um",
+        "sample",
+        *[f"{p}_{c}" for p in PHASES.names for c in per_phase],
+        "length_unit",
+        "labelled_pixels",
+        "points",
+        "grid_spacing_px",
+    ]
     assert list(rows[0]) == expected
     assert rows[0]["image"] == "phases" and float(rows[0]["ferrite_fraction"]) == pytest.approx(2 / 3)
     assert rows[0]["length_unit"] == "um" and rows[0]["pixel_size_um"] == "0.5"

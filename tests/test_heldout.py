@@ -136,8 +136,25 @@ def test_write_heldout_dataset(tmp_path):
 def test_cli_two_phase(tmp_path, capsys):
     from napari_metalseg.data.dataset import load_dataset
 
-    assert main(["--out", str(tmp_path / "dp"), "--n", "2", "--size", "48", "--seed", "1", "--phases", "2",
-                 "--split", "val"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "dp"),
+                "--n",
+                "2",
+                "--size",
+                "48",
+                "--seed",
+                "1",
+                "--phases",
+                "2",
+                "--split",
+                "val",
+            ]
+        )
+        == 0
+    )
     ds = load_dataset(tmp_path / "dp", require_masks=True)
     assert ds.phases.names == ["ferrite", "martensite"]
     assert len(ds.split("val")) == 2

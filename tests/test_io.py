@@ -161,8 +161,7 @@ def test_rgb_tiff_luminance(tmp_path, planar):
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 128, 10
     rgb[:16] = 200  # gray part stays exact
     data = np.moveaxis(rgb, -1, 0) if planar else rgb
-    tifffile.imwrite(tmp_path / "rgb.tif", data, photometric="rgb",
-                     planarconfig="separate" if planar else "contig")
+    tifffile.imwrite(tmp_path / "rgb.tif", data, photometric="rgb", planarconfig="separate" if planar else "contig")
     m = read_micrograph(tmp_path / "rgb.tif")
     assert m.shape == (32, 40)
     assert m.image[20, 5] == pytest.approx((0.299 * 255 + 0.587 * 128 + 0.114 * 10) / 255, abs=1e-6)
@@ -290,8 +289,9 @@ def test_fei_without_canvas_width_has_no_magnification(tmp_path):
 
 def test_imagej_calibration_gives_pixel_size(tmp_path):
     path = tmp_path / "fiji.tif"
-    tifffile.imwrite(path, (texture() * 255).astype(np.uint8), imagej=True, resolution=(4.0, 4.0),
-                     metadata={"unit": "micron"})
+    tifffile.imwrite(
+        path, (texture() * 255).astype(np.uint8), imagej=True, resolution=(4.0, 4.0), metadata={"unit": "micron"}
+    )
     assert read_micrograph(path).pixel_size_um == pytest.approx(0.25)
 
 
@@ -330,8 +330,15 @@ def test_filename_fallback_when_no_metadata(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("500.00 K X", 500000), ("25 kX", 25000), ("1.2 M X", 1.2e6), ("3000x", 3000), (750, 750), ("abc", None),
-     ("0 X", None)],
+    [
+        ("500.00 K X", 500000),
+        ("25 kX", 25000),
+        ("1.2 M X", 1.2e6),
+        ("3000x", 3000),
+        (750, 750),
+        ("abc", None),
+        ("0 X", None),
+    ],
 )
 def test_parse_magnification(text, expected):
     assert parse_magnification(text) == (pytest.approx(expected) if expected else None)
@@ -377,8 +384,16 @@ def _binary() -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "make", [_noise, _vertical_gradient, _horizontal_gradient, _dark_textured_bottom, _black_bottom_without_text,
-             _binary, lambda: texture((256, 200))],
+    "make",
+    [
+        _noise,
+        _vertical_gradient,
+        _horizontal_gradient,
+        _dark_textured_bottom,
+        _black_bottom_without_text,
+        _binary,
+        lambda: texture((256, 200)),
+    ],
 )
 def test_no_band_on_images_without_one(tmp_path, make):
     image = make()
@@ -468,10 +483,14 @@ BAD_FILES = {
     "truncated.jpg": (_jpeg_bytes((NOISE16 >> 8).astype(np.uint8))[:1500], "not a readable image"),
     "one_pixel.png": (_png_bytes(np.zeros((1, 1), dtype=np.uint8)), "1x1 pixels"),
     "thin.tif": (_tiff_bytes(np.zeros((5, 100), dtype=np.uint8)), "100x5 pixels"),
-    "stack.tif": (_tiff_bytes(np.zeros((3, 32, 32), dtype=np.uint8), photometric="minisblack"),
-                  "is a stack of 3 images"),
-    "zstack.tif": (_tiff_bytes(np.zeros((4, 32, 32), dtype=np.uint8), imagej=True, metadata={"axes": "ZYX"}),
-                   "is a stack of 4 images"),
+    "stack.tif": (
+        _tiff_bytes(np.zeros((3, 32, 32), dtype=np.uint8), photometric="minisblack"),
+        "is a stack of 3 images",
+    ),
+    "zstack.tif": (
+        _tiff_bytes(np.zeros((4, 32, 32), dtype=np.uint8), imagej=True, metadata={"axes": "ZYX"}),
+        "is a stack of 4 images",
+    ),
     "frames.png": (_apng_bytes(), "is a stack of 3 images"),
     "nan.tif": (_tiff_bytes(np.where(np.eye(16) > 0, np.nan, 0.5).astype(np.float32)), "NaN or infinite"),
     "inf.tif": (_tiff_bytes(np.where(np.eye(16) > 0, np.inf, 0.5).astype(np.float32)), "NaN or infinite"),

@@ -14,7 +14,14 @@ def test_manifest_is_valid_and_registered():
     contributions = manifest.contributions
     assert contributions.readers and contributions.writers and len(contributions.sample_data) == 2
     assert {w.display_name for w in contributions.widgets} == {
-        "Model", "Predict", "Box prompts", "Phase ratios", "Encoder features", "Training", "Quantify"}
+        "Model",
+        "Predict",
+        "Box prompts",
+        "Phase ratios",
+        "Encoder features",
+        "Training",
+        "Quantify",
+    }
     for command in contributions.commands:
         module, name = command.python_name.split(":")
         assert hasattr(importlib.import_module(module), name), command.python_name
@@ -28,9 +35,11 @@ def test_npe2_validate_command():
 
 
 def test_widget_modules_import_without_torch():
-    code = ("import sys, importlib; [importlib.import_module('napari_metalseg._widgets.' + m) for m in "
-            "('model', 'predict', 'boxes', 'ratios', 'features', 'training', 'quantify', 'reader', 'writer')]; "
-            "heavy = [m for m in ('torch', 'segment_anything', 'peft') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, importlib; [importlib.import_module('napari_metalseg._widgets.' + m) for m in "
+        "('model', 'predict', 'boxes', 'ratios', 'features', 'training', 'quantify', 'reader', 'writer')]; "
+        "heavy = [m for m in ('torch', 'segment_anything', 'peft') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

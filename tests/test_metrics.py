@@ -70,10 +70,12 @@ def test_grouping_by_magnification_and_average():
 
 
 def test_seed_table_matches_the_study_row():
-    table = format_seed_table({
-        "LoRA-SAM(512)": {"x2700": 86.56, "x3000": 82.16, "x5000": 88.87},
-        "SAM": {"x2700": 13.33, "x3000": 12.38, "x5000": 15.14},
-    })
+    table = format_seed_table(
+        {
+            "LoRA-SAM(512)": {"x2700": 86.56, "x3000": 82.16, "x5000": 88.87},
+            "SAM": {"x2700": 13.33, "x3000": 12.38, "x5000": 15.14},
+        }
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["Model", "x2700", "x3000", "x5000", "Avg."]
     assert lines[1].split() == ["LoRA-SAM(512)", "86.56", "82.16", "88.87", "85.86"]

@@ -225,12 +225,8 @@ def test_configs_match_official_builder(kind):
     with torch.device("meta"):
         official = sam_model_registry[kind]()
         ours = build_sam(kind, img_size=1024, num_phases=3)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {
-        k: v.shape for k, v in official.state_dict().items()
-    }
-    assert [b.window_size for b in ours.image_encoder.blocks] == [
-        b.window_size for b in official.image_encoder.blocks
-    ]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in official.state_dict().items()}
+    assert [b.window_size for b in ours.image_encoder.blocks] == [b.window_size for b in official.image_encoder.blocks]
     assert detect_kind(official.state_dict()) == kind
 
 
@@ -328,9 +324,7 @@ def test_wrong_kind_is_refused(vit_b_file):
 
 
 def test_tiny_checkpoint_requested_as_vit_b(tiny_file):
-    with pytest.raises(
-        MetalsegError, match=r"sam_tiny.pth: checkpoint is tiny \(96-dim, 4 blocks\) but --model vit_b"
-    ):
+    with pytest.raises(MetalsegError, match=r"sam_tiny.pth: checkpoint is tiny \(96-dim, 4 blocks\) but --model vit_b"):
         load_sam_checkpoint(build_sam("tiny", img_size=64), tiny_file, "vit_b")
 
 
@@ -382,9 +376,7 @@ def test_truncated_file_is_refused(tmp_path, tiny_file):
     data = tiny_file.read_bytes()
     path = tmp_path / "half.pth"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(
-        MetalsegError, match=r"half\.pth: cannot read checkpoint: file is truncated or corrupt"
-    ):
+    with pytest.raises(MetalsegError, match=r"half\.pth: cannot read checkpoint: file is truncated or corrupt"):
         load_sam_checkpoint(build_sam("tiny", img_size=64), path, "tiny")
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
@@ -505,9 +497,7 @@ def test_trainable_state_roundtrip_safetensors(tmp_path, trained_lora):
     model, _ = trained_lora
     state = trainable_state_dict(model)
     assert state and not any(parameter_group(k) == "base" for k in state)
-    assert not any(
-        k.startswith(("sam.image_encoder.", "sam.prompt_encoder.")) and "lora_" not in k for k in state
-    )
+    assert not any(k.startswith(("sam.image_encoder.", "sam.prompt_encoder.")) and "lora_" not in k for k in state)
     path = tmp_path / "adapter.safetensors"
     save_file(state, str(path))
     fresh, _ = build_phase_sam(**{**model.config, "finetune": "lora"})

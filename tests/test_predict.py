@@ -45,7 +45,7 @@ def test_large_non_square_image_is_tiled_with_blending(predictor, split_samples)
     # far from tile seams the blended result equals an untiled prediction of that region
     crop = predictor.predict(image[:IMG_SIZE, :IMG_SIZE])
     c = IMG_SIZE // 2
-    assert np.array_equal(crop.labels[c - 8:c + 8, c - 8:c + 8], result.labels[c - 8:c + 8, c - 8:c + 8])
+    assert np.array_equal(crop.labels[c - 8 : c + 8, c - 8 : c + 8], result.labels[c - 8 : c + 8, c - 8 : c + 8])
 
 
 def test_small_image_is_padded(predictor):
@@ -71,12 +71,15 @@ def test_box_larger_than_the_model_input(predictor, split_samples):
     assert (result.labels[301:] == UNLABELED).all()
 
 
-@pytest.mark.parametrize("ratio, fragment", [
-    ([0.5, 0.5], "has 2 values but the model has 3 phases"),
-    ([0.5, float("nan"), 0.5], "NaN"),
-    ([0.5, -0.1, 0.6], "negative"),
-    ([0, 0, 0], "sums to 0"),
-])
+@pytest.mark.parametrize(
+    "ratio, fragment",
+    [
+        ([0.5, 0.5], "has 2 values but the model has 3 phases"),
+        ([0.5, float("nan"), 0.5], "NaN"),
+        ([0.5, -0.1, 0.6], "negative"),
+        ([0, 0, 0], "sums to 0"),
+    ],
+)
 def test_bad_ratios(predictor, ratio, fragment):
     with pytest.raises(MetalsegError, match=fragment):
         check_ratios(ratio, predictor.phases)
@@ -86,12 +89,15 @@ def test_ratio_is_normalised(predictor):
     assert check_ratios([2, 1, 1], predictor.phases).tolist() == [0.5, 0.25, 0.25]
 
 
-@pytest.mark.parametrize("box, fragment", [
-    ((0, 0, 300, 10), "outside the image"),
-    ((-1, 0, 10, 10), "outside the image"),
-    ((10, 10, 5, 20), "x0 < x1"),
-    ((1, 2, 3), "four numbers"),
-])
+@pytest.mark.parametrize(
+    "box, fragment",
+    [
+        ((0, 0, 300, 10), "outside the image"),
+        ((-1, 0, 10, 10), "outside the image"),
+        ((10, 10, 5, 20), "x0 < x1"),
+        ((1, 2, 3), "four numbers"),
+    ],
+)
 def test_bad_boxes(box, fragment):
     with pytest.raises(MetalsegError, match=fragment):
         check_box(box, (100, 200))

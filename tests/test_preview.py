@@ -12,8 +12,8 @@ from napari_metalseg.preview import LivePreview, uncertainty_map
 
 def test_uncertainty_margin_and_entropy():
     p = np.zeros((3, 1, 3), np.float32)
-    p[:, 0, 0] = (1, 0, 0)          # sure
-    p[:, 0, 1] = (0.5, 0.5, 0)      # a tie between two phases
+    p[:, 0, 0] = (1, 0, 0)  # sure
+    p[:, 0, 1] = (0.5, 0.5, 0)  # a tie between two phases
     p[:, 0, 2] = (1 / 3, 1 / 3, 1 / 3)
     margin = uncertainty_map(p, "margin")[0]
     entropy = uncertainty_map(p, "entropy")[0]

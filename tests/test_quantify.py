@@ -45,8 +45,10 @@ def _two_phase(n_martensite: int) -> np.ndarray:
 
 
 def _hand_fields(sample="A"):
-    return [quantify_mask(_two_phase(n), ["ferrite", "martensite"], name=f"f{i}", sample=sample)
-            for i, n in enumerate([30, 34, 32, 28])]
+    return [
+        quantify_mask(_two_phase(n), ["ferrite", "martensite"], name=f"f{i}", sample=sample)
+        for i, n in enumerate([30, 34, 32, 28])
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- one field
@@ -71,9 +73,7 @@ def test_point_count_grid_skips_unlabeled_and_matches_hand_count():
 
 
 def test_half_rule_on_a_constructed_boundary():
-    mask = np.array([[0, 0, 1, 1],
-                     [0, 0, 1, 1],
-                     [0, 0, 1, 1]], dtype=np.uint8)
+    mask = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=np.uint8)
     # (1, 1) is ferrite with martensite to its right: on the boundary -> 1/2 + 1/2
     pp, n = point_count(mask, 2, spacing=10, offset=(1, 1))
     assert n == 1 and pp.tolist() == [0.5, 0.5]
@@ -87,9 +87,7 @@ def test_half_rule_on_a_constructed_boundary():
 
 
 def test_half_rule_triple_point_and_unlabeled_neighbour():
-    mask = np.array([[255, 1, 255],
-                     [255, 0, 2],
-                     [255, 0, 255]], dtype=np.uint8)
+    mask = np.array([[255, 1, 255], [255, 0, 2], [255, 0, 255]], dtype=np.uint8)
     # centre ferrite touches martensite (up) and bainite (right): 1/2 ferrite, 1/4 each other; 255 on the left ignored
     pp, n = point_count(mask, 3, spacing=10, offset=(1, 1))
     assert n == 1 and pp.tolist() == [0.5, 0.25, 0.25]
@@ -209,8 +207,10 @@ def test_one_field_sample_says_ci_undefined_and_never_nan(tmp_path):
 
 
 def test_grouping_by_magnification_and_bad_grouping():
-    fields = [quantify_mask(_two_phase(n), ["a", "b"], name=f"f{n}", magnification=m)
-              for n, m in [(10, 5000), (20, 3000), (30, 5000)]]
+    fields = [
+        quantify_mask(_two_phase(n), ["a", "b"], name=f"f{n}", magnification=m)
+        for n, m in [(10, 5000), (20, 3000), (30, 5000)]
+    ]
     report = make_report(fields, ["a", "b"], by="magnification")
     assert [s.sample for s in report.samples] == ["x3000", "x5000"]
     assert report.samples[1].mean["b"] == pytest.approx(0.2)
@@ -302,8 +302,21 @@ def synth_dataset(tmp_path_factory):
 
 def test_cli_end_to_end_writes_documented_outputs(synth_dataset, tmp_path):
     out = tmp_path / "out"
-    args = ["quantify", "--masks", str(synth_dataset), "--by", "magnification", "--grid", "8",
-            "--csv", str(out / "fields.csv"), "--json", str(out / "report.json"), "--plot", str(out / "chart.png")]
+    args = [
+        "quantify",
+        "--masks",
+        str(synth_dataset),
+        "--by",
+        "magnification",
+        "--grid",
+        "8",
+        "--csv",
+        str(out / "fields.csv"),
+        "--json",
+        str(out / "report.json"),
+        "--plot",
+        str(out / "chart.png"),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "area %" in result.output and "x2700" in result.output and "Predicted vs true" in result.output
@@ -312,8 +325,15 @@ def test_cli_end_to_end_writes_documented_outputs(synth_dataset, tmp_path):
     columns = list(rows[0])
     assert columns[:4] == ["image", "magnification", "pixel_size_um", "sample"]
     for p in ("ferrite", "martensite", "bainite"):
-        for suffix in ("fraction", "point_fraction", "islands", "mean_island_area", "mean_diameter",
-                       "true_fraction", "abs_error"):
+        for suffix in (
+            "fraction",
+            "point_fraction",
+            "islands",
+            "mean_island_area",
+            "mean_diameter",
+            "true_fraction",
+            "abs_error",
+        ):
             assert f"{p}_{suffix}" in columns
     assert {r["length_unit"] for r in rows} == {"um"}
     for r in rows:
@@ -334,8 +354,10 @@ def test_cli_end_to_end_writes_documented_outputs(synth_dataset, tmp_path):
 
 
 def test_cli_truth_folder_of_identical_masks_gives_zero_error(synth_dataset, tmp_path):
-    result = CliRunner().invoke(main, ["quantify", "--masks", str(synth_dataset), "--truth", str(synth_dataset),
-                                       "--json", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        main,
+        ["quantify", "--masks", str(synth_dataset), "--truth", str(synth_dataset), "--json", str(tmp_path / "r.json")],
+    )
     assert result.exit_code == 0, result.output
     fields = json.loads((tmp_path / "r.json").read_text())["fields"]
     assert all(err == 0.0 for f in fields for err in f["abs_errors"].values())
@@ -345,8 +367,11 @@ def test_cli_truth_folder_of_identical_masks_gives_zero_error(synth_dataset, tmp
 
 def test_cli_bad_input_is_one_error_line(synth_dataset, tmp_path):
     runner = CliRunner()
-    for args, expected in [(["--by", "colour"], "grouping 'colour'"), (["--grid", "0"], "--grid '0'"),
-                           (["--truth", str(tmp_path / "nope")], "truth folder does not exist")]:
+    for args, expected in [
+        (["--by", "colour"], "grouping 'colour'"),
+        (["--grid", "0"], "--grid '0'"),
+        (["--truth", str(tmp_path / "nope")], "truth folder does not exist"),
+    ]:
         result = runner.invoke(main, ["quantify", "--masks", str(synth_dataset), *args])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()

@@ -11,9 +11,18 @@ import torch
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.study import SEED_GRID, StudyRow, load_grid, ratio_effect, run_study, study_markdown
 
-SEED_NAMES = ["Enhanced U-Net3+", "Enhanced ELU-Net", "SAM (0 shot)", "LoRA-SAM (256)", "LoRA-SAM (512)",
-              "LoRA-SAM (1024)", "LoRA-SAM (2048)", "LoRA-SAM + Ratio + BB (512)", "LoRA-SAM + Ratio (512)",
-              "LoRA-SAM + Ratio (Spatial-v1) (512)"]
+SEED_NAMES = [
+    "Enhanced U-Net3+",
+    "Enhanced ELU-Net",
+    "SAM (0 shot)",
+    "LoRA-SAM (256)",
+    "LoRA-SAM (512)",
+    "LoRA-SAM (1024)",
+    "LoRA-SAM (2048)",
+    "LoRA-SAM + Ratio + BB (512)",
+    "LoRA-SAM + Ratio (512)",
+    "LoRA-SAM + Ratio (Spatial-v1) (512)",
+]
 
 
 def test_default_grid_is_the_seed_table_in_order_then_the_product_rows():
@@ -30,8 +39,10 @@ def test_grid_yaml(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text("- {name: A, model: unet3plus, width: 8, budget_s: 5}\n- name: B\n  model: classical\n")
     rows = load_grid(path)
-    assert [(r.name, r.model, r.width, r.budget_s) for r in rows] == [("A", "unet3plus", 8, 5), ("B", "classical",
-                                                                                                  None, None)]
+    assert [(r.name, r.model, r.width, r.budget_s) for r in rows] == [
+        ("A", "unet3plus", 8, 5),
+        ("B", "classical", None, None),
+    ]
     path.write_text("- {name: A, model: tiny, colour: red}\n")
     with pytest.raises(MetalsegError, match="unknown field.*colour"):
         load_grid(path)
@@ -57,8 +68,18 @@ def test_study_measures_skips_and_fails_rows(split_samples, synth_dataset, tmp_p
         StudyRow("classical", "classical", img_size=256),
     ]
     out = tmp_path / "study"
-    events = list(run_study(_small(split_samples["train"], 3), split_samples["val"][:1], split_samples["test"][:2],
-                            synth_dataset.phases, out, rows, budget_s=None, device="cpu"))
+    events = list(
+        run_study(
+            _small(split_samples["train"], 3),
+            split_samples["val"][:1],
+            split_samples["test"][:2],
+            synth_dataset.phases,
+            out,
+            rows,
+            budget_s=None,
+            device="cpu",
+        )
+    )
     assert events[-1].kind == "done"
     data = json.loads((out / "study.json").read_text())
     got = {r["name"]: r for r in data["rows"]}
@@ -73,8 +94,9 @@ def test_study_measures_skips_and_fails_rows(split_samples, synth_dataset, tmp_p
         assert 0 <= row["dice"]["avg"] <= 100
         assert row["train_s"] > 0 and row["infer_ms_per_image"] > 0 and row["trainable_params"] > 0
         assert (out / "runs").is_dir() and row["run"]
-    assert got["tiny + Ratio"]["gain"] == pytest.approx(got["tiny + Ratio"]["dice"]["avg"]
-                                                         - got["tiny"]["dice"]["avg"], abs=0.01)
+    assert got["tiny + Ratio"]["gain"] == pytest.approx(
+        got["tiny + Ratio"]["dice"]["avg"] - got["tiny"]["dice"]["avg"], abs=0.01
+    )
     assert got["U-Net3+"]["trainable_params"] != got["tiny"]["trainable_params"]
     md = (out / "study.md").read_text()
     assert "skipped: needs a SAM checkpoint" in md and "failed: " in md and "**" in md
@@ -93,11 +115,24 @@ def test_study_with_a_checkpoint_runs_zero_shot_and_lora_rows(split_samples, syn
     base, _ = build_phase_sam("tiny", img_size=64, num_phases=3, seed=3)
     ckpt = tmp_path / "tiny_base.pth"
     torch.save(base.sam.state_dict(), ckpt)
-    rows = [StudyRow("SAM (0 shot)", "sam", img_size=64, zero_shot=True),
-            StudyRow("LoRA-SAM (64)", "sam", img_size=64, steps=3, batch_size=1)]
+    rows = [
+        StudyRow("SAM (0 shot)", "sam", img_size=64, zero_shot=True),
+        StudyRow("LoRA-SAM (64)", "sam", img_size=64, steps=3, batch_size=1),
+    ]
     out = tmp_path / "study"
-    list(run_study(split_samples["train"][:1], [], split_samples["test"][:1], synth_dataset.phases, out, rows,
-                   checkpoint=str(ckpt), budget_s=None, device="cpu"))
+    list(
+        run_study(
+            split_samples["train"][:1],
+            [],
+            split_samples["test"][:1],
+            synth_dataset.phases,
+            out,
+            rows,
+            checkpoint=str(ckpt),
+            budget_s=None,
+            device="cpu",
+        )
+    )
     got = {r["name"]: r for r in json.loads((out / "study.json").read_text())["rows"]}
     assert got["SAM (0 shot)"]["status"] == "measured" and got["SAM (0 shot)"]["trainable_params"] == 0
     assert got["LoRA-SAM (64)"]["status"] == "measured" and got["LoRA-SAM (64)"]["trainable_params"] > 0
@@ -113,8 +148,18 @@ def test_interrupted_study_keeps_finished_rows(split_samples, synth_dataset, tmp
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        list(run_study(split_samples["train"][:2], [], split_samples["test"][:1], synth_dataset.phases, out, rows,
-                       device="cpu", on_result=interrupt))
+        list(
+            run_study(
+                split_samples["train"][:2],
+                [],
+                split_samples["test"][:1],
+                synth_dataset.phases,
+                out,
+                rows,
+                device="cpu",
+                on_result=interrupt,
+            )
+        )
     data = json.loads((out / "study.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["first"] and data["rows"][0]["status"] == "measured"
 
@@ -122,9 +167,11 @@ def test_interrupted_study_keeps_finished_rows(split_samples, synth_dataset, tmp
 def test_markdown_marks_gains_and_losses():
     from napari_metalseg.study import RowResult
 
-    rows = [RowResult("A", "measured", dice={"x3000": 80.0, "avg": 80.0}),
-            RowResult("B", "measured", dice={"x3000": 82.5, "avg": 82.5}, baseline="A", gain=2.5),
-            RowResult("C", "measured", dice={"x3000": 79.0, "avg": 79.0}, baseline="A", gain=-1.0)]
+    rows = [
+        RowResult("A", "measured", dice={"x3000": 80.0, "avg": 80.0}),
+        RowResult("B", "measured", dice={"x3000": 82.5, "avg": 82.5}, baseline="A", gain=2.5),
+        RowResult("C", "measured", dice={"x3000": 79.0, "avg": 79.0}, baseline="A", gain=-1.0),
+    ]
     md = study_markdown(rows, {"phases": ["a", "b"]})
     assert "↑ 2.50%" in md and "↓ 1.00%" in md and "**82.50**" in md and "× 3000" in md
 
@@ -156,8 +203,10 @@ def test_study_command_reports_every_sam_row_skipped_without_a_checkpoint(synth_
     from napari_metalseg.cli import main
 
     out = tmp_path / "study"
-    result = CliRunner().invoke(main, ["study", "--data", str(synth_dataset.root), "--out", str(out),
-                                       "--only", "SAM (0,LoRA-SAM", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        ["study", "--data", str(synth_dataset.root), "--out", str(out), "--only", "SAM (0,LoRA-SAM", "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "study.json").read_text())["rows"]
     assert [r["name"] for r in rows] == SEED_NAMES[2:]

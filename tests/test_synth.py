@@ -47,10 +47,17 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert not np.array_equal(a_img, c_img) and not np.array_equal(a_mask, c_mask)
 
 
-@pytest.mark.parametrize("fractions", [
-    (0.5, 0.3, 0.2), (0.1, 0.7, 0.2), (0.7, 0.3), (0.9, 0.1), (0.4, 0.3, 0.2, 0.1),
-    (0.3, 0.25, 0.2, 0.15, 0.1),
-])
+@pytest.mark.parametrize(
+    "fractions",
+    [
+        (0.5, 0.3, 0.2),
+        (0.1, 0.7, 0.2),
+        (0.7, 0.3),
+        (0.9, 0.1),
+        (0.4, 0.3, 0.2, 0.1),
+        (0.3, 0.25, 0.2, 0.15, 0.1),
+    ],
+)
 @pytest.mark.parametrize("magnification", [2700, 5000])
 def test_fractions_are_honoured(fractions, magnification):
     for seed in range(2):
@@ -129,15 +136,22 @@ def test_write_synthetic_dataset(tmp_path):
     from napari_metalseg.data.dataset import load_dataset, read_mask
 
     calls = []
-    root = write_synthetic_dataset(tmp_path / "ds", n=5, size=96, seed=3,
-                                   progress=lambda i, n: calls.append((i, n)))
+    root = write_synthetic_dataset(tmp_path / "ds", n=5, size=96, seed=3, progress=lambda i, n: calls.append((i, n)))
     assert calls == [(i, 5) for i in range(1, 6)]
     assert PhaseSet.load(root / "phases.json").names == DEFAULT_PHASES.names
     with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows] == [f"synth_{i:04d}" for i in range(5)]
-    assert list(rows[0]) == ["name", "magnification", "pixel_size_um", "split", "sample",
-                             "true_fraction_ferrite", "true_fraction_martensite", "true_fraction_bainite"]
+    assert list(rows[0]) == [
+        "name",
+        "magnification",
+        "pixel_size_um",
+        "split",
+        "sample",
+        "true_fraction_ferrite",
+        "true_fraction_martensite",
+        "true_fraction_bainite",
+    ]
     assert [float(r["magnification"]) for r in rows] == [2700, 3000, 5000, 2700, 3000]
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     drawn = []
@@ -175,8 +189,9 @@ def test_overwrite_replaces_only_a_synthetic_dataset(tmp_path):
 
 def test_write_dataset_fixed_fractions_and_two_phases(tmp_path):
     phases = PhaseSet.from_names(["ferrite", "martensite"])
-    root = write_synthetic_dataset(tmp_path / "dp", n=3, size=128, fractions=(0.75, 0.25), phases=phases,
-                                   magnifications=(3000,))
+    root = write_synthetic_dataset(
+        tmp_path / "dp", n=3, size=128, fractions=(0.75, 0.25), phases=phases, magnifications=(3000,)
+    )
     with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["split"] for r in rows} == {"train", "val", "test"}
@@ -184,24 +199,27 @@ def test_write_dataset_fixed_fractions_and_two_phases(tmp_path):
         assert abs(float(row["true_fraction_martensite"]) - 0.25) <= 0.04
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: synthesize_micrograph(128, (0.5, -0.2, 0.7)), "non-negative"),
-    (lambda: synthesize_micrograph(128, (0.5, 0.3, 0.3)), "sum to 1"),
-    (lambda: synthesize_micrograph(128, (1.0,)), "2..5"),
-    (lambda: synthesize_micrograph(128, (0.2,) * 5 + (0.0,)), "2..5"),
-    (lambda: synthesize_micrograph(32), "64"),
-    (lambda: synthesize_micrograph((128, 40)), "64"),
-    (lambda: synthesize_micrograph(128.5), "integer"),
-    (lambda: synthesize_micrograph(128, magnification=0), "magnification"),
-    (lambda: synthesize_micrograph(128, magnification=10), "too low"),
-    (lambda: synthesize_micrograph(128, seed=-1), "seed"),
-    (lambda: write_synthetic_dataset("unused", n=0, size=128), "number of images"),
-    (lambda: write_synthetic_dataset("unused", n=2, size=32), "64"),
-    (lambda: write_synthetic_dataset("unused", n=2, size=128, fractions=(0.5, 0.5)), "2 fractions given"),
-    (lambda: write_synthetic_dataset("unused", n=2, size=128, phases=PhaseSet.from_names(["a"])), "2..5"),
-    (lambda: write_synthetic_dataset("unused", n=2, size=128, magnifications=()), "at least one"),
-    (lambda: write_synthetic_dataset("unused", n=2, size=128, splits=(0.5, 0.5)), "splits"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: synthesize_micrograph(128, (0.5, -0.2, 0.7)), "non-negative"),
+        (lambda: synthesize_micrograph(128, (0.5, 0.3, 0.3)), "sum to 1"),
+        (lambda: synthesize_micrograph(128, (1.0,)), "2..5"),
+        (lambda: synthesize_micrograph(128, (0.2,) * 5 + (0.0,)), "2..5"),
+        (lambda: synthesize_micrograph(32), "64"),
+        (lambda: synthesize_micrograph((128, 40)), "64"),
+        (lambda: synthesize_micrograph(128.5), "integer"),
+        (lambda: synthesize_micrograph(128, magnification=0), "magnification"),
+        (lambda: synthesize_micrograph(128, magnification=10), "too low"),
+        (lambda: synthesize_micrograph(128, seed=-1), "seed"),
+        (lambda: write_synthetic_dataset("unused", n=0, size=128), "number of images"),
+        (lambda: write_synthetic_dataset("unused", n=2, size=32), "64"),
+        (lambda: write_synthetic_dataset("unused", n=2, size=128, fractions=(0.5, 0.5)), "2 fractions given"),
+        (lambda: write_synthetic_dataset("unused", n=2, size=128, phases=PhaseSet.from_names(["a"])), "2..5"),
+        (lambda: write_synthetic_dataset("unused", n=2, size=128, magnifications=()), "at least one"),
+        (lambda: write_synthetic_dataset("unused", n=2, size=128, splits=(0.5, 0.5)), "splits"),
+    ],
+)
 def test_bad_arguments_raise_one_line_errors(call, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MetalsegError, match=message) as info:

@@ -82,8 +82,9 @@ def test_ratio_guidance_steers_predicted_fractions(trained_run, split_samples):
 def test_stop_and_resume(split_samples, synth_dataset, tmp_path):
     config = TrainConfig(steps=8, img_size=64, batch_size=1, device="cpu", val_every=100)
     calls = iter(range(100))
-    events = list(train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config,
-                        stop=lambda: next(calls) >= 3))
+    events = list(
+        train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config, stop=lambda: next(calls) >= 3)
+    )
     assert events[-1].kind == "stopped" and events[-1].step == 3
     assert (tmp_path / "run" / ADAPTER).is_file()
     resumed = list(train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config, resume=True))
@@ -125,8 +126,7 @@ def test_lora_training_keeps_base_frozen_and_records_it(split_samples, synth_dat
     torch.save(base.sam.state_dict(), ckpt)
     config = TrainConfig(checkpoint=str(ckpt), img_size=64, steps=6, batch_size=2, device="cpu", lr=5e-3)
     assert config.finetune == "lora"
-    events = list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "lora", config,
-                        export_full=True))
+    events = list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "lora", config, export_full=True))
     assert events[-1].kind == "done"
     model, cfg = load_run(tmp_path / "lora")
     assert cfg["model"].checkpoint_sha256 == sha256_file(ckpt)

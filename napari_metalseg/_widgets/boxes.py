@@ -91,8 +91,9 @@ def object_in_box(phases_in_box: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(components == centre)
 
 
-def box_from_vertices(vertices: np.ndarray, shapes_layer: Shapes, image_layer: Image,
-                      shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def box_from_vertices(
+    vertices: np.ndarray, shapes_layer: Shapes, image_layer: Image, shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """A rectangle of ``shapes_layer`` (its data coordinates) -> ``x0, y0, x1, y1`` pixel edges of the image.
 
     Pixel ``i`` covers ``[i - 0.5, i + 0.5]`` in napari data coordinates; the box keeps the pixels whose centres
@@ -208,8 +209,15 @@ class BoxPromptWidget(DockWidget):
         image = self.image.layer()
         transform = image_transform(image) if image is not None else {}
         width = max(1.0, max(image.data.shape[:2]) / 250) if image is not None else 2.0
-        layer = self.viewer.add_shapes(ndim=2, name=BOX_LAYER, shape_type="rectangle", edge_color="#ffd700",
-                                       face_color="transparent", edge_width=width, **transform)
+        layer = self.viewer.add_shapes(
+            ndim=2,
+            name=BOX_LAYER,
+            shape_type="rectangle",
+            edge_color="#ffd700",
+            face_color="transparent",
+            edge_width=width,
+            **transform,
+        )
         self._watch(layer)
         return layer
 
@@ -253,16 +261,25 @@ class BoxPromptWidget(DockWidget):
         phases = self.session.phases
         target = self.target.layer()
         if target is None:
-            target = show_phase_map(self.viewer, np.full(shape, UNLABELED, np.uint8), phases, PHASE_LAYER,
-                                    **image_transform(image_layer), metadata={IMAGE_KEY: image_layer.name})
+            target = show_phase_map(
+                self.viewer,
+                np.full(shape, UNLABELED, np.uint8),
+                phases,
+                PHASE_LAYER,
+                **image_transform(image_layer),
+                metadata={IMAGE_KEY: image_layer.name},
+            )
             self.target.set_layer(target.name)
         if tuple(target.data.shape) != tuple(shape):
-            raise MetalsegError(f"labels layer {target.name!r} has shape {tuple(target.data.shape)} but the "
-                                f"micrograph {image_layer.name!r} has {tuple(shape)}; choose matching layers")
+            raise MetalsegError(
+                f"labels layer {target.name!r} has shape {tuple(target.data.shape)} but the "
+                f"micrograph {image_layer.name!r} has {tuple(shape)}; choose matching layers"
+            )
         own = phases_of_layer(target)
         if own is not None and own.names != phases.names:
-            raise MetalsegError(f"labels layer {target.name!r} has phases {own.names}, the model "
-                                f"{phases.names}; choose another layer")
+            raise MetalsegError(
+                f"labels layer {target.name!r} has phases {own.names}, the model {phases.names}; choose another layer"
+            )
         return target
 
     def _start(self, vertices: np.ndarray, shapes_layer: Shapes):
@@ -285,11 +302,15 @@ class BoxPromptWidget(DockWidget):
             with MODEL_LOCK:
                 return predictor.predict(image, ratios=ratios, box=box, progress=progress)
 
-        return run_worker(compute, "box prompt", partial(self.apply, target, box, mode, phase),
-                          on_error=self._failed, on_finish=self._finished)
+        return run_worker(
+            compute,
+            "box prompt",
+            partial(self.apply, target, box, mode, phase),
+            on_error=self._failed,
+            on_finish=self._finished,
+        )
 
-    def apply(self, target: Labels, box: tuple[int, int, int, int], mode: str, phase: int | None,
-              phase_map) -> int:
+    def apply(self, target: Labels, box: tuple[int, int, int, int], mode: str, phase: int | None, phase_map) -> int:
         """Write a box prediction into ``target`` inside the box only, as one undo step; returns pixels changed."""
         x0, y0, x1, y1 = box
         region = np.asarray(phase_map.labels[y0:y1, x0:x1])
@@ -307,10 +328,15 @@ class BoxPromptWidget(DockWidget):
         changed = np.asarray(target.data[y0:y1, x0:x1]) != before
         self.last_box = box
         self.last_change = changed
-        what = f"object ({int(selected.sum())} px) -> {self.session.phases.names[phase]}" if mode == MODE_OBJECT \
+        what = (
+            f"object ({int(selected.sum())} px) -> {self.session.phases.names[phase]}"
+            if mode == MODE_OBJECT
             else "phases predicted"
-        self.status.setText(f"box x {x0}..{x1}, y {y0}..{y1}: {what}; {int(changed.sum())} px changed "
-                            "(Ctrl+Z on the labels layer undoes it)")
+        )
+        self.status.setText(
+            f"box x {x0}..{x1}, y {y0}..{y1}: {what}; {int(changed.sum())} px changed "
+            "(Ctrl+Z on the labels layer undoes it)"
+        )
         return int(changed.sum())
 
     def _failed(self, exc: BaseException) -> None:
@@ -320,4 +346,3 @@ class BoxPromptWidget(DockWidget):
     def _finished(self) -> None:
         self.worker = None
         self._next()
-

@@ -31,8 +31,9 @@ ADAPTED_LAYER = "features (adapted)"
 BASE_LAYER = "features (base, LoRA off)"
 
 
-def feature_layer_transform(image_layer: Image, map_scale: tuple[float, float], image_shape: tuple[int, int],
-                            right_of_image: bool = False) -> dict[str, tuple]:
+def feature_layer_transform(
+    image_layer: Image, map_scale: tuple[float, float], image_shape: tuple[int, int], right_of_image: bool = False
+) -> dict[str, tuple]:
     """``scale``/``translate``/``units`` of a ``(n_blocks, h, w, 3)`` feature stack over ``image_layer``.
 
     Parameters
@@ -50,8 +51,11 @@ def feature_layer_transform(image_layer: Image, map_scale: tuple[float, float], 
     my, mx = map_scale
     translate_y = ty + (my / 2 - 0.5) * sy
     translate_x = tx + (mx / 2 - 0.5) * sx + (image_shape[1] * sx if right_of_image else 0.0)
-    return {"scale": (1.0, sy * my, sx * mx), "translate": (0.0, translate_y, translate_x),
-            "units": ("pixel", *t["units"])}
+    return {
+        "scale": (1.0, sy * my, sx * mx),
+        "translate": (0.0, translate_y, translate_x),
+        "units": ("pixel", *t["units"]),
+    }
 
 
 class FeaturesWidget(DockWidget):
@@ -69,8 +73,10 @@ class FeaturesWidget(DockWidget):
         self.base = QCheckBox("also the base model (LoRA off), beside the image")
         self.base.setChecked(True)
         self.button = QPushButton("Compute feature maps")
-        self.status = QLabel("One RGB map per encoder block (PCA of its features); the 'block' slider below the "
-                             "canvas steps through the blocks.")
+        self.status = QLabel(
+            "One RGB map per encoder block (PCA of its features); the 'block' slider below the "
+            "canvas steps through the blocks."
+        )
         self.status.setWordWrap(True)
         form = QFormLayout()
         form.addRow("Micrograph", self.image)
@@ -123,8 +129,7 @@ class FeaturesWidget(DockWidget):
             self.show_maps(image_layer, image.shape, adapted, base)
 
         self.button.setEnabled(False)
-        self.worker = run_worker(compute, "encoder feature maps", done, on_error=self._failed,
-                                 on_finish=self._finished)
+        self.worker = run_worker(compute, "encoder feature maps", done, on_error=self._failed, on_finish=self._finished)
         return self.worker
 
     def show_maps(self, image_layer: Image, image_shape: tuple[int, int], adapted, base=None) -> list[Image]:
@@ -137,15 +142,16 @@ class FeaturesWidget(DockWidget):
                 continue
             transform = feature_layer_transform(image_layer, fm.scale, image_shape, right_of_image=beside)
             meta = {DERIVED_KEY: "features", IMAGE_KEY: image_layer.name, "metalseg_map_scale": list(fm.scale)}
-            layers.append(self.viewer.add_image(fm.maps, name=name, rgb=True, metadata=meta, opacity=0.8,
-                                                **transform))
+            layers.append(self.viewer.add_image(fm.maps, name=name, rgb=True, metadata=meta, opacity=0.8, **transform))
         n = int(adapted.maps.shape[0])
         self.viewer.dims.axis_labels = ("block", *self.viewer.dims.axis_labels[1:])
         self.viewer.dims.set_current_step(0, n - 1)
         self.viewer.reset_view()
-        self.status.setText(f"{n} blocks, maps of {adapted.maps.shape[1]} x {adapted.maps.shape[2]} "
-                            f"(1 map pixel = {adapted.scale[0]:.1f} x {adapted.scale[1]:.1f} image pixels). "
-                            "Use the 'block' slider below the canvas.")
+        self.status.setText(
+            f"{n} blocks, maps of {adapted.maps.shape[1]} x {adapted.maps.shape[2]} "
+            f"(1 map pixel = {adapted.scale[0]:.1f} x {adapted.scale[1]:.1f} image pixels). "
+            "Use the 'block' slider below the canvas."
+        )
         return layers
 
     def _failed(self, exc: BaseException) -> None:
@@ -155,4 +161,3 @@ class FeaturesWidget(DockWidget):
     def _finished(self) -> None:
         self.worker = None
         self._update()
-

@@ -56,6 +56,7 @@ LABELS_OPACITY = 0.6
 
 # -- phase layers ----------------------------------------------------------------------------------------------
 
+
 def phase_colormap(phases: PhaseSet) -> DirectLabelColormap:
     """The napari colormap of a phase set (label ``k + 1`` in the colour of phase ``k``, 0 transparent)."""
     return DirectLabelColormap(color_dict=phases.napari_colormap())
@@ -66,9 +67,14 @@ def phase_features(phases: PhaseSet) -> dict[str, np.ndarray]:
     return {"index": np.arange(len(phases) + 1), "phase": np.array(["unlabeled", *phases.names], dtype=object)}
 
 
-def labels_layer_kwargs(phases: PhaseSet, name: str, scale: Sequence[float] | None = None,
-                        translate: Sequence[float] | None = None, metadata: dict | None = None,
-                        units: Sequence | None = None) -> dict[str, Any]:
+def labels_layer_kwargs(
+    phases: PhaseSet,
+    name: str,
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    metadata: dict | None = None,
+    units: Sequence | None = None,
+) -> dict[str, Any]:
     """Keyword arguments of ``viewer.add_labels`` (or a reader's layer-data tuple) for a phase layer.
 
     ``units`` defaults to micrometres when a non-unit ``scale`` is given (the plugin's physical scale).
@@ -109,9 +115,18 @@ def micrograph_layer_kwargs(micrograph, name: str) -> dict[str, Any]:
     return kwargs
 
 
-def show_phase_map(viewer, data, phases: PhaseSet, name: str = PHASE_LAYER, scale: Sequence[float] | None = None,
-                   translate: Sequence[float] | None = None, *, units: Sequence | None = None,
-                   labels: bool = False, metadata: dict | None = None) -> Labels:
+def show_phase_map(
+    viewer,
+    data,
+    phases: PhaseSet,
+    name: str = PHASE_LAYER,
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    *,
+    units: Sequence | None = None,
+    labels: bool = False,
+    metadata: dict | None = None,
+) -> Labels:
     """Add or update the Labels layer ``name`` showing a phase map.
 
     Parameters
@@ -191,9 +206,16 @@ def keep_user_edits(viewer, layer: Labels) -> Labels:
     from napari.utils.notifications import show_info
 
     name = f"{layer.name} (your edits)"
-    copy = viewer.add_labels(np.array(layer.data, copy=True), name=name, scale=layer.scale, translate=layer.translate,
-                             colormap=layer.colormap, features=layer.features, visible=False,
-                             metadata={k: v for k, v in layer.metadata.items() if k != WRITTEN_KEY})
+    copy = viewer.add_labels(
+        np.array(layer.data, copy=True),
+        name=name,
+        scale=layer.scale,
+        translate=layer.translate,
+        colormap=layer.colormap,
+        features=layer.features,
+        visible=False,
+        metadata={k: v for k, v in layer.metadata.items() if k != WRITTEN_KEY},
+    )
     show_info(f"your corrections in '{layer.name}' were kept in the layer '{copy.name}'")
     return copy
 
@@ -249,8 +271,10 @@ def image_of_layer(layer: Image) -> np.ndarray:
     data = layer.data[0] if layer.multiscale else layer.data
     data = np.asarray(data)
     if data.ndim != (3 if layer.rgb else 2):
-        raise MetalsegError(f"image layer {layer.name!r} has shape {data.shape}; metalseg needs a single 2-D "
-                            "micrograph (split stacks into single images)")
+        raise MetalsegError(
+            f"image layer {layer.name!r} has shape {data.shape}; metalseg needs a single 2-D "
+            "micrograph (split stacks into single images)"
+        )
     return micrograph_from_array(data, source=layer.name).image
 
 
@@ -258,9 +282,11 @@ def image_transform(layer: Layer) -> dict[str, tuple]:
     """``{"scale", "translate", "units"}`` of the last two (y, x) dimensions of a layer, to place derived layers
     (phases, probabilities, boxes) exactly over it: ``show_phase_map(viewer, pm, phases, **image_transform(im))``.
     """
-    return {"scale": tuple(float(s) for s in layer.scale[-2:]),
-            "translate": tuple(float(t) for t in layer.translate[-2:]),
-            "units": tuple(str(u) for u in layer.units[-2:])}
+    return {
+        "scale": tuple(float(s) for s in layer.scale[-2:]),
+        "translate": tuple(float(t) for t in layer.translate[-2:]),
+        "units": tuple(str(u) for u in layer.units[-2:]),
+    }
 
 
 def is_micrograph_layer(layer: Layer) -> bool:
@@ -268,9 +294,15 @@ def is_micrograph_layer(layer: Layer) -> bool:
     return isinstance(layer, Image) and not layer.metadata.get(DERIVED_KEY)
 
 
-def show_probabilities(viewer, phase_map, phases: PhaseSet, scale: Sequence[float] | None = None,
-                       translate: Sequence[float] | None = None, units: Sequence | None = None,
-                       image_name: str | None = None) -> list[Image]:
+def show_probabilities(
+    viewer,
+    phase_map,
+    phases: PhaseSet,
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    units: Sequence | None = None,
+    image_name: str | None = None,
+) -> list[Image]:
     """Add or update one probability layer per phase (``P(<phase>)``, phase colour, additive, hidden at first).
 
     Returns
@@ -284,7 +316,7 @@ def show_probabilities(viewer, phase_map, phases: PhaseSet, scale: Sequence[floa
         name = f"P({phase.name})"
         prob = np.asarray(phase_map.probs[k], np.float32)
         meta = {DERIVED_KEY: "probability", IMAGE_KEY: image_name, PHASES_KEY: phases.to_json()}
-        rgb = [int(phase.color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        rgb = [int(phase.color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
         cmap = Colormap([[0, 0, 0, 1], [*rgb, 1]], name=f"metalseg_{phase.name}")
         layer = viewer.layers[name] if name in viewer.layers else None
         if isinstance(layer, Image) and layer.data.shape == prob.shape:
@@ -293,8 +325,14 @@ def show_probabilities(viewer, phase_map, phases: PhaseSet, scale: Sequence[floa
         else:
             if layer is not None:
                 viewer.layers.remove(layer)
-            kwargs: dict[str, Any] = {"name": name, "colormap": cmap, "blending": "additive",
-                                      "contrast_limits": (0.0, 1.0), "visible": False, "metadata": meta}
+            kwargs: dict[str, Any] = {
+                "name": name,
+                "colormap": cmap,
+                "blending": "additive",
+                "contrast_limits": (0.0, 1.0),
+                "visible": False,
+                "metadata": meta,
+            }
             if scale is not None:
                 kwargs["scale"] = tuple(scale)
             if translate is not None:
@@ -319,6 +357,7 @@ def phase_legend_html(phases: PhaseSet, values: Sequence[float] | None = None) -
 
 # -- a combo box of layers -------------------------------------------------------------------------------------
 
+
 class LayerPicker(QComboBox):
     """A combo box listing the viewer's layers of one type; follows insertions, removals and renames.
 
@@ -333,8 +372,14 @@ class LayerPicker(QComboBox):
         Name picked when it appears (e.g. ``"phases"``).
     """
 
-    def __init__(self, viewer, layer_type: type, accept: Callable[[Layer], bool] | None = None,
-                 prefer: str | None = None, parent=None) -> None:
+    def __init__(
+        self,
+        viewer,
+        layer_type: type,
+        accept: Callable[[Layer], bool] | None = None,
+        prefer: str | None = None,
+        parent=None,
+    ) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._type = layer_type
@@ -390,6 +435,7 @@ class LayerPicker(QComboBox):
 
 # -- workers and errors ----------------------------------------------------------------------------------------
 
+
 def report_error(exc: BaseException) -> None:
     """Show an error: a :class:`MetalsegError` (bad input) as a one-line notification, anything else as a
     notification with its traceback available (a bug)."""
@@ -435,9 +481,13 @@ def _progress_events(compute: Callable[[Callable[[ProgressEvent], None]], Any]) 
     return outcome.get("value")
 
 
-def run_worker(compute: Callable[[Callable[[ProgressEvent], None]], Any], desc: str,
-               on_done: Callable[[Any], None], on_error: Callable[[BaseException], None] | None = None,
-               on_finish: Callable[[], None] | None = None):
+def run_worker(
+    compute: Callable[[Callable[[ProgressEvent], None]], Any],
+    desc: str,
+    on_done: Callable[[Any], None],
+    on_error: Callable[[BaseException], None] | None = None,
+    on_finish: Callable[[], None] | None = None,
+):
     """Run ``compute(progress)`` in a napari ``thread_worker`` with a napari progress bar.
 
     Parameters
@@ -469,8 +519,9 @@ def run_worker(compute: Callable[[Callable[[ProgressEvent], None]], Any], desc: 
     pool.setMaxThreadCount(max(pool.maxThreadCount(), pool.activeThreadCount() + 4))
     # napari creates the progress bar quietly and shows it when the worker starts: showing it processes Qt events,
     # which must not happen while the caller is half-way through starting a job.
-    worker = create_worker(_progress_events, compute, _start_thread=False, _ignore_errors=True,
-                           _progress={"desc": desc})
+    worker = create_worker(
+        _progress_events, compute, _start_thread=False, _ignore_errors=True, _progress={"desc": desc}
+    )
     pbar = worker.pbar
 
     def update(event: ProgressEvent) -> None:

@@ -98,8 +98,13 @@ def build_model(request: ModelRequest, progress=None) -> ModelResult:
 
         checkpoint = str(request.checkpoint) if request.source == SOURCE_CHECKPOINT else None
         kind = request.kind if request.source == SOURCE_CHECKPOINT else "tiny"
-        model, report = build_phase_sam(kind=kind, img_size=request.img_size, num_phases=len(request.phases),
-                                        checkpoint=checkpoint, guidance=request.guidance)
+        model, report = build_phase_sam(
+            kind=kind,
+            img_size=request.img_size,
+            num_phases=len(request.phases),
+            checkpoint=checkpoint,
+            guidance=request.guidance,
+        )
         model = model.to(device).eval()
         notes = ["untrained decoder: train it (Training widget or `metalseg train`) before trusting predictions"]
         return ModelResult(model, request.phases, device, None, report.summary() if report else "", notes)
@@ -176,8 +181,14 @@ class ModelWidget(DockWidget):
     def _on_source(self, source: str) -> None:
         run = source == SOURCE_RUN
         ckpt = source == SOURCE_CHECKPOINT
-        for widget, visible in ((self._run_row, run), (self._ckpt_row, ckpt), (self.kind, ckpt),
-                                (self.img_size, not run), (self.phases, not run), (self.guidance, not run)):
+        for widget, visible in (
+            (self._run_row, run),
+            (self._ckpt_row, ckpt),
+            (self.kind, ckpt),
+            (self.img_size, not run),
+            (self.phases, not run),
+            (self.guidance, not run),
+        ):
             widget.setVisible(visible)
             label = self._form.labelForField(widget)
             if label is not None:
@@ -194,8 +205,9 @@ class ModelWidget(DockWidget):
             self.run_dir.setText(path)
 
     def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", self.checkpoint.text(),
-                                              "Checkpoints (*.pth *.pt *.safetensors);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "SAM checkpoint", self.checkpoint.text(), "Checkpoints (*.pth *.pt *.safetensors);;All files (*)"
+        )
         if path:
             self.checkpoint.setText(path)
 
@@ -227,8 +239,15 @@ class ModelWidget(DockWidget):
             checkpoint = Path(text).expanduser()
             if not checkpoint.is_file():
                 raise MetalsegError(f"{checkpoint}: checkpoint file not found")
-        return ModelRequest(source, device, checkpoint=checkpoint, kind=self.kind.currentText(), img_size=size,
-                            phases=phases, guidance=self.guidance.currentText())
+        return ModelRequest(
+            source,
+            device,
+            checkpoint=checkpoint,
+            kind=self.kind.currentText(),
+            img_size=size,
+            phases=phases,
+            guidance=self.guidance.currentText(),
+        )
 
     # -- actions -----------------------------------------------------------------------------------------------
     def load_run(self, run_dir: str | Path, device: str = "auto"):
@@ -250,8 +269,13 @@ class ModelWidget(DockWidget):
             return None
         self.load_button.setEnabled(False)
         desc = "loading run" if request.source == SOURCE_RUN else f"building {request.kind} model"
-        self.worker = run_worker(lambda progress: build_model(request, progress), desc, self._installed,
-                                 on_error=self._failed, on_finish=self._finished)
+        self.worker = run_worker(
+            lambda progress: build_model(request, progress),
+            desc,
+            self._installed,
+            on_error=self._failed,
+            on_finish=self._finished,
+        )
         return self.worker
 
     def _installed(self, result: ModelResult) -> None:
@@ -272,8 +296,10 @@ class ModelWidget(DockWidget):
         """Show what the session's model is."""
         session = self.session
         if session.model is None:
-            self.info.setText("<i>No model yet.</i> Open a trained run, or build one from a SAM checkpoint "
-                              "or from scratch and train it.")
+            self.info.setText(
+                "<i>No model yet.</i> Open a trained run, or build one from a SAM checkpoint "
+                "or from scratch and train it."
+            )
             self.report.setPlainText("")
             return
         from napari_metalseg.models.lora import count_parameters

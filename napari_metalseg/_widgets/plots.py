@@ -77,9 +77,10 @@ class LivePlot(_Canvas):
         self._dirty = False
         self.ax = self.figure.add_subplot(111)
         self.ax_dice = self.ax.twinx()
-        self._loss_line, = self.ax.plot([], [], color=LOSS_COLOR, linewidth=1.2, label="training loss")
-        self._dice_line, = self.ax_dice.plot([], [], color=DICE_COLOR, marker="o", markersize=4, linewidth=1.2,
-                                             label="mean Dice (%)")
+        (self._loss_line,) = self.ax.plot([], [], color=LOSS_COLOR, linewidth=1.2, label="training loss")
+        (self._dice_line,) = self.ax_dice.plot(
+            [], [], color=DICE_COLOR, marker="o", markersize=4, linewidth=1.2, label="mean Dice (%)"
+        )
         self.ax.set_xlabel("step", fontsize=8)
         self.ax.set_ylabel("loss", fontsize=8, color=LOSS_COLOR)
         self.ax_dice.set_ylabel("mean Dice %", fontsize=8, color=DICE_COLOR)
@@ -153,8 +154,9 @@ class FractionBars(_Canvas):
         self.values, self.errors = [], []
         self.ax.clear()
         _style_axes(self.ax)
-        self.ax.text(0.5, 0.5, message, ha="center", va="center", color=FOREGROUND, fontsize=9,
-                     transform=self.ax.transAxes)
+        self.ax.text(
+            0.5, 0.5, message, ha="center", va="center", color=FOREGROUND, fontsize=9, transform=self.ax.transAxes
+        )
         self.ax.set_xticks([])
         self.ax.set_yticks([])
         self.draw_idle()
@@ -167,8 +169,14 @@ class FractionBars(_Canvas):
         errors = [None if summary.ci95[p] is None else 100.0 * summary.ci95[p] for p in names]
         self._bars(names, values, errors, report.phases.colors, summary.n_fields)
 
-    def _bars(self, names: Sequence[str], values: Sequence[float], errors: Sequence[float | None],
-              colors: Sequence[str], n_fields: int) -> None:
+    def _bars(
+        self,
+        names: Sequence[str],
+        values: Sequence[float],
+        errors: Sequence[float | None],
+        colors: Sequence[str],
+        n_fields: int,
+    ) -> None:
         self.values, self.errors = list(values), list(errors)
         ax = self.ax
         ax.clear()
@@ -177,15 +185,23 @@ class FractionBars(_Canvas):
         ax.bar(pos, values, 0.7, color=list(colors), edgecolor=FOREGROUND, linewidth=0.6, zorder=2)
         have_ci = [i for i, e in enumerate(errors) if e is not None]
         if have_ci:
-            ax.errorbar([pos[i] for i in have_ci], [values[i] for i in have_ci],
-                        yerr=[errors[i] for i in have_ci], fmt="none", ecolor=FOREGROUND, elinewidth=1.2,
-                        capsize=4, zorder=3)
+            ax.errorbar(
+                [pos[i] for i in have_ci],
+                [values[i] for i in have_ci],
+                yerr=[errors[i] for i in have_ci],
+                fmt="none",
+                ecolor=FOREGROUND,
+                elinewidth=1.2,
+                capsize=4,
+                zorder=3,
+            )
         for i, v in enumerate(values):
             top = v + (errors[i] or 0.0)
             ax.text(pos[i], top + 1.5, f"{v:.1f} %", ha="center", va="bottom", color=FOREGROUND, fontsize=8)
         ax.set_xticks(pos, list(names), fontsize=8)
         ax.set_ylim(0, max(100.0, max((v + (e or 0) for v, e in zip(values, errors)), default=0) + 10))
         ax.set_ylabel("area fraction %", fontsize=8)
-        ax.set_title(f"{n_fields} field{'s' if n_fields != 1 else ''}"
-                     + (" (mean ± 95 % CI)" if have_ci else ""), fontsize=9)
+        ax.set_title(
+            f"{n_fields} field{'s' if n_fields != 1 else ''}" + (" (mean ± 95 % CI)" if have_ci else ""), fontsize=9
+        )
         self.draw_idle()

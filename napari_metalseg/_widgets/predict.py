@@ -42,9 +42,16 @@ def effective_ratios(session) -> list[float] | None:
     return session.ratios
 
 
-def start_prediction(viewer, image_layer: Image, *, probabilities: bool = False, desc: str = "predicting phases",
-                     on_done: Callable | None = None, on_error: Callable | None = None,
-                     on_finish: Callable | None = None):
+def start_prediction(
+    viewer,
+    image_layer: Image,
+    *,
+    probabilities: bool = False,
+    desc: str = "predicting phases",
+    on_done: Callable | None = None,
+    on_error: Callable | None = None,
+    on_finish: Callable | None = None,
+):
     """Predict a whole micrograph layer with the session's model in a worker and show it in ``phases``.
 
     Parameters
@@ -152,9 +159,14 @@ class PredictWidget(DockWidget):
             return None
         self.last_error = None
         try:
-            self.worker = start_prediction(self.viewer, self.image.layer(),
-                                           probabilities=self.probabilities.isChecked(), on_done=self._done,
-                                           on_error=self._failed, on_finish=self._finished)
+            self.worker = start_prediction(
+                self.viewer,
+                self.image.layer(),
+                probabilities=self.probabilities.isChecked(),
+                on_done=self._done,
+                on_error=self._failed,
+                on_finish=self._finished,
+            )
         except MetalsegError as exc:
             self._failed(exc)
             return None
@@ -174,4 +186,3 @@ class PredictWidget(DockWidget):
     def _finished(self) -> None:
         self.worker = None
         self._update()
-

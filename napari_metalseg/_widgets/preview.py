@@ -124,27 +124,46 @@ class LivePreviewController(QObject):
         if image not in self.viewer.layers:
             return
         transform = image_transform(image)
-        show_phase_map(self.viewer, preview.labels, phases, name=image.name + PREVIEW_SUFFIX, **transform,
-                       metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True})
+        show_phase_map(
+            self.viewer,
+            preview.labels,
+            phases,
+            name=image.name + PREVIEW_SUFFIX,
+            **transform,
+            metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True},
+        )
         name = image.name + UNCERTAINTY_SUFFIX
         if name in self.viewer.layers:
             self.viewer.layers[name].data = preview.uncertainty
         else:
-            self.viewer.add_image(preview.uncertainty, name=name, colormap="magma", opacity=0.5,
-                                  contrast_limits=(0, 1), blending="additive", visible=False,
-                                  metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True}, **transform)
+            self.viewer.add_image(
+                preview.uncertainty,
+                name=name,
+                colormap="magma",
+                opacity=0.5,
+                contrast_limits=(0, 1),
+                blending="additive",
+                visible=False,
+                metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True},
+                **transform,
+            )
         if self.labels is not None and self.labels in self.viewer.layers:
             self.viewer.layers.selection.active = self.labels  # keep painting where the user paints
         seconds = sum(preview.seconds.values())
         score = "" if preview.score is None else f", {preview.score:.1f} % Dice on held-out strokes"
         unsure = float((preview.uncertainty > 0.5).mean() * 100)
-        self._status(f"live preview: {preview.labelled:,} labelled pixels{score}; unsure on {unsure:.0f} % of the "
-                     f"image ({name}); {seconds:.1f} s")
+        self._status(
+            f"live preview: {preview.labelled:,} labelled pixels{score}; unsure on {unsure:.0f} % of the "
+            f"image ({name}); {seconds:.1f} s"
+        )
 
     def _failed(self, exc: BaseException) -> None:
         self.last_error = exc
-        self._status(f"live preview: {exc}" if isinstance(exc, MetalsegError) else
-                     f"live preview failed: {type(exc).__name__}: {exc}")
+        self._status(
+            f"live preview: {exc}"
+            if isinstance(exc, MetalsegError)
+            else f"live preview failed: {type(exc).__name__}: {exc}"
+        )
 
     def _finished(self) -> None:
         self.worker = None

@@ -121,8 +121,12 @@ def image_for_labels(viewer: napari.Viewer, labels: Labels) -> Any:
             if base in viewer.layers and is_micrograph_layer(viewer.layers[base]):
                 return viewer.layers[base]
     shape = tuple(np.shape(labels.data))[-2:]
-    same = [lay for lay in viewer.layers if is_micrograph_layer(lay)
-            and (tuple(np.shape(lay.data))[:2] if lay.rgb else tuple(np.shape(lay.data))[-2:]) == shape]
+    same = [
+        lay
+        for lay in viewer.layers
+        if is_micrograph_layer(lay)
+        and (tuple(np.shape(lay.data))[:2] if lay.rgb else tuple(np.shape(lay.data))[-2:]) == shape
+    ]
     return same[0] if len(same) == 1 else None
 
 
@@ -137,16 +141,24 @@ def _fmt_size(value: float | None) -> str:
 def _headers(unit: str, one_field: bool) -> list[str]:
     """Column titles; units live in the titles so the cells stay narrow."""
     length = _UNIT_TEXT.get(unit, unit)
-    return ["phase", "area\n%", "95 % CI\n± %", "islands" if one_field else "islands\n/ field",
-            f"mean area\n{length}²", f"mean ECD\n{length}"]
+    return [
+        "phase",
+        "area\n%",
+        "95 % CI\n± %",
+        "islands" if one_field else "islands\n/ field",
+        f"mean area\n{length}²",
+        f"mean ECD\n{length}",
+    ]
 
 
-_TOOLTIPS = ("phase (label k = k-th phase)",
-             "area fraction over the labelled pixels, in percent (mean over the fields)",
-             "half-width of the 95 % confidence interval of the mean, in percentage points (needs >= 2 fields)",
-             "8-connected islands of the phase (mean per field with several fields)",
-             "mean island area (pooled over the fields)",
-             "mean equivalent circle diameter of the islands")
+_TOOLTIPS = (
+    "phase (label k = k-th phase)",
+    "area fraction over the labelled pixels, in percent (mean over the fields)",
+    "half-width of the 95 % confidence interval of the mean, in percentage points (needs >= 2 fields)",
+    "8-connected islands of the phase (mean per field with several fields)",
+    "mean island area (pooled over the fields)",
+    "mean equivalent circle diameter of the islands",
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -195,8 +207,10 @@ class QuantifyWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(QLabel("labels"))
         self.layer_combo = QComboBox()
-        self.layer_combo.setToolTip("The phase Labels layer to quantify, or every phase Labels layer (one field "
-                                    "each; the 95 % CI needs two fields or more).")
+        self.layer_combo.setToolTip(
+            "The phase Labels layer to quantify, or every phase Labels layer (one field "
+            "each; the 95 % CI needs two fields or more)."
+        )
         row.addWidget(self.layer_combo, 1)
         layout.addLayout(row)
         row = QHBoxLayout()
@@ -363,8 +377,9 @@ class QuantifyWidget(QWidget):
             magnification, pixel_size = layer_calibration(image) if image is not None else (None, None)
             if pixel_size is None:
                 pixel_size = _scale_um(layer)
-            fields.append({"mask": mask, "name": layer.name, "pixel_size_um": pixel_size,
-                           "magnification": magnification})
+            fields.append(
+                {"mask": mask, "name": layer.name, "pixel_size_um": pixel_size, "magnification": magnification}
+            )
         return fields, phases, notes
 
     def update_now(self) -> None:
@@ -409,8 +424,10 @@ class QuantifyWidget(QWidget):
             self.bars.show_report(report)
             summary = report.samples[0]
             if summary.n_fields < 2:
-                notes = [*notes, "95 % CI needs two fields or more: choose 'all phase layers' with several "
-                                 "phase layers open"]
+                notes = [
+                    *notes,
+                    "95 % CI needs two fields or more: choose 'all phase layers' with several phase layers open",
+                ]
             notes = [*notes, *summary.warnings[:2]] if summary.n_fields >= 2 else notes
         self.note.setText("\n".join(notes))
         self._set_export_enabled(report is not None)
@@ -443,10 +460,14 @@ class QuantifyWidget(QWidget):
         for row, phase in enumerate(report.phases.phases):
             p = phase.name
             islands = one.islands[p] if one is not None else summary.islands_per_field.get(p)
-            cells = [p, _fmt_pct(summary.mean[p]),
-                     "—" if summary.ci95[p] is None else f"± {100 * summary.ci95[p]:.2f}",
-                     "—" if islands is None else (f"{islands}" if one is not None else f"{islands:.1f}"),
-                     _fmt_size(summary.mean_island_area.get(p)), _fmt_size(summary.mean_diameter.get(p))]
+            cells = [
+                p,
+                _fmt_pct(summary.mean[p]),
+                "—" if summary.ci95[p] is None else f"± {100 * summary.ci95[p]:.2f}",
+                "—" if islands is None else (f"{islands}" if one is not None else f"{islands:.1f}"),
+                _fmt_size(summary.mean_island_area.get(p)),
+                _fmt_size(summary.mean_diameter.get(p)),
+            ]
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if col > 0:
@@ -487,8 +508,7 @@ class QuantifyWidget(QWidget):
             show_error("nothing to export: no labelled phase layer")
             return None
         if path is None:
-            chosen, _ = QFileDialog.getSaveFileName(self, "Export phase fractions", f"phase_fractions{suffix}",
-                                                    filter_)
+            chosen, _ = QFileDialog.getSaveFileName(self, "Export phase fractions", f"phase_fractions{suffix}", filter_)
             if not chosen:
                 return None
             path = chosen
@@ -510,6 +530,15 @@ def measure(fields: list[dict], phases: PhaseSet) -> Report:
     """Quantify the collected fields with the engine (worker thread): one field per layer, one sample in all."""
     from napari_metalseg.quantify import make_report, quantify_mask
 
-    results = [quantify_mask(f["mask"], phases, pixel_size_um=f["pixel_size_um"], name=f["name"],
-                             magnification=f["magnification"], sample="open layers") for f in fields]
+    results = [
+        quantify_mask(
+            f["mask"],
+            phases,
+            pixel_size_um=f["pixel_size_um"],
+            name=f["name"],
+            magnification=f["magnification"],
+            sample="open layers",
+        )
+        for f in fields
+    ]
     return make_report(results, phases, by="all", source="napari")

@@ -140,8 +140,11 @@ class RatioWidget(DockWidget):
             self.sliders.append(slider)
             self._values.append(value)
         guided = getattr(model, "guidance", "none") != "none"
-        self.note.setText("Target area fraction of each phase; the sliders always sum to 100 %." if guided else
-                          "This model was trained without ratio guidance (retrain with guidance 'ratio').")
+        self.note.setText(
+            "Target area fraction of each phase; the sliders always sum to 100 %."
+            if guided
+            else "This model was trained without ratio guidance (retrain with guidance 'ratio')."
+        )
         ratios = self.session.ratios
         self.ratios = np.asarray(ratios, np.float64) if ratios is not None else np.full(k, 1.0 / k)
         self._show()
@@ -174,8 +177,10 @@ class RatioWidget(DockWidget):
             return
         r = np.clip(np.asarray(ratios, np.float64), 0, None)
         if self.ratios is None or r.shape != self.ratios.shape or r.sum() <= 0:
-            raise MetalsegError(f"ratios {list(ratios)}: need {0 if self.ratios is None else self.ratios.size} "
-                                "non-negative values with a positive sum")
+            raise MetalsegError(
+                f"ratios {list(ratios)}: need {0 if self.ratios is None else self.ratios.size} "
+                "non-negative values with a positive sum"
+            )
         self.ratios = r / r.sum()
         self._show()
         self.none.blockSignals(True)
@@ -236,16 +241,23 @@ class RatioWidget(DockWidget):
         if not is_micrograph_layer(image) or self.session.predictor is None:
             return None
         try:
-            self.worker = start_prediction(self.viewer, image, desc="phase ratios", on_done=self._shown,
-                                           on_error=self._failed, on_finish=self._finished)
+            self.worker = start_prediction(
+                self.viewer,
+                image,
+                desc="phase ratios",
+                on_done=self._shown,
+                on_error=self._failed,
+                on_finish=self._finished,
+            )
         except MetalsegError as exc:
             self._failed(exc)
         return self.worker
 
     def _shown(self, phase_map, layer) -> None:
         guide = "no guidance" if self.session.ratios is None else "guided"
-        self.result.setText(f"<b>Predicted</b> ({guide}): "
-                            f"{phase_legend_html(self.session.phases, phase_map.fractions())}")
+        self.result.setText(
+            f"<b>Predicted</b> ({guide}): {phase_legend_html(self.session.phases, phase_map.fractions())}"
+        )
 
     def _failed(self, exc: BaseException) -> None:
         self.last_error = exc

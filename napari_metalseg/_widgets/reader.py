@@ -59,8 +59,9 @@ def read_path(path: str | Path) -> list[LayerData]:
     return [read_micrograph_layer(path)]
 
 
-def read_micrograph_layer(path: str | Path, name: str | None = None, pixel_size_um: float | None = None,
-                          visible: bool = True) -> LayerData:
+def read_micrograph_layer(
+    path: str | Path, name: str | None = None, pixel_size_um: float | None = None, visible: bool = True
+) -> LayerData:
     """An Image layer-data tuple of a micrograph file (information band cropped, physical scale)."""
     from napari_metalseg._widgets.layers import micrograph_layer_kwargs
     from napari_metalseg.io import read_micrograph
@@ -117,8 +118,12 @@ def read_dataset(root: str | Path) -> list[LayerData]:
         layers.append(image)
         mask = item.read_mask()
         if mask is not None:
-            kwargs = labels_layer_kwargs(dataset.phases, f"{item.name}{MASK_SUFFIX}", scale=image[1].get("scale"),
-                                         metadata={IMAGE_KEY: item.name, "metalseg_dataset": str(dataset.root)})
+            kwargs = labels_layer_kwargs(
+                dataset.phases,
+                f"{item.name}{MASK_SUFFIX}",
+                scale=image[1].get("scale"),
+                metadata={IMAGE_KEY: item.name, "metalseg_dataset": str(dataset.root)},
+            )
             kwargs["visible"] = i == 0
             layers.append((mask_to_labels(mask), kwargs, "labels"))
     return layers

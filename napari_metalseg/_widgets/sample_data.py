@@ -9,8 +9,10 @@ SYNTH_MAGNIFICATION = 3000.0
 SYNTH_FRACTIONS = (0.55, 0.30, 0.15)
 SYNTH_SEED = 7
 ZEISS_FILE = "nanoporous_gold_zeiss.tif"
-ZEISS_NOTE = ("Real SEM micrograph of nanoporous gold (Zeiss, InLens, 500 kX, 0.543 nm pixels) from the aquami 1.1.0 "
-              "package by Joshua Stuckner, MIT license")
+ZEISS_NOTE = (
+    "Real SEM micrograph of nanoporous gold (Zeiss, InLens, 500 kX, 0.543 nm pixels) from the aquami 1.1.0 "
+    "package by Joshua Stuckner, MIT license"
+)
 
 
 def synthetic_micrograph() -> list[tuple]:
@@ -21,10 +23,22 @@ def synthetic_micrograph() -> list[tuple]:
     image, mask = synthesize_micrograph(SYNTH_SIZE, SYNTH_FRACTIONS, SYNTH_MAGNIFICATION, seed=SYNTH_SEED)
     px = pixel_size_for(SYNTH_MAGNIFICATION, SYNTH_SIZE)
     name = "synthetic steel 3000x"
-    info = {"shape": list(image.shape), "magnification": SYNTH_MAGNIFICATION, "pixel_size_um": px,
-            "source": "napari-metalseg synthetic sample", "fractions": list(SYNTH_FRACTIONS), "seed": SYNTH_SEED}
-    image_kwargs = {"name": name, "colormap": "gray", "contrast_limits": (0.0, 1.0), "scale": (px, px),
-                    "units": UNITS, "metadata": {"metalseg_micrograph": info}}
+    info = {
+        "shape": list(image.shape),
+        "magnification": SYNTH_MAGNIFICATION,
+        "pixel_size_um": px,
+        "source": "napari-metalseg synthetic sample",
+        "fractions": list(SYNTH_FRACTIONS),
+        "seed": SYNTH_SEED,
+    }
+    image_kwargs = {
+        "name": name,
+        "colormap": "gray",
+        "contrast_limits": (0.0, 1.0),
+        "scale": (px, px),
+        "units": UNITS,
+        "metadata": {"metalseg_micrograph": info},
+    }
     from napari_metalseg.phases import mask_to_labels
 
     truth_kwargs = labels_layer_kwargs(DEFAULT_PHASES, "ground truth", scale=(px, px), metadata={IMAGE_KEY: name})

@@ -127,8 +127,14 @@ def find_labels_layer(viewer: napari.Viewer, image: Image) -> Labels | None:
     from napari.layers import Labels
 
     hw = image_hw(image)
-    labels = [lay for lay in viewer.layers if isinstance(lay, Labels) and np.ndim(lay.data) == 2
-              and tuple(np.shape(lay.data)) == hw and not is_preview_layer(lay)]
+    labels = [
+        lay
+        for lay in viewer.layers
+        if isinstance(lay, Labels)
+        and np.ndim(lay.data) == 2
+        and tuple(np.shape(lay.data)) == hw
+        and not is_preview_layer(lay)
+    ]
     by_name = {lay.name: lay for lay in labels}
     for suffix in LABEL_SUFFIXES:
         if image.name + suffix in by_name:
@@ -180,8 +186,10 @@ def _mask_of(layer: Any, phases: PhaseSet) -> np.ndarray:
     labels = _labels_array(layer)
     top = int(labels.max(initial=0))
     if top > len(phases):
-        raise MetalsegError(f"labels layer {layer.name!r} uses label {top}, but only {len(phases)} phases are named "
-                            f"({', '.join(phases.names)}; label k is phase k): name more phases or erase those labels")
+        raise MetalsegError(
+            f"labels layer {layer.name!r} uses label {top}, but only {len(phases)} phases are named "
+            f"({', '.join(phases.names)}; label k is phase k): name more phases or erase those labels"
+        )
     return labels_to_mask(labels, len(phases))
 
 
@@ -256,9 +264,16 @@ class TrainingResult:
     metrics: dict | None = None
 
 
-def training_job(samples: list[Sample], phases: PhaseSet, out: Path, config: TrainConfig,
-                 val_samples: list[Sample] | None, stop: Any, resume: bool = False,
-                 image: np.ndarray | None = None):
+def training_job(
+    samples: list[Sample],
+    phases: PhaseSet,
+    out: Path,
+    config: TrainConfig,
+    val_samples: list[Sample] | None,
+    stop: Any,
+    resume: bool = False,
+    image: np.ndarray | None = None,
+):
     """Generator run in the worker thread: yields training events, then loads the run and predicts ``image``.
 
     Returns
@@ -369,8 +384,9 @@ class TrainingWidget(QWidget):
         self.source.setToolTip("Train on the open image + Labels layers, on a dataset folder, or on both.")
         form.addRow("source", self.source)
         self.image_combo = QComboBox()
-        self.image_combo.setToolTip("The image to train on, or every image that has a Labels layer "
-                                    "('<image> labels', '<image> phases', ...).")
+        self.image_combo.setToolTip(
+            "The image to train on, or every image that has a Labels layer ('<image> labels', '<image> phases', ...)."
+        )
         form.addRow("image", self.image_combo)
         self.labels_combo = QComboBox()
         self.labels_combo.setToolTip("Annotations of the image: label 0 = unlabeled, label k = phase k.")
@@ -390,8 +406,10 @@ class TrainingWidget(QWidget):
         for kind in MODEL_KINDS:
             self.model_combo.addItem(kind)
             self.model_combo.setItemData(self.model_combo.count() - 1, MODEL_LABELS[kind], Qt.ToolTipRole)
-        self.model_combo.setToolTip("elunet (the CPU default) / unet3plus: the study's CNNs; classical: features + "
-                                    "boosted trees (seconds); tiny: compact SAM; vit_*: SAM from a checkpoint")
+        self.model_combo.setToolTip(
+            "elunet (the CPU default) / unet3plus: the study's CNNs; classical: features + "
+            "boosted trees (seconds); tiny: compact SAM; vit_*: SAM from a checkpoint"
+        )
         form.addRow("model", self.model_combo)
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("none: train from scratch")
@@ -418,8 +436,10 @@ class TrainingWidget(QWidget):
         self.budget.setValue(int(DEFAULT_BUDGET_S))
         self.budget.setSuffix(" s")
         self.budget.setSpecialValueText("no limit (steps)")
-        self.budget.setToolTip("Train for this long (wall clock); the learning-rate schedule follows the clock. "
-                               "0: train for the number of steps instead.")
+        self.budget.setToolTip(
+            "Train for this long (wall clock); the learning-rate schedule follows the clock. "
+            "0: train for the number of steps instead."
+        )
         form.addRow("time budget", self.budget)
         self.steps = QSpinBox()
         self.steps.setRange(0, 10_000_000)
@@ -465,12 +485,16 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.plot)
         self.preview_check = QCheckBox("live preview while painting (classical pixel classifier)")
         self.preview_check.setChecked(True)
-        self.preview_check.setToolTip("After each stroke, refit the classical pixel classifier on the strokes so far "
-                                      "and show '<image> preview' and '<image> uncertainty' (where to paint next).")
+        self.preview_check.setToolTip(
+            "After each stroke, refit the classical pixel classifier on the strokes so far "
+            "and show '<image> preview' and '<image> uncertainty' (where to paint next)."
+        )
         layout.addWidget(self.preview_check)
         self.add_button = QPushButton("Add to training set")
-        self.add_button.setToolTip("Save the image(s) and their (corrected) labels into the dataset folder "
-                                   "(split 'train'); train on the dataset folder to use them.")
+        self.add_button.setToolTip(
+            "Save the image(s) and their (corrected) labels into the dataset folder "
+            "(split 'train'); train on the dataset folder to use them."
+        )
         self.add_button.clicked.connect(self._add_clicked)
         layout.addWidget(self.add_button)
         layout.addStretch(1)
@@ -527,8 +551,9 @@ class TrainingWidget(QWidget):
         current_labels = self.labels_combo.currentText()
         self.labels_combo.blockSignals(True)
         self.labels_combo.clear()
-        self.labels_combo.addItems([lay.name for lay in self.viewer.layers
-                                    if isinstance(lay, Labels) and not is_preview_layer(lay)])
+        self.labels_combo.addItems(
+            [lay.name for lay in self.viewer.layers if isinstance(lay, Labels) and not is_preview_layer(lay)]
+        )
         self.labels_combo.blockSignals(False)
         if current_labels and self.labels_combo.findText(current_labels) >= 0:
             self.labels_combo.setCurrentText(current_labels)
@@ -551,8 +576,12 @@ class TrainingWidget(QWidget):
         image = self._selected_image()
         name = self.labels_combo.currentText()
         labels = self.viewer.layers[name] if name and name in self.viewer.layers else None
-        ok = (image is not None and isinstance(labels, Labels) and np.ndim(labels.data) == 2
-              and tuple(np.shape(labels.data)) == image_hw(image))
+        ok = (
+            image is not None
+            and isinstance(labels, Labels)
+            and np.ndim(labels.data) == 2
+            and tuple(np.shape(labels.data)) == image_hw(image)
+        )
         self.preview.watch(image if ok else None, labels if ok else None)
 
     def _selected_image(self) -> Image | None:
@@ -575,16 +604,19 @@ class TrainingWidget(QWidget):
         if self.image_combo.currentText() == ALL_IMAGES or image is None:
             pairs = training_pairs(self.viewer)
             if not pairs:
-                raise MetalsegError("no image layer with a Labels layer: add a Labels layer named '<image> labels' "
-                                    "and paint some phases (label 1 = first phase, 0 = unlabeled)")
+                raise MetalsegError(
+                    "no image layer with a Labels layer: add a Labels layer named '<image> labels' "
+                    "and paint some phases (label 1 = first phase, 0 = unlabeled)"
+                )
             return pairs
         name = self.labels_combo.currentText()
         if not name or name not in self.viewer.layers or not isinstance(self.viewer.layers[name], Labels):
             raise MetalsegError(f"choose the Labels layer that holds the annotations of {image.name!r}")
         labels = self.viewer.layers[name]
         if tuple(np.shape(labels.data)) != image_hw(image):
-            raise MetalsegError(f"labels layer {name!r} has shape {np.shape(labels.data)}, image {image.name!r} "
-                                f"has {image_hw(image)}")
+            raise MetalsegError(
+                f"labels layer {name!r} has shape {np.shape(labels.data)}, image {image.name!r} has {image_hw(image)}"
+            )
         return [(image, labels)]
 
     # -- phases and dataset ----------------------------------------------------------------------------
@@ -634,15 +666,17 @@ class TrainingWidget(QWidget):
         self._fill_phases()
 
     def _browse_dataset(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Dataset folder (images/, masks/, phases.json)",
-                                                  self.dataset_edit.text() or str(Path.home()))
+        folder = QFileDialog.getExistingDirectory(
+            self, "Dataset folder (images/, masks/, phases.json)", self.dataset_edit.text() or str(Path.home())
+        )
         if folder:
             self.dataset_edit.setText(folder)
             self._dataset_edited()
 
     def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", str(Path.home()),
-                                              "Checkpoints (*.pth *.pt *.safetensors);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "SAM checkpoint", str(Path.home()), "Checkpoints (*.pth *.pt *.safetensors);;All files (*)"
+        )
         if path:
             self.checkpoint_edit.setText(path)
 
@@ -673,8 +707,11 @@ class TrainingWidget(QWidget):
         self.batch_size.setValue(TRAIN_DEFAULTS[family.name]["batch_size"])
         self.lr.setValue(TRAIN_DEFAULTS[family.name]["lr"])
         current = self.guidance_combo.currentText()
-        allowed = [g for g in TRAINING_GUIDANCE if ("box" not in g or family.boxes)
-                   and g.split("+")[0] in (*family.guidance, "box")]
+        allowed = [
+            g
+            for g in TRAINING_GUIDANCE
+            if ("box" not in g or family.boxes) and g.split("+")[0] in (*family.guidance, "box")
+        ]
         self.guidance_combo.blockSignals(True)
         self.guidance_combo.clear()
         self.guidance_combo.addItems(allowed)
@@ -692,11 +729,19 @@ class TrainingWidget(QWidget):
         steps, budget = self.steps.value() or None, float(self.budget.value()) or None
         if steps is None and budget is None:
             raise MetalsegError("set a time budget or a number of steps")
-        return TrainConfig(model=kind, checkpoint=(self.checkpoint_edit.text().strip() or None) if sam else None,
-                           img_size=self.img_size.value(), finetune=None if finetune == "auto" else finetune,
-                           lora_rank=self.lora_rank.value(), guidance=self.guidance_combo.currentText(),
-                           steps=steps, budget_s=budget, batch_size=self.batch_size.value(), lr=self.lr.value(),
-                           device=self.device_combo.currentText())
+        return TrainConfig(
+            model=kind,
+            checkpoint=(self.checkpoint_edit.text().strip() or None) if sam else None,
+            img_size=self.img_size.value(),
+            finetune=None if finetune == "auto" else finetune,
+            lora_rank=self.lora_rank.value(),
+            guidance=self.guidance_combo.currentText(),
+            steps=steps,
+            budget_s=budget,
+            batch_size=self.batch_size.value(),
+            lr=self.lr.value(),
+            device=self.device_combo.currentText(),
+        )
 
     def _new_run_dir(self, dataset: Path | None) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -716,8 +761,10 @@ class TrainingWidget(QWidget):
             return self._new_run_dir(dataset)
         out = Path(text).expanduser()
         if (out / "config.json").is_file() and not self.resume_check.isChecked():
-            raise MetalsegError(f"{out} already holds a trained run: tick 'resume' to continue it, or clear the run "
-                                "folder field to start a new one")
+            raise MetalsegError(
+                f"{out} already holds a trained run: tick 'resume' to continue it, or clear the run "
+                "folder field to start a new one"
+            )
         return out
 
     def _samples(self, phases: PhaseSet, pairs: list[tuple[Image, Labels]]) -> list[Sample]:
@@ -728,15 +775,19 @@ class TrainingWidget(QWidget):
             image = np.array(image_of_layer(image_layer), dtype=np.float32)
             mask = _mask_of(labels_layer, phases)
             if mask.shape != image.shape:
-                raise MetalsegError(f"labels layer {labels_layer.name!r} has shape {mask.shape}, image "
-                                    f"{image_layer.name!r} has {image.shape}")
+                raise MetalsegError(
+                    f"labels layer {labels_layer.name!r} has shape {mask.shape}, image "
+                    f"{image_layer.name!r} has {image.shape}"
+                )
             if not (mask != UNLABELED).any():
                 continue
             magnification, pixel_size = layer_calibration(image_layer)
             samples.append(Sample(image_layer.name, image, mask, magnification, pixel_size))
         if not samples:
-            raise MetalsegError("the Labels layers hold no annotation yet: paint some pixels of each phase "
-                                "(label 1 = first phase) and train again")
+            raise MetalsegError(
+                "the Labels layers hold no annotation yet: paint some pixels of each phase "
+                "(label 1 = first phase) and train again"
+            )
         return samples
 
     @staticmethod
@@ -746,8 +797,10 @@ class TrainingWidget(QWidget):
 
         dataset = load_dataset(root)
         if phases is not None and dataset.phases.names != phases.names:
-            raise MetalsegError(f"{root}: the dataset's phases {dataset.phases.names} differ from the phases "
-                                f"named in the widget {phases.names}")
+            raise MetalsegError(
+                f"{root}: the dataset's phases {dataset.phases.names} differ from the phases "
+                f"named in the widget {phases.names}"
+            )
         train = load_samples(dataset.labelled_split("train"))
         val = load_samples(dataset.labelled_split("val"))
         return train, val, dataset.phases
@@ -827,16 +880,26 @@ class TrainingWidget(QWidget):
 
         # the live preview and this run can be compared only on the same held-out squares: one micrograph, the same
         # strokes, the trainer's default held-out split, no validation images
-        same_split = (len(samples) == 1 and not val_samples and config.seed == 0 and config.holdout == 0.1)
+        same_split = len(samples) == 1 and not val_samples and config.seed == 0 and config.holdout == 0.1
         self._compare_strokes = image_key(samples[0].mask) if same_split else None
         total = config.total_steps(samples)
         total = 0 if total == UNTIL_BUDGET else total  # a time budget: the number of steps is learnt on the way
         self.plot.reset(total, title=f"{config.model} · {out.name}")
         self._pbar = progress(total=total, desc="MetalSeg training")
         self.status.setText(f"training on {len(samples)} image(s) → {out}")
-        worker = create_worker(training_job, samples, phases, out, config, val_samples or None,
-                               lambda: self._stop_requested, self.resume_check.isChecked(), image,
-                               _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            training_job,
+            samples,
+            phases,
+            out,
+            config,
+            val_samples or None,
+            lambda: self._stop_requested,
+            self.resume_check.isChecked(),
+            image,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
@@ -900,8 +963,14 @@ class TrainingWidget(QWidget):
             name = PHASE_LAYER
             if name in self._protected:  # never overwrite annotations that were training data
                 name = f"{PHASE_LAYER} ({result.run_dir.name})"
-            show_phase_map(self.viewer, result.phase_map, result.phases, name=name, **image_transform(layer),
-                           metadata={IMAGE_KEY: layer.name})
+            show_phase_map(
+                self.viewer,
+                result.phase_map,
+                result.phases,
+                name=name,
+                **image_transform(layer),
+                metadata={IMAGE_KEY: layer.name},
+            )
         what = "stopped" if result.last.kind == "stopped" else "finished"
         dice = result.last.metrics.get("mean_dice") if result.last.metrics else None
         score = f", mean Dice {dice:.1f} %" if isinstance(dice, float) and math.isfinite(dice) else ""
@@ -921,15 +990,21 @@ class TrainingWidget(QWidget):
             return ""
         metrics = result.metrics or {}
         best = metrics.get("mean_dice")
-        comparable = (self._compare_strokes is not None and preview.strokes == self._compare_strokes
-                      and metrics.get("source") == "held-out pixels" and preview.score is not None)
+        comparable = (
+            self._compare_strokes is not None
+            and preview.strokes == self._compare_strokes
+            and metrics.get("source") == "held-out pixels"
+            and preview.score is not None
+        )
         if not comparable or not isinstance(best, float) or not math.isfinite(best):
             return "; not compared with the live preview (other strokes or other validation data)"
         if best >= preview.score:
             self.viewer.layers[name].visible = False
             return f"; it replaces the live preview ({best:.1f} % vs {preview.score:.1f} % on held-out strokes)"
-        return (f"; the live preview is still better on held-out strokes ({preview.score:.1f} % vs {best:.1f} %): "
-                "paint more or train longer")
+        return (
+            f"; the live preview is still better on held-out strokes ({preview.score:.1f} % vs {best:.1f} %): "
+            "paint more or train longer"
+        )
 
     @_while_alive
     def _on_error(self, exc: BaseException) -> None:
@@ -1007,8 +1082,10 @@ class TrainingWidget(QWidget):
 
                 shape = read_micrograph(existing).shape
                 if shape != mask.shape:
-                    raise MetalsegError(f"{existing}: the dataset already has a different image named {name!r} "
-                                        f"({shape[1]}x{shape[0]}); rename the image layer")
+                    raise MetalsegError(
+                        f"{existing}: the dataset already has a different image named {name!r} "
+                        f"({shape[1]}x{shape[0]}); rename the image layer"
+                    )
                 write_item(root, name, None, mask)
             else:
                 data, suffix = _image_for_dataset(image_layer)

@@ -46,8 +46,10 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     phases = _phases_of(meta, labels)
     top = int(labels.max(initial=0))
     if top > len(phases):
-        raise MetalsegError(f"{target}: the layer holds label {top} but only {len(phases)} phases "
-                            f"({', '.join(phases.names)}); labels 1..{len(phases)} are phases, 0 is unlabeled")
+        raise MetalsegError(
+            f"{target}: the layer holds label {top} but only {len(phases)} phases "
+            f"({', '.join(phases.names)}); labels 1..{len(phases)} are phases, 0 is unlabeled"
+        )
     phases_file = _phases_file(target, phases)
     mask = labels_to_mask(labels, len(phases))
     if phases_file is not None:
@@ -75,13 +77,17 @@ def _phases_file(target: Path, phases: PhaseSet) -> Path | None:
     if target.parent.name == "masks" and dataset_file.is_file():
         existing = PhaseSet.load(dataset_file)
         if existing.names != phases.names:
-            raise MetalsegError(f"{dataset_file}: the dataset's phases {existing.names} differ from the layer's "
-                                f"{phases.names}; save the mask elsewhere or rename the phases")
+            raise MetalsegError(
+                f"{dataset_file}: the dataset's phases {existing.names} differ from the layer's "
+                f"{phases.names}; save the mask elsewhere or rename the phases"
+            )
         return None
     beside = target.parent / "phases.json"
     if beside.is_file():
         existing = PhaseSet.load(beside)
         if existing.names != phases.names:
-            raise MetalsegError(f"{beside}: holds phases {existing.names}, the layer has {phases.names}; "
-                                "save the mask into another folder")
+            raise MetalsegError(
+                f"{beside}: holds phases {existing.names}, the layer has {phases.names}; "
+                "save the mask into another folder"
+            )
     return beside

@@ -178,8 +178,9 @@ def _pil_format(path: Path) -> str:
     return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(path.suffix.lower(), "PNG")
 
 
-def write_item(root: str | Path, name: str, image: np.ndarray | None, mask: np.ndarray | None,
-               image_suffix: str = ".png") -> None:
+def write_item(
+    root: str | Path, name: str, image: np.ndarray | None, mask: np.ndarray | None, image_suffix: str = ".png"
+) -> None:
     """Write ``images/<name><suffix>`` and ``masks/<name>.png`` into a dataset folder (each atomically).
 
     ``image=None`` writes only the mask (the image is already there); ``mask=None`` writes only the image.
@@ -305,9 +306,12 @@ def load_dataset(root: str | Path, require_masks: bool = False) -> Dataset:
         if mask_path is not None:
             problems.extend(_check_mask(mask_path, image_path, k))
         row = meta.get(name, {})
-        item = DatasetItem(name=name, image_path=image_path, mask_path=mask_path, extra={
-            key: value for key, value in row.items() if key not in METADATA_COLUMNS
-        })
+        item = DatasetItem(
+            name=name,
+            image_path=image_path,
+            mask_path=mask_path,
+            extra={key: value for key, value in row.items() if key not in METADATA_COLUMNS},
+        )
         for column in ("magnification", "pixel_size_um"):
             value = row.get(column, "")
             if value:
@@ -343,8 +347,10 @@ def _check_mask(mask_path: Path, image_path: Path, k: int) -> list[str]:
     if isinstance(shape, str):
         problems.append(f"images/{image_path.name}: {shape}")
     elif shape != mask.shape:
-        problems.append(f"masks/{mask_path.name}: size {mask.shape[1]}x{mask.shape[0]} does not match "
-                        f"image {shape[1]}x{shape[0]} (after info-band crop)")
+        problems.append(
+            f"masks/{mask_path.name}: size {mask.shape[1]}x{mask.shape[0]} does not match "
+            f"image {shape[1]}x{shape[0]} (after info-band crop)"
+        )
     bad = np.unique(mask[(mask >= k) & (mask != UNLABELED)])
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:8]) + (" ..." if bad.size > 8 else "")

@@ -39,8 +39,7 @@ def load_samples(items: Iterable) -> list[Sample]:
         if mask is None:
             continue
         micrograph = item.read_image()
-        samples.append(Sample(item.name, micrograph.image, mask, micrograph.magnification,
-                              micrograph.pixel_size_um))
+        samples.append(Sample(item.name, micrograph.image, mask, micrograph.magnification, micrograph.pixel_size_um))
     return samples
 
 
@@ -66,8 +65,9 @@ def normalize_contrast(image: np.ndarray, low: float = 0.5, high: float = 99.5) 
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def holdout_pixels(samples: list[Sample], num_phases: int, fraction: float = 0.1, block: int = 32,
-                   seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def holdout_pixels(
+    samples: list[Sample], num_phases: int, fraction: float = 0.1, block: int = 32, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
     """Set aside labelled pixels for validation when there are no validation images.
 
     The labelled area of every image is cut into ``block`` x ``block`` squares; about ``fraction`` of the squares that
@@ -102,10 +102,16 @@ def holdout_pixels(samples: list[Sample], num_phases: int, fraction: float = 0.1
         if not held.any():
             train.append(s)
             continue
-        train.append(Sample(s.name, s.image, np.where(held, UNLABELED, s.mask).astype(np.uint8), s.magnification,
-                            s.pixel_size_um))
-        val.append(Sample(s.name, s.image, np.where(held, s.mask, UNLABELED).astype(np.uint8), s.magnification,
-                          s.pixel_size_um))
+        train.append(
+            Sample(
+                s.name, s.image, np.where(held, UNLABELED, s.mask).astype(np.uint8), s.magnification, s.pixel_size_um
+            )
+        )
+        val.append(
+            Sample(
+                s.name, s.image, np.where(held, s.mask, UNLABELED).astype(np.uint8), s.magnification, s.pixel_size_um
+            )
+        )
     return train, val
 
 
@@ -130,8 +136,15 @@ class CropSampler:
         Intensity and geometric augmentation on or off.
     """
 
-    def __init__(self, samples: list[Sample], size: int, num_phases: int, seed: int = 0,
-                 scale_range: tuple[float, float] = (0.75, 1.33), augment: bool = True) -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        size: int,
+        num_phases: int,
+        seed: int = 0,
+        scale_range: tuple[float, float] = (0.75, 1.33),
+        augment: bool = True,
+    ) -> None:
         if not samples:
             raise MetalsegError("no labelled images to train on")
         self.samples = samples
@@ -206,8 +219,8 @@ def _crop_padded(image: np.ndarray, mask: np.ndarray, y0: int, x0: int, size: in
     out_img = np.full((size, size), float(inner.mean()) if inner.size else 0.5, np.float32)
     out_mask = np.full((size, size), UNLABELED, np.uint8)
     if inner.size:
-        out_img[ys - y0: ye - y0, xs - x0: xe - x0] = inner
-        out_mask[ys - y0: ye - y0, xs - x0: xe - x0] = mask[ys:ye, xs:xe]
+        out_img[ys - y0 : ye - y0, xs - x0 : xe - x0] = inner
+        out_mask[ys - y0 : ye - y0, xs - x0 : xe - x0] = mask[ys:ye, xs:xe]
     return out_img, out_mask
 
 

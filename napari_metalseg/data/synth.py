@@ -68,14 +68,14 @@ _FRACTION_MEANS = {
 _SPLITS = ("train", "val", "test")
 
 # Physical length scales in micrometres.
-_GRAIN_UM = 6.0          # mean prior-austenite / ferrite grain spacing
-_FRAGMENT_RATIO = 2.6    # grain spacing / fragment (packet, block, sheaf) spacing
-_MART_LATH_UM = 0.45     # martensite lath period
-_BAIN_LATH_UM = 0.85     # bainite lath period
-_LAMELLA_UM = 0.32       # lamellar variant (pearlite-like) period
-_CARBIDE_UM = 0.07       # carbide half-width
-_GROOVE_UM = 0.035       # grain-boundary groove width (sigma)
-_RAMP_UM = 0.05          # width of the relief step at phase boundaries (sigma)
+_GRAIN_UM = 6.0  # mean prior-austenite / ferrite grain spacing
+_FRAGMENT_RATIO = 2.6  # grain spacing / fragment (packet, block, sheaf) spacing
+_MART_LATH_UM = 0.45  # martensite lath period
+_BAIN_LATH_UM = 0.85  # bainite lath period
+_LAMELLA_UM = 0.32  # lamellar variant (pearlite-like) period
+_CARBIDE_UM = 0.07  # carbide half-width
+_GROOVE_UM = 0.035  # grain-boundary groove width (sigma)
+_RAMP_UM = 0.05  # width of the relief step at phase boundaries (sigma)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -219,8 +219,9 @@ def write_synthetic_dataset(
         raise MetalsegError(f"phases must be a PhaseSet, got {type(phases).__name__}")
     k = len(phases)
     if not MIN_PHASES <= k <= MAX_PHASES:
-        raise MetalsegError(f"synthetic data supports {MIN_PHASES}..{MAX_PHASES} phases, "
-                            f"got {k} ({', '.join(phases.names)})")
+        raise MetalsegError(
+            f"synthetic data supports {MIN_PHASES}..{MAX_PHASES} phases, got {k} ({', '.join(phases.names)})"
+        )
     fixed = None
     if fractions is not None:
         fixed = _check_fractions(fractions)
@@ -244,9 +245,13 @@ def write_synthetic_dataset(
         name = f"synth_{i:04d}"
         write_item(out, name, image, mask)
         measured = np.bincount(mask.ravel(), minlength=k)[:k] / mask.size
-        row = {"name": name, "magnification": _plain_number(mag),
-               "pixel_size_um": round(pixel_size_for(mag, shape[1]), 6), "split": split_of[i],
-               "sample": f"synth-s{seed}-{i:04d}"}
+        row = {
+            "name": name,
+            "magnification": _plain_number(mag),
+            "pixel_size_um": round(pixel_size_for(mag, shape[1]), 6),
+            "split": split_of[i],
+            "sample": f"synth-s{seed}-{i:04d}",
+        }
         row.update({f"true_fraction_{p}": round(float(f), 6) for p, f in zip(phases.names, measured)})
         rows.append(row)
         if progress is not None:
@@ -286,14 +291,16 @@ def assign_splits(n: int, splits: Sequence[float] = (0.6, 0.2, 0.2), seed: int =
 def _check_size(size: object) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         dims = (int(size), int(size))
-    elif (isinstance(size, (tuple, list)) and len(size) == 2
-          and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size)):
+    elif (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size)
+    ):
         dims = (int(size[0]), int(size[1]))
     else:
         raise MetalsegError(f"size must be an integer or a (height, width) pair of integers, got {size!r}")
     if min(dims) < MIN_SIZE or max(dims) > MAX_SIZE:
-        raise MetalsegError(f"size {dims[0]}x{dims[1]} is out of range: "
-                            f"each side must be {MIN_SIZE}..{MAX_SIZE} px")
+        raise MetalsegError(f"size {dims[0]}x{dims[1]} is out of range: each side must be {MIN_SIZE}..{MAX_SIZE} px")
     return dims
 
 
@@ -303,8 +310,7 @@ def _check_fractions(fractions: object) -> np.ndarray:
     except (TypeError, ValueError):
         raise MetalsegError(f"fractions must be a list of numbers, got {fractions!r}") from None
     if values.ndim != 1 or not MIN_PHASES <= values.size <= MAX_PHASES:
-        raise MetalsegError(f"fractions must list {MIN_PHASES}..{MAX_PHASES} phase fractions, "
-                            f"got {fractions!r}")
+        raise MetalsegError(f"fractions must list {MIN_PHASES}..{MAX_PHASES} phase fractions, got {fractions!r}")
     if not np.all(np.isfinite(values)) or np.any(values < 0):
         raise MetalsegError(f"fractions must be non-negative numbers, got {_fmt_list(values)}")
     total = float(values.sum())
@@ -341,8 +347,10 @@ def _check_feature_count(shape: tuple[int, int], px_um: float, magnification: fl
     spacing = _GRAIN_UM / _FRAGMENT_RATIO / px_um
     seeds = (shape[0] / spacing + 6) * (shape[1] / spacing + 6)
     if spacing < 2.0 or seeds > _MAX_SEEDS:
-        raise MetalsegError(f"magnification {magnification:g}x is too low for a {shape[1]} px wide image: "
-                            f"grains would be {_GRAIN_UM / px_um:.1f} px; use a higher magnification")
+        raise MetalsegError(
+            f"magnification {magnification:g}x is too low for a {shape[1]} px wide image: "
+            f"grains would be {_GRAIN_UM / px_um:.1f} px; use a higher magnification"
+        )
 
 
 def _check_count(n: object) -> int:
@@ -381,14 +389,15 @@ def _check_target(out: Path, overwrite: bool) -> None:
     if not taken:
         return
     if not overwrite:
-        raise MetalsegError(f"{out}: already contains a dataset ({', '.join(taken)}); "
-                            "choose a new or empty folder or overwrite it")
+        raise MetalsegError(
+            f"{out}: already contains a dataset ({', '.join(taken)}); choose a new or empty folder or overwrite it"
+        )
     old = [f for d in ("images", "masks") if (out / d).is_dir() for f in sorted((out / d).iterdir())]
-    foreign = [f"{f.parent.name}/{f.name}" for f in old
-               if not (f.name.lstrip(".").startswith("synth_") and f.suffix == ".png")]
+    foreign = [
+        f"{f.parent.name}/{f.name}" for f in old if not (f.name.lstrip(".").startswith("synth_") and f.suffix == ".png")
+    ]
     if foreign:
-        raise MetalsegError(f"{out}: not overwriting: {len(foreign)} file(s) are not synthetic, "
-                            f"e.g. {foreign[0]}")
+        raise MetalsegError(f"{out}: not overwriting: {len(foreign)} file(s) are not synthetic, e.g. {foreign[0]}")
     for f in old:
         f.unlink()
 
@@ -416,9 +425,9 @@ class _Style:
     """Random per-image rendering parameters (domain randomisation of etching and imaging conditions)."""
 
     grain_um: float
-    albedo: np.ndarray          # base secondary-electron yield per phase
-    relief: np.ndarray          # height of each phase above ferrite (0.1 um units)
-    grain_contrast: float       # std of per-grain orientation contrast
+    albedo: np.ndarray  # base secondary-electron yield per phase
+    relief: np.ndarray  # height of each phase above ferrite (0.1 um units)
+    grain_contrast: float  # std of per-grain orientation contrast
     mart_lath_um: float
     bain_lath_um: float
     carbide_density: float
@@ -435,8 +444,13 @@ class _Style:
     def draw(cls, rng: np.random.Generator, k: int) -> _Style:
         u = rng.uniform
         ferrite = u(0.22, 0.36)
-        base = [ferrite, ferrite + u(-0.08, 0.10), ferrite + u(-0.08, 0.08), ferrite + u(-0.06, 0.08),
-                ferrite + u(-0.06, 0.08)]
+        base = [
+            ferrite,
+            ferrite + u(-0.08, 0.10),
+            ferrite + u(-0.08, 0.08),
+            ferrite + u(-0.06, 0.08),
+            ferrite + u(-0.06, 0.08),
+        ]
         relief = [0.0, u(0.7, 1.3), u(0.4, 0.9), u(0.3, 0.7), u(0.2, 0.6)]
         return cls(
             grain_um=_GRAIN_UM * float(np.exp(rng.normal(0.0, 0.15))),
@@ -466,18 +480,19 @@ class _Style:
 class _Micro:
     """A microstructure: the phase mask plus the grain/fragment maps and per-fragment attributes."""
 
-    mask: np.ndarray            # uint8 (H, W) phase index
-    grain: np.ndarray           # int32 (H, W) grain label
-    frag: np.ndarray            # int32 (H, W) fragment label
-    frag_grain: np.ndarray      # grain of each fragment
-    frag_phase: np.ndarray      # phase of each fragment
-    frag_theta: np.ndarray      # lath orientation of each fragment as a martensite packet/block
-    frag_sheaf: np.ndarray      # lath orientation of each fragment as a bainite sheaf
+    mask: np.ndarray  # uint8 (H, W) phase index
+    grain: np.ndarray  # int32 (H, W) grain label
+    frag: np.ndarray  # int32 (H, W) fragment label
+    frag_grain: np.ndarray  # grain of each fragment
+    frag_phase: np.ndarray  # phase of each fragment
+    frag_theta: np.ndarray  # lath orientation of each fragment as a martensite packet/block
+    frag_sheaf: np.ndarray  # lath orientation of each fragment as a bainite sheaf
     px_per_um: float
 
 
-def _build_microstructure(shape: tuple[int, int], targets: np.ndarray, px_per_um: float, style: _Style,
-                          rng: np.random.Generator) -> _Micro:
+def _build_microstructure(
+    shape: tuple[int, int], targets: np.ndarray, px_per_um: float, style: _Style, rng: np.random.Generator
+) -> _Micro:
     grain_px = style.grain_um * px_per_um
     frag_px = grain_px / _FRAGMENT_RATIO
     yy, xx = _grid(shape)
@@ -498,8 +513,7 @@ def _build_microstructure(shape: tuple[int, int], targets: np.ndarray, px_per_um
 
 
 def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.meshgrid(np.arange(shape[0], dtype=np.float32), np.arange(shape[1], dtype=np.float32),
-                         indexing="ij")
+    yy, xx = np.meshgrid(np.arange(shape[0], dtype=np.float32), np.arange(shape[1], dtype=np.float32), indexing="ij")
     return yy, xx
 
 
@@ -537,8 +551,9 @@ def _fragments(grain: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndar
     return frag, frag_grain, frag_cell, area.astype(np.int64)
 
 
-def _assign_phases(area: np.ndarray, frag_grain: np.ndarray, frag_cell: np.ndarray, targets: np.ndarray,
-                   rng: np.random.Generator) -> np.ndarray:
+def _assign_phases(
+    area: np.ndarray, frag_grain: np.ndarray, frag_cell: np.ndarray, targets: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Phase of every fragment so that the phase areas match ``targets`` (fractions) closely.
 
     The largest phase is the matrix. Every other phase takes whole grains up to a random share of its target,
@@ -568,11 +583,19 @@ def _group(labels: np.ndarray) -> list[np.ndarray]:
     """Indices of ``labels`` grouped by value (one array per value 0..max, possibly empty)."""
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(int(labels.max()) + 2))
-    return [order[bounds[i]:bounds[i + 1]] for i in range(bounds.size - 1)]
+    return [order[bounds[i] : bounds[i + 1]] for i in range(bounds.size - 1)]
 
 
-def _take_units(phase: np.ndarray, area: np.ndarray, units: list[np.ndarray], matrix: int, p: int,
-                have: float, goal: float, whole: bool) -> float:
+def _take_units(
+    phase: np.ndarray,
+    area: np.ndarray,
+    units: list[np.ndarray],
+    matrix: int,
+    p: int,
+    have: float,
+    goal: float,
+    whole: bool,
+) -> float:
     """Move units (fragment index arrays) from the matrix to phase ``p`` while that brings it nearer ``goal``.
 
     ``whole=True`` takes a unit only when all its fragments are still matrix; otherwise its matrix fragments.
@@ -593,8 +616,7 @@ def _take_units(phase: np.ndarray, area: np.ndarray, units: list[np.ndarray], ma
     return have
 
 
-def _round_interfaces(mask: np.ndarray, targets: np.ndarray, sigma: float,
-                      rng: np.random.Generator) -> np.ndarray:
+def _round_interfaces(mask: np.ndarray, targets: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Round and roughen the interphase boundaries, then tune them so every phase hits its target fraction.
 
     Each phase's indicator is blurred and perturbed with smooth noise; the new mask is the argmax over phases
@@ -619,8 +641,9 @@ def _round_interfaces(mask: np.ndarray, targets: np.ndarray, sigma: float,
     return best
 
 
-def _orientations(frag_grain: np.ndarray, frag_cell: np.ndarray, rng: np.random.Generator,
-                  n_variants: int) -> np.ndarray:
+def _orientations(
+    frag_grain: np.ndarray, frag_cell: np.ndarray, rng: np.random.Generator, n_variants: int
+) -> np.ndarray:
     """Lath orientation per fragment: each grain has ``n_variants`` (packets, sheaves); fragments pick one."""
     n_grains = int(frag_grain.max()) + 1
     variants = rng.uniform(0, np.pi, size=(n_grains, n_variants))
@@ -667,8 +690,8 @@ class _PhaseContext:
 
     micro: _Micro
     idx: np.ndarray
-    jitter: np.ndarray          # smooth noise (lath bending, faint etch variation)
-    rough: np.ndarray           # fine noise (etch roughness)
+    jitter: np.ndarray  # smooth noise (lath bending, faint etch variation)
+    rough: np.ndarray  # fine noise (etch roughness)
     ppu: float
     sheaf: bool = False
 
@@ -679,8 +702,8 @@ class _PhaseContext:
         self.frag = self.micro.frag.ravel()[self.idx]
         theta = (self.micro.frag_sheaf if self.sheaf else self.micro.frag_theta)[self.frag]
         c, s = np.cos(theta), np.sin(theta)
-        self.u = self.x * c + self.y * s      # across the laths
-        self.v = -self.x * s + self.y * c     # along the laths
+        self.u = self.x * c + self.y * s  # across the laths
+        self.v = -self.x * s + self.y * c  # along the laths
 
 
 def _ferrite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -708,8 +731,7 @@ def _martensite(ctx: _PhaseContext, style: _Style, rng: np.random.Generator) -> 
     return alb.astype(np.float32), hgt.astype(np.float32)
 
 
-def _laths(ctx: _PhaseContext, period: float, bend: float,
-           key: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _laths(ctx: _PhaseContext, period: float, bend: float, key: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pixel: index of its lath, position across the lath (0..1), distance (px) to the nearest lath boundary."""
     phi = _lath_phase(ctx, period, bend, key)
     lath = np.floor(phi)
@@ -721,8 +743,9 @@ def _lath_phase(ctx: _PhaseContext, period: float, bend: float, key: int) -> np.
     """Lath coordinate (one unit per lath) across the laths, with uneven lath widths and gentle bending."""
     h1, h2, h3 = (_hash01(ctx.frag, key + j) for j in range(3))
     lam1, lam2 = period * (2.3 + 1.5 * h1), period * (5.0 + 4.0 * h2)
-    uneven = (0.22 * lam1 / period / 2.6) * np.sin(2 * np.pi * (ctx.u / lam1 + h2)) \
-        + (0.5 * lam2 / period / 7.0) * np.sin(2 * np.pi * (ctx.u / lam2 + h1))
+    uneven = (0.22 * lam1 / period / 2.6) * np.sin(2 * np.pi * (ctx.u / lam1 + h2)) + (
+        0.5 * lam2 / period / 7.0
+    ) * np.sin(2 * np.pi * (ctx.u / lam2 + h1))
     return ctx.u / period + uneven + bend * ctx.jitter + 13.0 * h3
 
 
@@ -793,7 +816,7 @@ def _edges(labels: np.ndarray) -> np.ndarray:
 def _se_topography(height: np.ndarray, ppu: float, style: _Style) -> np.ndarray:
     """Secondary-electron contrast from relief: edge brightening with slope, plus detector-side shading."""
     gy, gx = np.gradient(height)
-    scale = 0.1 * ppu   # height units are 0.1 um: slope per unit lateral 0.1 um
+    scale = 0.1 * ppu  # height units are 0.1 um: slope per unit lateral 0.1 um
     slope = np.hypot(gx, gy) * scale
     shade = (np.cos(style.shade_dir) * gx + np.sin(style.shade_dir) * gy) * scale
     return style.edge_gain * np.tanh(1.2 * slope) + style.shade_gain * np.tanh(shade)
@@ -874,8 +897,7 @@ def _bspline_matrix(n_out: int, n_in: int, scale: float, offset: float) -> np.nd
     pos = (np.arange(n_out) + offset) / scale + 1.0
     i0 = np.floor(pos).astype(np.int64)
     f = pos - i0
-    weights = ((1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6,
-               (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6)
+    weights = ((1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6, (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6)
     m = np.zeros((n_out, n_in), dtype=np.float32)
     rows = np.arange(n_out)
     for j, w in enumerate(weights):

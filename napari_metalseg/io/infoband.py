@@ -85,7 +85,7 @@ def detect_info_band(image: np.ndarray) -> int:
     if image.ndim != 2 or height < MIN_HEIGHT or not hi > lo:
         return 0
     bottom = _bottom_rows(height)
-    stats = _RowStats(image[height - bottom:], lo, hi)
+    stats = _RowStats(image[height - bottom :], lo, hi)
     top = _band_top(stats.bandlike)
     if top is None:
         return 0

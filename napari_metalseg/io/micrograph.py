@@ -254,8 +254,9 @@ def _tiff_pixels(tif: tifffile.TiffFile, path: Path) -> _Pixels:
     _check_stack(series.axes, series.shape, str(path))
     _check_tiff_complete(series.pages, path)
     if int(page.photometric) not in _TIFF_PHOTOMETRIC_OK:
-        raise MetalsegError(f"{path}: unsupported TIFF colour model {page.photometric.name}; "
-                            "save it as grayscale or RGB")
+        raise MetalsegError(
+            f"{path}: unsupported TIFF colour model {page.photometric.name}; save it as grayscale or RGB"
+        )
     data = series.asarray()
     if "S" in series.axes and series.axes.index("S") < series.axes.index("Y"):
         data = np.moveaxis(data, series.axes.index("S"), -1)  # planar RGB -> H x W x C
@@ -346,8 +347,9 @@ def _stack_message(name: str, count: int) -> str:
 def _check_size(shape: tuple[int, ...], name: str) -> None:
     height, width = int(shape[0]), int(shape[1])
     if height < MIN_SIZE or width < MIN_SIZE:
-        raise MetalsegError(f"{name}: image is {width}x{height} pixels; metalseg needs at least "
-                            f"{MIN_SIZE} pixels in each dimension")
+        raise MetalsegError(
+            f"{name}: image is {width}x{height} pixels; metalseg needs at least {MIN_SIZE} pixels in each dimension"
+        )
 
 
 def _to_gray(pixels: _Pixels, name: str) -> np.ndarray:

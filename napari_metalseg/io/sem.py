@@ -129,8 +129,9 @@ def zeiss_metadata(md: Mapping[str, Any]) -> SemMetadata:
     """
     pixel = _first(_zeiss_length_um(md.get(key)) for key in ("ap_image_pixel_size", "ap_pixel_size"))
     mag = _first(_zeiss_magnification(md.get(key)) for key in ("ap_mag",))
-    detector = _first(_zeiss_text(md.get(key)) for key in ("dp_detector_channel", "dp_detector_type",
-                                                           "dp_implied_detector"))
+    detector = _first(
+        _zeiss_text(md.get(key)) for key in ("dp_detector_channel", "dp_detector_type", "dp_implied_detector")
+    )
     kv = _first(_zeiss_kv(md.get(key)) for key in ("ap_actualkv", "ap_manualkv"))
     return SemMetadata(instrument="zeiss", pixel_size_um=pixel, magnification=mag, detector=detector, kv=kv)
 
@@ -296,8 +297,10 @@ def _fei_magnification(md: Mapping[str, Any], pixel_m: float | None) -> float | 
     canvas = _positive(_section(md, "Image").get("MagCanvasRealWidth"))
     if canvas is None:
         return None
-    hfw = _first(_positive(_section(md, sec).get(key)) for sec, key in
-                 (("EBeam", "HFW"), ("EScan", "HorFieldsize"), ("Scan", "HorFieldsize")))
+    hfw = _first(
+        _positive(_section(md, sec).get(key))
+        for sec, key in (("EBeam", "HFW"), ("EScan", "HorFieldsize"), ("Scan", "HorFieldsize"))
+    )
     width_px = _positive(_section(md, "Image").get("ResolutionX"))
     if hfw is None and pixel_m and width_px:
         hfw = pixel_m * width_px

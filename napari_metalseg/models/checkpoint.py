@@ -159,9 +159,7 @@ def _read(path: Path) -> object:
         TypeError,
     ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MetalsegError(
-            f"{path}: cannot read checkpoint: file is truncated or corrupt ({first})"
-        ) from None
+        raise MetalsegError(f"{path}: cannot read checkpoint: file is truncated or corrupt ({first})") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -281,9 +279,7 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
     except MetalsegError as exc:
         raise MetalsegError(f"{path}: {exc}") from None
     if found != kind:
-        raise MetalsegError(
-            f"{path}: checkpoint is {_describe(found, dim, depth)} but --model {kind} was requested"
-        )
+        raise MetalsegError(f"{path}: checkpoint is {_describe(found, dim, depth)} but --model {kind} was requested")
 
     sam = _sam(model)
     cfg = SAM_CONFIGS[kind]
@@ -305,14 +301,9 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
         if src_key not in ckpt:
             hyper = _HYPER_RE.match(key)
             if hyper:
-                reason = (
-                    f"no pretrained hypernetwork MLP for mask token {hyper.group(1)} "
-                    f"(checkpoint has fewer phases)"
-                )
+                reason = f"no pretrained hypernetwork MLP for mask token {hyper.group(1)} (checkpoint has fewer phases)"
             elif key.startswith("image_encoder."):
-                raise MetalsegError(
-                    f"{path}: checkpoint is incomplete: image encoder tensor {src_key} is missing"
-                )
+                raise MetalsegError(f"{path}: checkpoint is incomplete: image encoder tensor {src_key} is missing")
             else:
                 reason = "missing from the checkpoint"
             report.reinitialised.append((key, reason))

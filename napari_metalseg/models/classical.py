@@ -60,8 +60,7 @@ FEATURE_SET = "ilastik-v1"
 DEFAULT_SIGMAS: tuple[float, ...] = (0.7, 1.6, 3.5, 5.0, 10.0)
 """Filter scales in pixels: ilastik's set without 1.0 (close to 0.7 and 1.6; dropping it saves 1/6 of the time)."""
 
-PER_SCALE = ("gaussian", "gradient", "laplacian", "dog", "hessian_max", "hessian_min", "structure_max",
-             "structure_min")
+PER_SCALE = ("gaussian", "gradient", "laplacian", "dog", "hessian_max", "hessian_min", "structure_max", "structure_min")
 """Features computed at every scale, in order (see :func:`pixel_features`)."""
 
 TRUNCATE = 3.0
@@ -89,8 +88,18 @@ _MAX_FILE_BYTES = 256 << 20
 _MAX_TILE = 16384
 _MAX_SIGMA = 256.0
 _MAX_SCALES = 16
-_HEADER_KEYS = {"num_phases", "feature_set", "sigmas", "tile_size", "labeled_phases", "unlabeled_phases",
-                "objective", "n_features", "lightgbm", "model_sha256"}
+_HEADER_KEYS = {
+    "num_phases",
+    "feature_set",
+    "sigmas",
+    "tile_size",
+    "labeled_phases",
+    "unlabeled_phases",
+    "objective",
+    "n_features",
+    "lightgbm",
+    "model_sha256",
+}
 
 
 # -- features ----------------------------------------------------------------------------------------------------
@@ -102,8 +111,7 @@ def _check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
     if not values:
         raise MetalsegError("sigmas: at least one filter scale is needed")
     if len(values) > _MAX_SCALES or not all(math.isfinite(s) and 0 < s <= _MAX_SIGMA for s in values):
-        raise MetalsegError(f"sigmas {list(values)}: at most {_MAX_SCALES} scales, each in (0, {_MAX_SIGMA:g}] "
-                            "pixels")
+        raise MetalsegError(f"sigmas {list(values)}: at most {_MAX_SCALES} scales, each in (0, {_MAX_SIGMA:g}] pixels")
     if list(values) != sorted(set(values)):
         raise MetalsegError(f"sigmas {list(values)}: scales must be distinct and increasing")
     return values
@@ -158,8 +166,9 @@ def _diff2(a: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def pixel_features(image: np.ndarray, *, sigmas: Sequence[float] = DEFAULT_SIGMAS,
-                   threads: int | None = None) -> np.ndarray:
+def pixel_features(
+    image: np.ndarray, *, sigmas: Sequence[float] = DEFAULT_SIGMAS, threads: int | None = None
+) -> np.ndarray:
     """ilastik-like multiscale pixel features of a grey image.
 
     Channel 0 is the raw intensity. Then, for every scale ``s`` in ``sigmas`` (the :data:`PER_SCALE` order):
@@ -195,7 +204,7 @@ def pixel_features(image: np.ndarray, *, sigmas: Sequence[float] = DEFAULT_SIGMA
     out = np.empty((n_features(sigmas), *img.shape), np.float32)
     out[0] = img
     width = len(PER_SCALE)
-    blocks = [out[1 + width * i: 1 + width * (i + 1)] for i in range(len(sigmas))]
+    blocks = [out[1 + width * i : 1 + width * (i + 1)] for i in range(len(sigmas))]
 
     def smooth(i: int) -> None:
         ndimage.gaussian_filter(img, sigmas[i], output=blocks[i][0], mode="reflect", truncate=TRUNCATE)
@@ -311,8 +320,9 @@ def _phase_list(phases: Sequence[int]) -> str:
     return ", ".join(str(int(k)) for k in phases)
 
 
-def draw_pixels(masks: Sequence[np.ndarray], num_phases: int, max_pixels: int, *, seed: int = 0,
-                counts: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def draw_pixels(
+    masks: Sequence[np.ndarray], num_phases: int, max_pixels: int, *, seed: int = 0, counts: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Draw training pixels among the labelled pixels of ``masks``, balanced per phase.
 
     The ``max_pixels`` budget is split evenly over the labelled phases; a phase with fewer labelled pixels than
@@ -350,8 +360,10 @@ def draw_pixels(masks: Sequence[np.ndarray], num_phases: int, max_pixels: int, *
                 where = np.flatnonzero(np.asarray(masks[i]).ravel() == p)
                 picks[i].append(np.sort(rng.choice(where, int(m), replace=False)))
                 phases[i].append(np.full(int(m), p, np.uint8))
-    return [(np.concatenate(f) if f else np.zeros(0, np.int64), np.concatenate(c) if c else np.zeros(0, np.uint8))
-            for f, c in zip(picks, phases, strict=True)]
+    return [
+        (np.concatenate(f) if f else np.zeros(0, np.int64), np.concatenate(c) if c else np.zeros(0, np.uint8))
+        for f, c in zip(picks, phases, strict=True)
+    ]
 
 
 def fit_classifier(
@@ -442,14 +454,18 @@ def fit_classifier(
         mask = np.asarray(sample.mask)
         if mask.dtype != np.uint8:
             if not np.issubdtype(mask.dtype, np.integer) or mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
-                raise MetalsegError(f"{sample.name}: the mask must hold phase indices 0..{k - 1} and {UNLABELED} "
-                                    f"(uint8), got {mask.dtype}")
+                raise MetalsegError(
+                    f"{sample.name}: the mask must hold phase indices 0..{k - 1} and {UNLABELED} "
+                    f"(uint8), got {mask.dtype}"
+                )
             mask = mask.astype(np.uint8)
         values = np.bincount(mask.ravel(), minlength=UNLABELED + 1)
         bad = [v for v in np.flatnonzero(values) if k <= v != UNLABELED]
         if bad:
-            raise MetalsegError(f"{sample.name}: the mask holds value(s) {_phase_list(bad[:5])} but the model has "
-                                f"{k} phases (0..{k - 1}; {UNLABELED} = unlabeled)")
+            raise MetalsegError(
+                f"{sample.name}: the mask holds value(s) {_phase_list(bad[:5])} but the model has "
+                f"{k} phases (0..{k - 1}; {UNLABELED} = unlabeled)"
+            )
         counts[i] = values[:k]
         if counts[i].any() and not np.isfinite(sample.image).all():
             raise MetalsegError(f"{sample.name}: the image contains NaN or infinite values")
@@ -462,12 +478,15 @@ def fit_classifier(
     if not labeled:
         raise MetalsegError(f"no labelled pixels in the {len(samples)} image(s): scribble at least two phases")
     if len(labeled) == 1:
-        raise MetalsegError(f"only phase {labeled[0]} is labelled: at least two phases must be scribbled to train "
-                            "the classical pixel classifier")
+        raise MetalsegError(
+            f"only phase {labeled[0]} is labelled: at least two phases must be scribbled to train "
+            "the classical pixel classifier"
+        )
     unlabeled = [p for p in range(k) if p not in labeled]
 
-    draws = draw_pixels([np.asarray(s.mask).astype(np.uint8, copy=False) for s in samples], k, max_pixels, seed=seed,
-                        counts=counts)
+    draws = draw_pixels(
+        [np.asarray(s.mask).astype(np.uint8, copy=False) for s in samples], k, max_pixels, seed=seed, counts=counts
+    )
     rows, labels = [], []
     for sample, (flat, phase), feats in zip(samples, draws, features or [None] * len(samples), strict=True):
         if flat.size == 0:
@@ -503,8 +522,13 @@ def fit_classifier(
     if not binary:
         params["num_class"] = len(labeled)
     # bin edges from a 20 000-pixel subsample: halves the binning time of a full budget, same model quality
-    dataset = lgb.Dataset(x, label=y, feature_name=feature_names(sigmas), free_raw_data=True,
-                          params={"max_bin": 63, "bin_construct_sample_cnt": 20_000, "verbosity": -1})
+    dataset = lgb.Dataset(
+        x,
+        label=y,
+        feature_name=feature_names(sigmas),
+        free_raw_data=True,
+        params={"max_bin": 63, "bin_construct_sample_cnt": 20_000, "verbosity": -1},
+    )
     booster = lgb.train(params, dataset, num_boost_round=n_estimators)
     header = {
         "num_phases": k,
@@ -575,8 +599,10 @@ class PixelClassifier:
         self._model_digest: str | None = None
 
     def __repr__(self) -> str:
-        return (f"PixelClassifier(num_phases={self.num_phases}, trees={self.n_trees}, features={self.n_features}, "
-                f"tile={self.img_size}, unlabeled_phases={list(self.unlabeled_phases)})")
+        return (
+            f"PixelClassifier(num_phases={self.num_phases}, trees={self.n_trees}, features={self.n_features}, "
+            f"tile={self.img_size}, unlabeled_phases={list(self.unlabeled_phases)})"
+        )
 
     @property
     def n_features(self) -> int:
@@ -586,9 +612,16 @@ class PixelClassifier:
     @property
     def config(self) -> dict[str, Any]:
         """The settings that describe this model (for run files and reports)."""
-        return {"kind": self.kind, "img_size": self.img_size, "num_phases": self.num_phases,
-                "guidance": self.guidance, "finetune": None, "feature_set": FEATURE_SET, "sigmas": list(self.sigmas),
-                "unlabeled_phases": list(self.unlabeled_phases)}
+        return {
+            "kind": self.kind,
+            "img_size": self.img_size,
+            "num_phases": self.num_phases,
+            "guidance": self.guidance,
+            "finetune": None,
+            "feature_set": FEATURE_SET,
+            "sigmas": list(self.sigmas),
+            "unlabeled_phases": list(self.unlabeled_phases),
+        }
 
     # -- torch-module look-alikes (CPU only, nothing to train by gradient) ---------------------------------------
     def eval(self) -> PixelClassifier:
@@ -661,8 +694,9 @@ class PixelClassifier:
             out = F.interpolate(out, size=tuple(out_size), mode="bilinear", align_corners=False)
         return out.to(embeddings.device)
 
-    def forward(self, images: torch.Tensor, ratios: torch.Tensor | None = None,
-                boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, ratios: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Classify preprocessed images (B, 1, H, W) into (B, K, H, W) log-probabilities (see :meth:`decode`)."""
         self._check_prompts(ratios, boxes)
         return self.decode(self.embed(images), out_size=tuple(images.shape[-2:]))
@@ -695,7 +729,7 @@ class PixelClassifier:
         labeled = list(self.labeled_phases)
         threads = _num_threads()
         for start in range(0, n, _CHUNK):
-            rows = np.ascontiguousarray(flat[:, start: start + _CHUNK].T, dtype=np.float32)
+            rows = np.ascontiguousarray(flat[:, start : start + _CHUNK].T, dtype=np.float32)
             raw = np.asarray(self._booster.predict(rows, raw_score=True, num_threads=threads), np.float64)
             if self.binary:
                 lp = np.stack([-np.logaddexp(0.0, raw), -np.logaddexp(0.0, -raw)])
@@ -703,7 +737,7 @@ class PixelClassifier:
                 raw -= raw.max(axis=1, keepdims=True)
                 raw -= np.log(np.exp(raw).sum(axis=1, keepdims=True))
                 lp = raw.T
-            out[labeled, start: start + rows.shape[0]] = lp if log else np.exp(lp)
+            out[labeled, start : start + rows.shape[0]] = lp if log else np.exp(lp)
         return out.reshape(self.num_phases, h, w)
 
     def signature(self, scope: Literal["model", "encoder"] = "model") -> str:
@@ -748,23 +782,29 @@ class PixelClassifier:
             raise MetalsegError(f"{source}: contains NUL characters; not a classical pixel classifier text file")
         first, _, body = text.partition("\n")
         if not first.startswith(HEADER_PREFIX):
-            raise MetalsegError(f"{source}: not a napari-metalseg classical pixel classifier (the first line must "
-                                f"start with {HEADER_PREFIX.strip()!r})")
-        version, _, raw_header = first[len(HEADER_PREFIX):].partition(" ")
+            raise MetalsegError(
+                f"{source}: not a napari-metalseg classical pixel classifier (the first line must "
+                f"start with {HEADER_PREFIX.strip()!r})"
+            )
+        version, _, raw_header = first[len(HEADER_PREFIX) :].partition(" ")
         if version != FORMAT_VERSION:
-            raise MetalsegError(f"{source}: classical model format {version[:20]!r} is not supported (this "
-                                f"napari-metalseg reads {FORMAT_VERSION})")
+            raise MetalsegError(
+                f"{source}: classical model format {version[:20]!r} is not supported (this "
+                f"napari-metalseg reads {FORMAT_VERSION})"
+            )
         header = _parse_header(raw_header, source)
         if hashlib.sha256(body.encode("utf-8")).hexdigest() != header["model_sha256"]:
-            raise MetalsegError(f"{source}: the LightGBM model text does not match its header checksum (truncated "
-                                "or modified file)")
+            raise MetalsegError(
+                f"{source}: the LightGBM model text does not match its header checksum (truncated or modified file)"
+            )
         booster = _parse_booster(body, header, source)
         expected_trees = 1 if header["objective"] == "binary" else len(header["labeled_phases"])
         if booster.num_feature() != header["n_features"] or booster.num_model_per_iteration() != expected_trees:
             raise MetalsegError(
                 f"{source}: the LightGBM model has {booster.num_feature()} features and "
                 f"{booster.num_model_per_iteration()} tree(s) per round; the header expects {header['n_features']} "
-                f"and {expected_trees}")
+                f"and {expected_trees}"
+            )
         return cls(booster=booster, header=header, body=body)
 
 
@@ -786,11 +826,11 @@ def _parse_header(raw: str, source: str) -> dict[str, Any]:
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_PHASES:
         raise bad(f"num_phases {k!r} is not an integer in 2..{MAX_PHASES}")
     if header["feature_set"] != FEATURE_SET:
-        raise bad(f"feature_set {header['feature_set']!r} is not supported (this napari-metalseg computes "
-                  f"{FEATURE_SET!r})")
+        raise bad(
+            f"feature_set {header['feature_set']!r} is not supported (this napari-metalseg computes {FEATURE_SET!r})"
+        )
     sigmas = header["sigmas"]
-    if not isinstance(sigmas, list) or not all(isinstance(s, int | float) and not isinstance(s, bool)
-                                               for s in sigmas):
+    if not isinstance(sigmas, list) or not all(isinstance(s, int | float) and not isinstance(s, bool) for s in sigmas):
         raise bad(f"sigmas {sigmas!r} is not a list of numbers")
     try:
         header["sigmas"] = list(_check_sigmas(sigmas))
@@ -807,14 +847,17 @@ def _parse_header(raw: str, source: str) -> dict[str, Any]:
         phases.append(value)
     labeled, unlabeled = phases
     if sorted(labeled + unlabeled) != list(range(k)) or labeled != sorted(labeled) or len(labeled) < 2:
-        raise bad(f"labeled_phases {labeled} and unlabeled_phases {unlabeled} do not split phases 0..{k - 1} "
-                  "(at least two labelled)")
+        raise bad(
+            f"labeled_phases {labeled} and unlabeled_phases {unlabeled} do not split phases 0..{k - 1} "
+            "(at least two labelled)"
+        )
     objective = "binary" if len(labeled) == 2 else "multiclass"
     if header["objective"] != objective:
         raise bad(f"objective {header['objective']!r} does not fit {len(labeled)} labelled phases ({objective!r})")
     if header["n_features"] != n_features(header["sigmas"]):
-        raise bad(f"n_features {header['n_features']!r} does not fit {len(sigmas)} sigmas "
-                  f"({n_features(header['sigmas'])})")
+        raise bad(
+            f"n_features {header['n_features']!r} does not fit {len(sigmas)} sigmas ({n_features(header['sigmas'])})"
+        )
     digest = header["model_sha256"]
     if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise bad("model_sha256 is not a SHA-256 hex digest")
@@ -840,15 +883,41 @@ class _Malformed(Exception):
     """The LightGBM text breaks a rule of :func:`_check_model_text` (the message says which)."""
 
 
-_MODEL_KEYS = ("version", "num_class", "num_tree_per_iteration", "label_index", "max_feature_idx", "objective",
-               "feature_names", "feature_infos", "tree_sizes")
-_TREE_KEYS = ("num_leaves", "num_cat", "split_feature", "split_gain", "threshold", "decision_type", "left_child",
-              "right_child", "leaf_value", "leaf_weight", "leaf_count", "internal_value", "internal_weight",
-              "internal_count", "is_linear", "shrinkage")
+_MODEL_KEYS = (
+    "version",
+    "num_class",
+    "num_tree_per_iteration",
+    "label_index",
+    "max_feature_idx",
+    "objective",
+    "feature_names",
+    "feature_infos",
+    "tree_sizes",
+)
+_TREE_KEYS = (
+    "num_leaves",
+    "num_cat",
+    "split_feature",
+    "split_gain",
+    "threshold",
+    "decision_type",
+    "left_child",
+    "right_child",
+    "leaf_value",
+    "leaf_weight",
+    "leaf_count",
+    "internal_value",
+    "internal_weight",
+    "internal_count",
+    "is_linear",
+    "shrinkage",
+)
 _INT = re.compile(r"-?[0-9]{1,10}")
 _FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
-_TAIL = re.compile(r"|end of trees|feature_importances:|[A-Za-z0-9_@.]+=[0-9]+|parameters:|\[[a-z0-9_]+: [^\n]*\]"
-                   r"|end of parameters|pandas_categorical:null")
+_TAIL = re.compile(
+    r"|end of trees|feature_importances:|[A-Za-z0-9_@.]+=[0-9]+|parameters:|\[[a-z0-9_]+: [^\n]*\]"
+    r"|end of parameters|pandas_categorical:null"
+)
 _MAX_LEAVES = 1 << 17
 
 
@@ -897,7 +966,7 @@ def _check_model_text(body: str, header: dict[str, Any]) -> None:
         raise _Malformed(f"tree_sizes must be a multiple of {per_round} positive sizes")
     pos = start + 1
     for i, size in enumerate(sizes):
-        segment = body[pos: pos + int(size)]
+        segment = body[pos : pos + int(size)]
         if len(segment) != int(size):
             raise _Malformed(f"the text ends inside tree {i} (truncated)")
         _check_tree(segment, i, n_feat)
@@ -909,11 +978,15 @@ def _check_model_text(body: str, header: dict[str, Any]) -> None:
 
 def _check_tree(segment: str, index: int, n_feat: int) -> None:
     title = f"Tree={index}\n"
-    lines = segment[len(title):].rstrip("\n").split("\n")
-    if (not segment.startswith(title) or not segment.endswith("\n\n") or len(lines) != len(_TREE_KEYS)
-            or not all(line.startswith(f"{key}=") for line, key in zip(lines, _TREE_KEYS, strict=True))):
+    lines = segment[len(title) :].rstrip("\n").split("\n")
+    if (
+        not segment.startswith(title)
+        or not segment.endswith("\n\n")
+        or len(lines) != len(_TREE_KEYS)
+        or not all(line.startswith(f"{key}=") for line, key in zip(lines, _TREE_KEYS, strict=True))
+    ):
         raise _Malformed(f"tree {index} does not hold the fields {', '.join(_TREE_KEYS)} in this order")
-    values = {key: line[len(key) + 1:] for line, key in zip(lines, _TREE_KEYS, strict=True)}
+    values = {key: line[len(key) + 1 :] for line, key in zip(lines, _TREE_KEYS, strict=True)}
 
     def numbers(key: str, count: int | tuple[int, ...], kind: type) -> list:
         tokens = values[key].split(" ") if values[key] else []
@@ -987,14 +1060,18 @@ def load_classifier(path: str | Path) -> PixelClassifier:
     try:
         size = path.stat().st_size
         if size > _MAX_FILE_BYTES:
-            raise MetalsegError(f"{path}: {size} bytes is too large for a classical pixel classifier "
-                                f"(at most {_MAX_FILE_BYTES >> 20} MiB)")
+            raise MetalsegError(
+                f"{path}: {size} bytes is too large for a classical pixel classifier "
+                f"(at most {_MAX_FILE_BYTES >> 20} MiB)"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise MetalsegError(f"{path}: cannot read the classifier ({exc.strerror or exc})") from None
     try:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
-        raise MetalsegError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a classical pixel "
-                            "classifier is plain text (pickles and other binary files are refused)") from None
+        raise MetalsegError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); a classical pixel "
+            "classifier is plain text (pickles and other binary files are refused)"
+        ) from None
     return PixelClassifier.from_text(text, str(path))

@@ -135,9 +135,7 @@ class Encoder(nn.Module):
 
 def side_heads(channels: list[int], num_phases: int, kernel_size: int = 1) -> nn.ModuleList:
     """Return one logit head (a convolution to ``num_phases`` channels, with bias) per entry of ``channels``."""
-    return nn.ModuleList(
-        nn.Conv2d(c, num_phases, kernel_size, padding=kernel_size // 2) for c in channels
-    )
+    return nn.ModuleList(nn.Conv2d(c, num_phases, kernel_size, padding=kernel_size // 2) for c in channels)
 
 
 class CNNBackbone(nn.Module):
@@ -229,9 +227,7 @@ class PhaseCNN(nn.Module):
     def __init__(self, *, backbone: CNNBackbone, img_size: int, guidance: str = "none") -> None:
         super().__init__()
         if guidance not in GUIDANCE_MODES:
-            raise MetalsegError(
-                f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
-            )
+            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
         check_img_size_for_depth(img_size, backbone.depth)
         self.backbone = backbone
         self.kind = backbone.kind
@@ -286,9 +282,7 @@ class PhaseCNN(nn.Module):
         if gray.ndim == 3:
             gray = gray[:, None]
         if gray.ndim != 4 or gray.shape[1] != 1:
-            raise ValueError(
-                f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}"
-            )
+            raise ValueError(f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}")
         if not gray.is_floating_point():
             gray = gray.float()
         return (gray - 0.5) / 0.25
@@ -460,9 +454,7 @@ def build_phase_cnn(
     _check_positive_int("depth", depth, MAX_DEPTH)
     check_img_size_for_depth(img_size, depth)
     if guidance not in GUIDANCE_MODES:
-        raise MetalsegError(
-            f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
-        )
+        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = PhaseCNN(backbone=backbone(), img_size=img_size, guidance=guidance)

@@ -87,7 +87,10 @@ class ELUNet(CNNBackbone):
         self, *, num_phases: int, width: int = 8, depth: int = 4, deep_supervision: bool = True, in_channels: int = 1
     ) -> None:
         super().__init__(
-            num_phases=num_phases, width=width, depth=depth, deep_supervision=deep_supervision,
+            num_phases=num_phases,
+            width=width,
+            depth=depth,
+            deep_supervision=deep_supervision,
             in_channels=in_channels,
         )
         self.stages = nn.ModuleList(  # stages[i] is the decoder stage at level i (0 .. depth - 1)
@@ -143,5 +146,10 @@ def build_elunet(
     """
     return build_phase_cnn(
         lambda: ELUNet(num_phases=num_phases, width=width, depth=depth, deep_supervision=deep_supervision),
-        num_phases=num_phases, img_size=img_size, width=width, depth=depth, guidance=guidance, seed=seed,
+        num_phases=num_phases,
+        img_size=img_size,
+        width=width,
+        depth=depth,
+        guidance=guidance,
+        seed=seed,
     )

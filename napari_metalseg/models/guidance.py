@@ -22,8 +22,7 @@ guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 def _check_ratios(ratios: torch.Tensor, embeddings: torch.Tensor, num_phases: int) -> None:
     if ratios.ndim != 2 or ratios.shape[0] != embeddings.shape[0] or ratios.shape[1] != num_phases:
         raise ValueError(
-            f"ratios must have shape (B, K) = ({embeddings.shape[0]}, {num_phases}), "
-            f"got {tuple(ratios.shape)}"
+            f"ratios must have shape (B, K) = ({embeddings.shape[0]}, {num_phases}), got {tuple(ratios.shape)}"
         )
 
 
@@ -136,6 +135,4 @@ def build_guidance(guidance: str, num_phases: int, embed_dim: int) -> nn.Module 
     from napari_metalseg.errors import MetalsegError
     from napari_metalseg.models import GUIDANCE_MODES
 
-    raise MetalsegError(
-        f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
-    )
+    raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")

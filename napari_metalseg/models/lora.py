@@ -208,9 +208,7 @@ def load_trainable_state_dict(
     where = f"{source}: " if source else ""
     expected = _trainable_keys(model)
     current = model.state_dict()
-    hint = (
-        "was it trained with other --model/--guidance/--finetune/LoRA settings or another number of phases?"
-    )
+    hint = "was it trained with other --model/--guidance/--finetune/LoRA settings or another number of phases?"
     for key in expected:
         if key in state_dict and tuple(state_dict[key].shape) != tuple(current[key].shape):
             if key.endswith("mask_decoder.mask_tokens.weight"):
@@ -227,8 +225,7 @@ def load_trainable_state_dict(
     unexpected = [k for k in state_dict if k not in expected_set]
     if missing:
         raise MetalsegError(
-            f"{where}trained weights lack {len(missing)} tensor(s) the model needs "
-            f"(e.g. {missing[0]}); {hint}"
+            f"{where}trained weights lack {len(missing)} tensor(s) the model needs (e.g. {missing[0]}); {hint}"
         )
     if unexpected:
         raise MetalsegError(
@@ -242,11 +239,7 @@ def load_trainable_state_dict(
 
 def _lora_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
-        if (
-            hasattr(module, "base_layer")
-            and hasattr(module, "lora_A")
-            and hasattr(module, "get_delta_weight")
-        ):
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A") and hasattr(module, "get_delta_weight"):
             yield name, module
 
 

@@ -68,9 +68,7 @@ class PhaseSAM(nn.Module):
         super().__init__()
         check_kind(kind)
         if guidance not in GUIDANCE_MODES:
-            raise MetalsegError(
-                f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
-            )
+            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
         if sam.mask_decoder.num_multimask_outputs != num_phases:
             raise ValueError(
                 f"the SAM decoder has {sam.mask_decoder.num_multimask_outputs} multimask outputs, "
@@ -86,10 +84,7 @@ class PhaseSAM(nn.Module):
         self.lora: dict[str, Any] | None = None
         grid = self.img_size // PATCH_SIZE
         pe = sam.prompt_encoder
-        if (
-            tuple(pe.image_embedding_size) != (grid, grid)
-            or tuple(pe.input_image_size) != (self.img_size,) * 2
-        ):
+        if tuple(pe.image_embedding_size) != (grid, grid) or tuple(pe.input_image_size) != (self.img_size,) * 2:
             raise ValueError(
                 f"prompt encoder sizes {pe.image_embedding_size}/{pe.input_image_size} do not match "
                 f"the image encoder input size {self.img_size}"
@@ -141,9 +136,7 @@ class PhaseSAM(nn.Module):
         if gray.ndim == 3:
             gray = gray[:, None]
         if gray.ndim != 4 or gray.shape[1] != 1:
-            raise ValueError(
-                f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}"
-            )
+            raise ValueError(f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}")
         if not gray.is_floating_point():
             gray = gray.float()
         mean = gray.mean(dim=(2, 3), keepdim=True)
@@ -152,11 +145,7 @@ class PhaseSAM(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Run the image encoder: (B, 3, S, S) preprocessed images -> (B, C, S/16, S/16) embeddings."""
-        if (
-            images.ndim != 4
-            or images.shape[1] != 3
-            or tuple(images.shape[2:]) != (self.img_size, self.img_size)
-        ):
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (self.img_size, self.img_size):
             raise ValueError(
                 f"embed expects (B, 3, {self.img_size}, {self.img_size}) images, got {tuple(images.shape)}"
             )
@@ -318,14 +307,10 @@ def build_phase_sam(
     check_img_size(img_size)
     check_num_phases(num_phases)
     if guidance not in GUIDANCE_MODES:
-        raise MetalsegError(
-            f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}"
-        )
+        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
     finetune = finetune or ("lora" if checkpoint is not None else "full")
     if finetune not in FINETUNE_MODES:
-        raise MetalsegError(
-            f"--finetune {finetune!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}"
-        )
+        raise MetalsegError(f"--finetune {finetune!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -333,9 +318,7 @@ def build_phase_sam(
         report = load_sam_checkpoint(sam, checkpoint, kind) if checkpoint is not None else None
         model = PhaseSAM(sam, kind=kind, num_phases=num_phases, guidance=guidance)
         if finetune == "lora":
-            apply_lora(
-                model.sam, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, include_mlp=lora_mlp
-            )
+            apply_lora(model.sam, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, include_mlp=lora_mlp)
             model.lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "mlp": lora_mlp}
     set_finetune_mode(model, finetune)
     return model, report

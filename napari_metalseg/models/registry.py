@@ -61,9 +61,12 @@ ADAPTER = "adapter.safetensors"
 CLASSIFIER = "classifier.txt"
 
 FAMILIES: dict[str, Family] = {
-    "sam": Family("sam", SAM_KINDS, "Segment Anything (+ LoRA)", ADAPTER, guidance=("none", "ratio", "spatial"),
-                  boxes=True),
-    "cnn": Family("cnn", ("unet3plus", "elunet"), "task-specific CNN", ADAPTER, guidance=("none", "ratio", "spatial")),
+    "sam": Family(
+        "sam", SAM_KINDS, "Segment Anything (+ LoRA)", ADAPTER, guidance=("none", "ratio", "spatial"), boxes=True
+    ),
+    "cnn": Family(
+        "cnn", ("unet", "unet3plus", "elunet"), "task-specific CNN", ADAPTER, guidance=("none", "ratio", "spatial")
+    ),
     "classical": Family("classical", ("classical",), "classical pixel classifier", CLASSIFIER, gradient=False),
 }
 
@@ -75,13 +78,22 @@ MODEL_LABELS: dict[str, str] = {
     "vit_b": "SAM ViT-B (checkpoint)",
     "vit_l": "SAM ViT-L (checkpoint)",
     "vit_h": "SAM ViT-H (checkpoint)",
+    "unet": "U-Net",
     "unet3plus": "Enhanced U-Net3+",
     "elunet": "Enhanced ELU-Net",
     "classical": "classical pixel classifier (features + boosted trees)",
 }
 
-DEFAULT_IMG_SIZE: dict[str, int] = {"tiny": 256, "vit_b": 512, "vit_l": 512, "vit_h": 512, "unet3plus": 128,
-                                    "elunet": 128, "classical": 1024}
+DEFAULT_IMG_SIZE: dict[str, int] = {
+    "tiny": 256,
+    "vit_b": 512,
+    "vit_l": 512,
+    "vit_h": 512,
+    "unet": 128,
+    "unet3plus": 128,
+    "elunet": 128,
+    "classical": 1024,
+}
 """Training crop (model input) size of each model when none is given."""
 
 DEFAULT_MODEL = "elunet"
@@ -91,11 +103,18 @@ with a checkpoint the default is LoRA on the checkpoint's SAM kind."""
 DEFAULT_BUDGET_S = 180.0
 """Training time (s) of the CNNs when neither steps, epochs nor a budget is given: "train for 3 minutes"."""
 
-TRAIN_DEFAULTS: dict[str, dict] = {"sam": {"batch_size": 2, "lr": 1e-3}, "cnn": {"batch_size": 8, "lr": 2e-3},
-                                   "classical": {"batch_size": 1, "lr": 1e-3}}
+TRAIN_DEFAULTS: dict[str, dict] = {
+    "sam": {"batch_size": 2, "lr": 1e-3},
+    "cnn": {"batch_size": 8, "lr": 2e-3},
+    "classical": {"batch_size": 1, "lr": 1e-3},
+}
 """Batch size and learning rate of each family when none is given."""
 
-CNN_DEFAULTS: dict[str, dict] = {"unet3plus": {"width": 8, "depth": 4}, "elunet": {"width": 8, "depth": 4}}
+CNN_DEFAULTS: dict[str, dict] = {
+    "unet": {"width": 16, "depth": 4},
+    "unet3plus": {"width": 8, "depth": 4},
+    "elunet": {"width": 8, "depth": 4},
+}
 """Width (base channels) and depth (down-sampling steps: depth + 1 resolution levels) of the CNNs by default."""
 
 
@@ -107,18 +126,26 @@ def family_of(kind: str) -> Family:
     raise MetalsegError(f"unknown model {kind!r}; use one of {', '.join(MODEL_KINDS)}")
 
 
-def check_model_options(kind: str, *, guidance: str = "none", finetune: str | None = None,
-                        checkpoint: str | None = None, boxes: bool = False) -> None:
+def check_model_options(
+    kind: str,
+    *,
+    guidance: str = "none",
+    finetune: str | None = None,
+    checkpoint: str | None = None,
+    boxes: bool = False,
+) -> None:
     """Refuse option combinations a family cannot honour, with one message a GUI user can read too."""
     family = family_of(kind)
     if guidance not in family.guidance:
-        raise MetalsegError(f"the {MODEL_LABELS[kind]} has no {guidance!r} guidance; it supports: "
-                            f"{', '.join(family.guidance)}")
+        raise MetalsegError(
+            f"the {MODEL_LABELS[kind]} has no {guidance!r} guidance; it supports: {', '.join(family.guidance)}"
+        )
     if boxes and not family.boxes:
         raise MetalsegError(f"box prompts need a SAM model; the {MODEL_LABELS[kind]} has no prompt encoder")
     if family.name != "sam":
         if checkpoint:
             raise MetalsegError(f"a SAM checkpoint does not apply to the {MODEL_LABELS[kind]} (trained from scratch)")
         if finetune not in (None, "full"):
-            raise MetalsegError(f"fine-tune mode {finetune!r} applies to SAM models; the {MODEL_LABELS[kind]} is "
-                                "trained in full")
+            raise MetalsegError(
+                f"fine-tune mode {finetune!r} applies to SAM models; the {MODEL_LABELS[kind]} is trained in full"
+            )

@@ -102,9 +102,7 @@ def check_kind(kind: str) -> SamConfig:
     try:
         return SAM_CONFIGS[kind]
     except (KeyError, TypeError):
-        raise MetalsegError(
-            f"--model {kind!r}: unknown model; choose one of {', '.join(SAM_KINDS)}"
-        ) from None
+        raise MetalsegError(f"--model {kind!r}: unknown model; choose one of {', '.join(SAM_KINDS)}") from None
 
 
 def check_img_size(img_size: int) -> int:
@@ -115,12 +113,7 @@ def check_img_size(img_size: int) -> int:
     MetalsegError
         If the size is not allowed.
     """
-    if (
-        isinstance(img_size, bool)
-        or not isinstance(img_size, int)
-        or img_size < MIN_IMG_SIZE
-        or img_size % PATCH_SIZE
-    ):
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < MIN_IMG_SIZE or img_size % PATCH_SIZE:
         typical = ", ".join(str(s) for s in TYPICAL_IMG_SIZES)
         raise MetalsegError(
             f"--img-size {img_size!r}: must be a multiple of {PATCH_SIZE} and at least "

@@ -150,7 +150,10 @@ class UNet3Plus(CNNBackbone):
         in_channels: int = 1,
     ) -> None:
         super().__init__(
-            num_phases=num_phases, width=width, depth=depth, deep_supervision=deep_supervision,
+            num_phases=num_phases,
+            width=width,
+            depth=depth,
+            deep_supervision=deep_supervision,
             in_channels=in_channels,
         )
         self.cat_channels = cat_channels or max(width // 2, 1)
@@ -159,9 +162,7 @@ class UNet3Plus(CNNBackbone):
         self.stages = nn.ModuleList()  # stages[i] is the decoder stage at level i (0 .. depth - 1)
         for level in range(depth):
             sources = self.widths[: level + 1] + [decoder_channels] * (depth - 1 - level) + [self.widths[-1]]
-            self.stages.append(
-                FullScaleStage(level=level, source_channels=sources, cat_channels=self.cat_channels)
-            )
+            self.stages.append(FullScaleStage(level=level, source_channels=sources, cat_channels=self.cat_channels))
         head_channels = [decoder_channels] * depth + [self.widths[-1]]
         self.heads = side_heads(head_channels if deep_supervision else head_channels[:1], num_phases, 3)
         self.guide = ClassificationGuide(self.widths[-1], num_phases) if cgm else None
@@ -233,8 +234,17 @@ def build_unet3plus(
         raise MetalsegError(f"--cat-channels {cat_channels!r}: must be a positive integer")
     return build_phase_cnn(
         lambda: UNet3Plus(
-            num_phases=num_phases, width=width, depth=depth, cat_channels=cat_channels,
-            deep_supervision=deep_supervision, cgm=cgm,
+            num_phases=num_phases,
+            width=width,
+            depth=depth,
+            cat_channels=cat_channels,
+            deep_supervision=deep_supervision,
+            cgm=cgm,
         ),
-        num_phases=num_phases, img_size=img_size, width=width, depth=depth, guidance=guidance, seed=seed,
+        num_phases=num_phases,
+        img_size=img_size,
+        width=width,
+        depth=depth,
+        guidance=guidance,
+        seed=seed,
     )

@@ -98,13 +98,24 @@ class FieldResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (no NaN)."""
         return {
-            "image": self.image, "magnification": self.magnification, "pixel_size_um": self.pixel_size_um,
-            "sample": self.sample, "length_unit": self.length_unit, "area_unit": self.area_unit,
-            "labelled_pixels": self.labelled_pixels, "points": self.points, "grid_spacing_px": self.grid_spacing,
-            "fractions": self.fractions, "point_fractions": self.point_fractions, "pixels": self.pixels,
-            "islands": self.islands, "mean_island_area": self.mean_island_area,
-            "median_island_area": self.median_island_area, "mean_diameter": self.mean_diameter,
-            "median_diameter": self.median_diameter, "true_fractions": self.true_fractions,
+            "image": self.image,
+            "magnification": self.magnification,
+            "pixel_size_um": self.pixel_size_um,
+            "sample": self.sample,
+            "length_unit": self.length_unit,
+            "area_unit": self.area_unit,
+            "labelled_pixels": self.labelled_pixels,
+            "points": self.points,
+            "grid_spacing_px": self.grid_spacing,
+            "fractions": self.fractions,
+            "point_fractions": self.point_fractions,
+            "pixels": self.pixels,
+            "islands": self.islands,
+            "mean_island_area": self.mean_island_area,
+            "median_island_area": self.median_island_area,
+            "mean_diameter": self.mean_diameter,
+            "median_diameter": self.median_diameter,
+            "true_fractions": self.true_fractions,
             "abs_errors": self.abs_errors,
         }
 
@@ -202,8 +213,10 @@ def check_mask(mask: np.ndarray, num_phases: int, name: str = "") -> np.ndarray:
     bad = np.unique(mask[((mask >= num_phases) | (mask < 0)) & (mask != UNLABELED)])
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:8]) + (" ..." if bad.size > 8 else "")
-        raise MetalsegError(f"{where}: label values {shown} are not phases 0..{num_phases - 1} or 255 (unlabeled); "
-                            f"is it a mask of another phase set?")
+        raise MetalsegError(
+            f"{where}: label values {shown} are not phases 0..{num_phases - 1} or 255 (unlabeled); "
+            f"is it a mask of another phase set?"
+        )
     return mask
 
 
@@ -233,8 +246,9 @@ def grid_offset(shape: tuple[int, ...], spacing: int) -> tuple[int, int]:
     return ((shape[0] - 1) % spacing) // 2, ((shape[1] - 1) % spacing) // 2
 
 
-def point_count(mask: np.ndarray, num_phases: int, spacing: int,
-                offset: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+def point_count(
+    mask: np.ndarray, num_phases: int, spacing: int, offset: tuple[int, int] | None = None
+) -> tuple[np.ndarray, int]:
     """ASTM E562 systematic point count on a regular grid, with the 1/2 rule for points on a boundary.
 
     Grid points are at rows ``offset[0] + i * spacing`` and columns ``offset[1] + j * spacing``. Points on
@@ -272,8 +286,9 @@ def point_count(mask: np.ndarray, num_phases: int, spacing: int,
     spacing = _check_spacing(spacing)
     oy, ox = grid_offset(mask.shape, spacing) if offset is None else _check_offset(offset)
     padded = np.pad(mask.astype(np.int64), 1, constant_values=UNLABELED)
-    yy, xx = np.meshgrid(np.arange(oy, mask.shape[0], spacing) + 1, np.arange(ox, mask.shape[1], spacing) + 1,
-                         indexing="ij")
+    yy, xx = np.meshgrid(
+        np.arange(oy, mask.shape[0], spacing) + 1, np.arange(ox, mask.shape[1], spacing) + 1, indexing="ij"
+    )
     own = padded[yy, xx].ravel()
     keep = own != UNLABELED
     own, yy, xx = own[keep], yy.ravel()[keep], xx.ravel()[keep]
@@ -327,15 +342,21 @@ def island_stats(mask: np.ndarray, num_phases: int, pixel_size_um: float | None 
             continue
         areas = np.bincount(labels.ravel())[1:].astype(np.float64) * scale
         diameters = np.sqrt(4.0 * areas / np.pi)
-        out.append(IslandStats(int(n), float(areas.mean()), float(np.median(areas)), float(diameters.mean()),
-                               float(np.median(diameters))))
+        out.append(
+            IslandStats(
+                int(n),
+                float(areas.mean()),
+                float(np.median(areas)),
+                float(diameters.mean()),
+                float(np.median(diameters)),
+            )
+        )
     return out
 
 
 # ----------------------------------------------------------------------------------------------------
 # statistics over fields
 # ----------------------------------------------------------------------------------------------------
-
 
 
 def _as_phases(phases: Any) -> PhaseSet:
@@ -360,8 +381,9 @@ def _check_pixel_size(value: object, where: str) -> float | None:
     return number
 
 
-def _check_truth(truth: Mapping[str, float] | Sequence[float] | None, names: list[str],
-                 where: str) -> dict[str, float] | None:
+def _check_truth(
+    truth: Mapping[str, float] | Sequence[float] | None, names: list[str], where: str
+) -> dict[str, float] | None:
     if truth is None:
         return None
     if isinstance(truth, Mapping):

@@ -86,12 +86,17 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: phases, grouping, fields, samples (area, point count, morphology), warnings."""
         points = {s.sample: s for s in self.point_samples}
-        return _clean({
-            "source": self.source, "grouped_by": self.by, "phases": self.phases.to_json(),
-            "fields": [f.to_dict() for f in self.fields],
-            "samples": [_sample_dict(s, points.get(s.sample)) for s in self.samples],
-            "skipped": self.skipped, "warnings": self.warnings,
-        })
+        return _clean(
+            {
+                "source": self.source,
+                "grouped_by": self.by,
+                "phases": self.phases.to_json(),
+                "fields": [f.to_dict() for f in self.fields],
+                "samples": [_sample_dict(s, points.get(s.sample)) for s in self.samples],
+                "skipped": self.skipped,
+                "warnings": self.warnings,
+            }
+        )
 
     def to_json(self, path: str | Path) -> None:
         """Write :meth:`to_dict` as JSON, atomically (undefined values are null, never NaN)."""
@@ -119,8 +124,13 @@ class Report:
             fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".").lower() or "png")
 
 
-def make_report(fields: Sequence[FieldResult], phases: PhaseSet | Sequence[str], by: str = "sample",
-                source: str = "", skipped: Sequence[str] = ()) -> Report:
+def make_report(
+    fields: Sequence[FieldResult],
+    phases: PhaseSet | Sequence[str],
+    by: str = "sample",
+    source: str = "",
+    skipped: Sequence[str] = (),
+) -> Report:
     """Summarise measured fields into a :class:`Report` (area fractions and E562 point counts).
 
     >>> import numpy as np
@@ -137,8 +147,15 @@ def make_report(fields: Sequence[FieldResult], phases: PhaseSet | Sequence[str],
     for f in fields:
         if f.phase_names != phases.names:
             raise MetalsegError(f"{f.image}: phases {f.phase_names} differ from {phases.names}")
-    return Report(phases=phases, fields=list(fields), samples=summarize(fields, by, "area"),
-                  point_samples=summarize(fields, by, "points"), by=by, source=source, skipped=list(skipped))
+    return Report(
+        phases=phases,
+        fields=list(fields),
+        samples=summarize(fields, by, "area"),
+        point_samples=summarize(fields, by, "points"),
+        by=by,
+        source=source,
+        skipped=list(skipped),
+    )
 
 
 def _num(value: Any) -> Any:
@@ -154,19 +171,37 @@ def _num(value: Any) -> Any:
 
 
 def _field_row(f: FieldResult, names: list[str], truth: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {"image": f.image, "magnification": f.magnification, "pixel_size_um": f.pixel_size_um,
-                           "sample": f.sample}
+    row: dict[str, Any] = {
+        "image": f.image,
+        "magnification": f.magnification,
+        "pixel_size_um": f.pixel_size_um,
+        "sample": f.sample,
+    }
     errors = f.abs_errors
     for p in names:
-        row.update({f"{p}_fraction": f.fractions[p], f"{p}_point_fraction": f.point_fractions[p],
-                    f"{p}_pixels": f.pixels[p], f"{p}_islands": f.islands[p],
-                    f"{p}_mean_island_area": f.mean_island_area[p], f"{p}_median_island_area": f.median_island_area[p],
-                    f"{p}_mean_diameter": f.mean_diameter[p], f"{p}_median_diameter": f.median_diameter[p]})
+        row.update(
+            {
+                f"{p}_fraction": f.fractions[p],
+                f"{p}_point_fraction": f.point_fractions[p],
+                f"{p}_pixels": f.pixels[p],
+                f"{p}_islands": f.islands[p],
+                f"{p}_mean_island_area": f.mean_island_area[p],
+                f"{p}_median_island_area": f.median_island_area[p],
+                f"{p}_mean_diameter": f.mean_diameter[p],
+                f"{p}_median_diameter": f.median_diameter[p],
+            }
+        )
         if truth:
             row[f"{p}_true_fraction"] = f.true_fractions[p] if f.true_fractions else None
             row[f"{p}_abs_error"] = errors[p] if errors else None
-    row.update({"length_unit": f.length_unit, "labelled_pixels": f.labelled_pixels, "points": f.points,
-                "grid_spacing_px": f.grid_spacing})
+    row.update(
+        {
+            "length_unit": f.length_unit,
+            "labelled_pixels": f.labelled_pixels,
+            "points": f.points,
+            "grid_spacing_px": f.grid_spacing,
+        }
+    )
     return row
 
 
@@ -174,25 +209,42 @@ def _sample_row(s: SampleSummary, pts: SampleSummary | None, names: list[str], b
     row: dict[str, Any] = {"sample": s.sample, "grouped_by": by, "n_fields": s.n_fields}
     for p in names:
         for prefix, st in (("", s), ("point_", pts)):
-            row.update({f"{p}_{prefix}mean": st.mean[p] if st else None, f"{p}_{prefix}std": st.std[p] if st else None,
-                        f"{p}_{prefix}ci95": st.ci95[p] if st else None,
-                        f"{p}_{prefix}rel_accuracy_pct": st.relative_accuracy[p] if st else None,
-                        f"{p}_{prefix}fields_needed": st.fields_needed[p] if st else None})
+            row.update(
+                {
+                    f"{p}_{prefix}mean": st.mean[p] if st else None,
+                    f"{p}_{prefix}std": st.std[p] if st else None,
+                    f"{p}_{prefix}ci95": st.ci95[p] if st else None,
+                    f"{p}_{prefix}rel_accuracy_pct": st.relative_accuracy[p] if st else None,
+                    f"{p}_{prefix}fields_needed": st.fields_needed[p] if st else None,
+                }
+            )
         if s.true_mean is not None:
             row[f"{p}_true_mean"] = s.true_mean[p]
-        row.update({f"{p}_islands_per_field": s.islands_per_field[p], f"{p}_mean_island_area": s.mean_island_area[p],
-                    f"{p}_mean_diameter": s.mean_diameter[p]})
+        row.update(
+            {
+                f"{p}_islands_per_field": s.islands_per_field[p],
+                f"{p}_mean_island_area": s.mean_island_area[p],
+                f"{p}_mean_diameter": s.mean_diameter[p],
+            }
+        )
     row["length_unit"] = s.length_unit
     return row
 
 
 def _sample_dict(s: SampleSummary, pts: SampleSummary | None) -> dict[str, Any]:
     return {
-        "sample": s.sample, "n_fields": s.n_fields, "fields": s.fields,
-        "area_fraction": s.stats_dict(), "point_fraction": pts.stats_dict() if pts else None,
+        "sample": s.sample,
+        "n_fields": s.n_fields,
+        "fields": s.fields,
+        "area_fraction": s.stats_dict(),
+        "point_fraction": pts.stats_dict() if pts else None,
         "true_mean": s.true_mean,
-        "morphology": {"length_unit": s.length_unit, "islands_per_field": s.islands_per_field,
-                       "mean_island_area": s.mean_island_area, "mean_diameter": s.mean_diameter},
+        "morphology": {
+            "length_unit": s.length_unit,
+            "islands_per_field": s.islands_per_field,
+            "mean_island_area": s.mean_island_area,
+            "mean_diameter": s.mean_diameter,
+        },
         "warnings": s.warnings + (pts.warnings if pts and s.n_fields >= 2 else []),
     }
 
@@ -265,8 +317,17 @@ def _fractions_block(report: Report) -> list[str]:
     for s in report.samples:
         for i, p in enumerate(report.phases.names):
             pts = points.get(s.sample)
-            rows.append([s.sample if i == 0 else "", str(s.n_fields) if i == 0 else "", p, _mean_ci(s, p), _ra(s, p),
-                         _mean_ci(pts, p), _ra(pts, p)])
+            rows.append(
+                [
+                    s.sample if i == 0 else "",
+                    str(s.n_fields) if i == 0 else "",
+                    p,
+                    _mean_ci(s, p),
+                    _ra(s, p),
+                    _mean_ci(pts, p),
+                    _ra(pts, p),
+                ]
+            )
     header = ["sample", "fields", "phase", "area %  (mean ± 95% CI)", "%RA", "E562 P_P %  (mean ± 95% CI)", "%RA"]
     return _render_table(header, rows, {1, 4, 6})
 
@@ -280,8 +341,15 @@ def _morphology_block(report: Report) -> list[str]:
     for s in report.samples:
         unit = s.length_unit
         for i, p in enumerate(report.phases.names):
-            rows.append([s.sample if i == 0 else "", p, f"{s.islands_per_field[p]:.1f}",
-                         _size(s.mean_island_area[p], f"{unit}^2" if unit else None), _size(s.mean_diameter[p], unit)])
+            rows.append(
+                [
+                    s.sample if i == 0 else "",
+                    p,
+                    f"{s.islands_per_field[p]:.1f}",
+                    _size(s.mean_island_area[p], f"{unit}^2" if unit else None),
+                    _size(s.mean_diameter[p], unit),
+                ]
+            )
     return _render_table(["sample", "phase", "islands/field", "mean island area", "mean ECD"], rows, {2, 3, 4})
 
 
@@ -290,12 +358,20 @@ def _truth_block(report: Report) -> list[str]:
     rows = []
     for p in report.phases.names:
         errors = [f.abs_errors[p] for f in with_truth]  # type: ignore[index]
-        rows.append([p, _pct(float(np.mean([f.fractions[p] for f in with_truth]))),
-                     _pct(float(np.mean([f.true_fractions[p] for f in with_truth]))),  # type: ignore[index]
-                     _pct(float(np.mean(errors))), _pct(float(np.max(errors)))])
+        rows.append(
+            [
+                p,
+                _pct(float(np.mean([f.fractions[p] for f in with_truth]))),
+                _pct(float(np.mean([f.true_fractions[p] for f in with_truth]))),  # type: ignore[index]
+                _pct(float(np.mean(errors))),
+                _pct(float(np.max(errors))),
+            ]
+        )
     header = ["phase", "predicted %", "true %", "mean |error| (pp)", "max |error| (pp)"]
-    return [f"Predicted vs true area fraction ({len(with_truth)} of {len(report.fields)} fields have ground truth)",
-            *_render_table(header, rows, {1, 2, 3, 4})]
+    return [
+        f"Predicted vs true area fraction ({len(with_truth)} of {len(report.fields)} fields have ground truth)",
+        *_render_table(header, rows, {1, 2, 3, 4}),
+    ]
 
 
 def _grid_note(report: Report) -> str:
@@ -308,10 +384,13 @@ def _grid_note(report: Report) -> str:
 
 def _format_report(report: Report) -> str:
     n_samples = len(report.samples)
-    lines = [f"Phase fractions: {len(report.fields)} field(s), {n_samples} sample(s) grouped by {report.by}"
-             + (f", from {report.source}" if report.source else ""),
-             "area % = share of labelled pixels; " + _grid_note(report),
-             "95% CI = t(0.975, n-1) * s / sqrt(n); %RA = 95% CI / mean * 100", ""]
+    lines = [
+        f"Phase fractions: {len(report.fields)} field(s), {n_samples} sample(s) grouped by {report.by}"
+        + (f", from {report.source}" if report.source else ""),
+        "area % = share of labelled pixels; " + _grid_note(report),
+        "95% CI = t(0.975, n-1) * s / sqrt(n); %RA = 95% CI / mean * 100",
+        "",
+    ]
     lines += _fractions_block(report)
     lines += ["", "Morphology (8-connected islands, pooled over the fields of each sample)"]
     lines += _morphology_block(report)
@@ -367,8 +446,9 @@ def _phase_bars(ax: Any, report: Report, phase: str, color: str, pos: np.ndarray
     bars = ax.bar(pos, means, width * 0.92, color=color, edgecolor="black", linewidth=0.6, label=phase, zorder=2)
     if has_ci.any():
         ci = np.array([100 * (s.ci95[phase] or 0.0) for s in samples])
-        ax.errorbar(pos[has_ci], means[has_ci], yerr=ci[has_ci], fmt="none", ecolor="black", elinewidth=1.1,
-                    capsize=3, zorder=4)
+        ax.errorbar(
+            pos[has_ci], means[has_ci], yerr=ci[has_ci], fmt="none", ecolor="black", elinewidth=1.1, capsize=3, zorder=4
+        )
     rng = np.random.default_rng(0)
     by_name = {f.image: f for f in report.fields}
     for i, s in enumerate(samples):
@@ -383,12 +463,18 @@ def _truth_marks(ax: Any, samples: list[SampleSummary], phase: str, pos: np.ndar
     if not idx:
         return None
     values = [100 * samples[i].true_mean[phase] for i in idx]  # type: ignore[index]
-    return ax.hlines(values, pos[idx] - 0.46 * width, pos[idx] + 0.46 * width, colors="black", linestyles="--",
-                     linewidth=1.6, zorder=5, label="true (mean)")
+    return ax.hlines(
+        values,
+        pos[idx] - 0.46 * width,
+        pos[idx] + 0.46 * width,
+        colors="black",
+        linestyles="--",
+        linewidth=1.6,
+        zorder=5,
+        label="true (mean)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # folders
 # ----------------------------------------------------------------------------------------------------
-
-

@@ -106,8 +106,16 @@ def _quantify_source(src: _Source, phases: PhaseSet, grid_spacing: int | None) -
     mask = check_mask(read_mask(src.path), len(phases), str(src.path))
     if not (mask != UNLABELED).any():
         return None
-    return quantify_mask(mask, phases, pixel_size_um=src.pixel_size_um, grid_spacing=grid_spacing, name=src.name,
-                         magnification=src.magnification, sample=src.sample, true_fractions=src.true_fractions)
+    return quantify_mask(
+        mask,
+        phases,
+        pixel_size_um=src.pixel_size_um,
+        grid_spacing=grid_spacing,
+        name=src.name,
+        magnification=src.magnification,
+        sample=src.sample,
+        true_fractions=src.true_fractions,
+    )
 
 
 def _collect(source: Any, phases: Any, pixel_size_um: float | None) -> tuple[list[_Source], PhaseSet, str]:
@@ -148,14 +156,19 @@ def _from_dataset(ds: Dataset, phases: Any, pixel_size_um: float | None) -> tupl
 
 def _mask_files(folder: Path) -> list[tuple[str, Path, str]]:
     """(name, path, sub-folder) of the mask PNGs in ``folder``, or one level down when it has none itself."""
+
     def pngs(d: Path) -> list[Path]:
         return sorted(p for p in d.glob("*.png") if not p.name.startswith(".") and p.is_file())
 
     direct = pngs(folder)
     if direct:
         return [(p.stem, p, "") for p in direct]
-    files = [(f"{sub.name}/{p.stem}", p, sub.name) for sub in sorted(folder.iterdir())
-             if sub.is_dir() and not sub.name.startswith(".") for p in pngs(sub)]
+    files = [
+        (f"{sub.name}/{p.stem}", p, sub.name)
+        for sub in sorted(folder.iterdir())
+        if sub.is_dir() and not sub.name.startswith(".")
+        for p in pngs(sub)
+    ]
     if not files:
         raise MetalsegError(f"{folder}: no mask PNGs (expected DATASET/masks/<name>.png or a folder of <name>.png)")
     return files
@@ -176,8 +189,9 @@ def _read_meta(root: Path) -> dict[str, dict[str, str]]:
     return read_metadata(root)
 
 
-def _source_from_meta(name: str, path: Path, meta: dict[str, dict[str, str]], phases: PhaseSet, folder: str,
-                      pixel_size_um: float | None) -> _Source:
+def _source_from_meta(
+    name: str, path: Path, meta: dict[str, dict[str, str]], phases: PhaseSet, folder: str, pixel_size_um: float | None
+) -> _Source:
     row = meta.get(name) or meta.get(path.stem) or {}
     src = _source_from_row(name, path, row, phases, folder, pixel_size_um)
     src.magnification = _meta_number(row, "magnification", name)
@@ -185,10 +199,16 @@ def _source_from_meta(name: str, path: Path, meta: dict[str, dict[str, str]], ph
     return src
 
 
-def _source_from_row(name: str, path: Path | None, row: Mapping[str, str], phases: PhaseSet, folder: str,
-                     pixel_size_um: float | None) -> _Source:
-    return _Source(name=name, path=Path(str(path)), pixel_size_um=pixel_size_um,
-                   sample=(row.get("sample") or "").strip() or folder, true_fractions=_meta_truth(row, phases, name))
+def _source_from_row(
+    name: str, path: Path | None, row: Mapping[str, str], phases: PhaseSet, folder: str, pixel_size_um: float | None
+) -> _Source:
+    return _Source(
+        name=name,
+        path=Path(str(path)),
+        pixel_size_um=pixel_size_um,
+        sample=(row.get("sample") or "").strip() or folder,
+        true_fractions=_meta_truth(row, phases, name),
+    )
 
 
 def _meta_number(row: Mapping[str, str], column: str, name: str) -> float | None:
@@ -227,8 +247,10 @@ def _attach_truth(sources: list[_Source], truth: Path, phases: PhaseSet) -> None
     folder = truth / "masks" if (truth / "masks").is_dir() else truth
     truth_phases = truth / "phases.json"
     if truth_phases.is_file() and PhaseSet.load(truth_phases).names != phases.names:
-        raise MetalsegError(f"{truth_phases}: phases {PhaseSet.load(truth_phases).names} differ from the "
-                            f"predicted masks' {phases.names}")
+        raise MetalsegError(
+            f"{truth_phases}: phases {PhaseSet.load(truth_phases).names} differ from the "
+            f"predicted masks' {phases.names}"
+        )
     for src in sources:
         path = folder / f"{src.name}.png"
         if not path.is_file():

@@ -41,14 +41,20 @@ class SampleSummary:
     length_unit: str | None = None
 
     def stats_dict(self) -> dict[str, Any]:
-        return {"n_fields": self.n_fields, "t": self.t, "mean": self.mean, "std": self.std, "ci95": self.ci95,
-                "relative_accuracy_pct": self.relative_accuracy, "fields_needed_for_10pct_ra": self.fields_needed}
+        return {
+            "n_fields": self.n_fields,
+            "t": self.t,
+            "mean": self.mean,
+            "std": self.std,
+            "ci95": self.ci95,
+            "relative_accuracy_pct": self.relative_accuracy,
+            "fields_needed_for_10pct_ra": self.fields_needed,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------
 # one field
 # ----------------------------------------------------------------------------------------------------
-
 
 
 def _t975(dof: int) -> float:
@@ -92,8 +98,14 @@ def fraction_statistics(values: Sequence[float], target_ra: float = TARGET_RA) -
     if x.size == 0:
         raise MetalsegError("no field values to summarise")
     mean = float(x.mean())
-    out: dict[str, Any] = {"mean": mean, "std": None, "t": None, "ci95": None, "relative_accuracy": None,
-                           "fields_needed": None}
+    out: dict[str, Any] = {
+        "mean": mean,
+        "std": None,
+        "t": None,
+        "ci95": None,
+        "relative_accuracy": None,
+        "fields_needed": None,
+    }
     if x.size < 2:
         return out
     std = float(x.std(ddof=1))
@@ -130,8 +142,9 @@ def group_fields(fields: Iterable[FieldResult], by: str = "sample") -> dict[str,
     return groups
 
 
-def summarize(fields: Sequence[FieldResult], by: str = "sample", measure: str = "area",
-              target_ra: float = TARGET_RA) -> list[SampleSummary]:
+def summarize(
+    fields: Sequence[FieldResult], by: str = "sample", measure: str = "area", target_ra: float = TARGET_RA
+) -> list[SampleSummary]:
     """Per-sample statistics over fields (see the module docstring for the formulas).
 
     Parameters
@@ -179,19 +192,25 @@ def summarize(fields: Sequence[FieldResult], by: str = "sample", measure: str = 
     return out
 
 
-def _summarize_group(key: str, members: list[FieldResult], names: list[str], measure: str,
-                     target_ra: float) -> SampleSummary:
+def _summarize_group(
+    key: str, members: list[FieldResult], names: list[str], measure: str, target_ra: float
+) -> SampleSummary:
     stats = {}
     for p in names:
         values = [(f.fractions[p] if measure == "area" else f.point_fractions[p]) for f in members]
         stats[p] = fraction_statistics(values, target_ra)  # type: ignore[arg-type]
     summary = SampleSummary(
-        sample=key, n_fields=len(members), fields=[f.image for f in members], measure=measure,
-        mean={p: s["mean"] for p, s in stats.items()}, std={p: s["std"] for p, s in stats.items()},
+        sample=key,
+        n_fields=len(members),
+        fields=[f.image for f in members],
+        measure=measure,
+        mean={p: s["mean"] for p, s in stats.items()},
+        std={p: s["std"] for p, s in stats.items()},
         ci95={p: s["ci95"] for p, s in stats.items()},
         relative_accuracy={p: s["relative_accuracy"] for p, s in stats.items()},
         fields_needed={p: s["fields_needed"] for p, s in stats.items()},
-        t=next(iter(stats.values()))["t"], warnings=[],
+        t=next(iter(stats.values()))["t"],
+        warnings=[],
     )
     summary.warnings = _warnings(summary, names, target_ra)
     truths = [f.true_fractions for f in members if f.true_fractions is not None]
@@ -209,8 +228,10 @@ def _warnings(s: SampleSummary, names: list[str], target_ra: float) -> list[str]
     for p in names:
         ra = s.relative_accuracy[p]
         if ra is not None and ra > target_ra:
-            out.append(f"{s.sample}, {p} ({what}): %RA {ra:.1f} % > {target_ra:g} % with {s.n_fields} fields; "
-                       f"about {s.fields_needed[p]} fields are needed for {target_ra:g} % RA")
+            out.append(
+                f"{s.sample}, {p} ({what}): %RA {ra:.1f} % > {target_ra:g} % with {s.n_fields} fields; "
+                f"about {s.fields_needed[p]} fields are needed for {target_ra:g} % RA"
+            )
     return out
 
 
@@ -230,5 +251,3 @@ def _add_morphology(s: SampleSummary, members: list[FieldResult], names: list[st
 # ----------------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------------
-
-
