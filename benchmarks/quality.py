@@ -100,7 +100,7 @@ def run_recipe(
     guided: bool = False,
     extra: dict | None = None,
 ) -> dict:
-    from napari_metalseg.data.samples import phase_fractions
+    from napari_metalseg.phases import phase_fractions
     from napari_metalseg.training import TrainConfig, train, validate
 
     recipe = dict(RECIPES[name]) | (extra or {})

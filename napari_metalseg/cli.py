@@ -342,9 +342,10 @@ def evaluate(
 ) -> None:
     """Score a trained model on a dataset split: Dice per magnification, in the seed study's table format."""
     from napari_metalseg.data.dataset import load_dataset
-    from napari_metalseg.data.samples import load_samples, phase_fractions
+    from napari_metalseg.data.samples import load_samples
     from napari_metalseg.io.atomic import atomic_write_text
     from napari_metalseg.metrics import Evaluation, format_seed_table
+    from napari_metalseg.phases import phase_fractions
     from napari_metalseg.predict import Predictor
 
     dataset = load_dataset(data)

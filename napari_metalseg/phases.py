@@ -159,3 +159,27 @@ def labels_to_mask(labels: np.ndarray, num_phases: int | None = None) -> np.ndar
         valid &= labels <= MAX_PHASES
     mask[valid] = (labels[valid] - 1).astype(np.uint8)
     return mask
+
+
+def phase_pixel_counts(mask: np.ndarray, num_phases: int) -> np.ndarray:
+    """Pixels of each phase ``0..num_phases-1`` in a mask (int64, length ``num_phases``); other values are ignored.
+
+    The one place where phase areas are counted: :func:`phase_fractions`, predictions, datasets and the
+    quantification all use it.
+    """
+    values = np.asarray(mask).ravel()
+    values = values[values < num_phases].astype(np.int64)
+    return np.bincount(values, minlength=num_phases)[:num_phases]
+
+
+def phase_fractions(mask: np.ndarray, num_phases: int) -> np.ndarray | None:
+    """Area fraction of each phase over the labelled pixels of ``mask`` (float64, sums to 1).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``None`` when no pixel belongs to a phase (nothing labelled or predicted).
+    """
+    counts = phase_pixel_counts(mask, num_phases)
+    total = counts.sum()
+    return counts / total if total else None

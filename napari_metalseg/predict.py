@@ -18,7 +18,7 @@ import numpy as np
 from napari_metalseg.data.samples import normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import check_model_options
-from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
 from napari_metalseg.progress import ProgressEvent
 
 Progress = Callable[[ProgressEvent], None]
@@ -34,9 +34,8 @@ class PhaseMap:
     def fractions(self) -> np.ndarray:
         """Area fraction of each phase over the predicted pixels."""
         k = self.probs.shape[0]
-        valid = self.labels[self.labels != UNLABELED]
-        counts = np.bincount(valid.ravel(), minlength=k)[:k].astype(np.float64)
-        return counts / max(counts.sum(), 1)
+        fractions = phase_fractions(self.labels, k)
+        return np.zeros(k) if fractions is None else fractions
 
 
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))

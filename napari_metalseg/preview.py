@@ -19,7 +19,7 @@ import numpy as np
 
 from napari_metalseg.data.samples import Sample, holdout_pixels
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED
+from napari_metalseg.phases import UNLABELED, phase_fractions
 
 UNCERTAINTY_KINDS = ("margin", "entropy")
 
@@ -65,8 +65,8 @@ class Preview:
 
     def fractions(self) -> np.ndarray:
         k = self.probs.shape[0]
-        counts = np.bincount(self.labels.ravel(), minlength=k)[:k].astype(np.float64)
-        return counts / max(counts.sum(), 1)
+        fractions = phase_fractions(self.labels, k)
+        return np.zeros(k) if fractions is None else fractions
 
 
 class LivePreview:

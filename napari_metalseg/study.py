@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_metalseg.data.samples import Sample, phase_fractions
+from napari_metalseg.data.samples import Sample
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io.atomic import atomic_write_text
-from napari_metalseg.phases import PhaseSet
+from napari_metalseg.phases import PhaseSet, phase_fractions
 from napari_metalseg.progress import ProgressEvent
 
 STATUSES = ("measured", "skipped", "failed")

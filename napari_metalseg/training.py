@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_metalseg.data.samples import CropSampler, Sample, holdout_pixels, normalize_contrast, phase_fractions
+from napari_metalseg.data.samples import CropSampler, Sample, holdout_pixels, normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
 from napari_metalseg.models.registry import (
@@ -28,7 +28,7 @@ from napari_metalseg.models.registry import (
     check_model_options,
     family_of,
 )
-from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
 from napari_metalseg.progress import ProgressEvent
 
 

@@ -52,3 +52,27 @@ def test_bad_phases_json(tmp_path, content, fragment):
 def test_missing_phases_json(tmp_path):
     with pytest.raises(MetalsegError, match="phases.json is missing"):
         PhaseSet.load(tmp_path / "phases.json")
+
+
+def test_phase_fractions_count_only_phase_pixels():
+    from napari_metalseg.phases import UNLABELED, phase_fractions, phase_pixel_counts
+
+    mask = np.array([[0, 0, 1, UNLABELED], [2, 7, UNLABELED, 1]], dtype=np.uint8)
+    assert phase_pixel_counts(mask, 3).tolist() == [2, 2, 1]  # 7 is not a phase of a 3-phase set, 255 unlabeled
+    np.testing.assert_allclose(phase_fractions(mask, 3), [0.4, 0.4, 0.2])
+    assert phase_fractions(np.full((3, 3), UNLABELED, np.uint8), 3) is None
+
+
+def test_progress_jobs_return_their_result_and_refuse_unknown_kinds():
+    from napari_metalseg.progress import ProgressEvent, run_job
+
+    def job():
+        for i in range(3):
+            yield ProgressEvent("predict", i + 1, 3)
+        return "result"
+
+    seen = []
+    assert run_job(job(), seen.append) == "result"
+    assert [e.step for e in seen] == [1, 2, 3] and seen[-1].fraction == 1.0
+    with pytest.raises(ValueError, match="progress kind 'bogus'"):
+        ProgressEvent("bogus")

@@ -33,7 +33,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QComboBox
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED, PhaseSet, labels_to_mask, mask_to_labels
+from napari_metalseg.phases import PhaseSet, labels_to_mask, mask_to_labels, phase_fractions
 from napari_metalseg.progress import ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -250,12 +250,7 @@ def mask_of_layer(layer: Labels, num_phases: int | None = None) -> np.ndarray:
 
 def phase_fractions_of_layer(layer: Labels, num_phases: int) -> np.ndarray | None:
     """Area fraction of each phase over the labelled pixels of a phase Labels layer (None if nothing labelled)."""
-    mask = mask_of_layer(layer, num_phases)
-    labelled = mask[mask != UNLABELED]
-    if labelled.size == 0:
-        return None
-    counts = np.bincount(labelled.ravel(), minlength=num_phases)[:num_phases].astype(np.float64)
-    return counts / counts.sum()
+    return phase_fractions(mask_of_layer(layer, num_phases), num_phases)
 
 
 def image_of_layer(layer: Image) -> np.ndarray:

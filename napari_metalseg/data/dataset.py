@@ -25,7 +25,7 @@ from PIL import Image
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io.atomic import atomic_path, atomic_write_text
-from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.phases import UNLABELED, PhaseSet, phase_pixel_counts
 
 SPLITS = ("train", "val", "test")
 METADATA_COLUMNS = ("name", "magnification", "pixel_size_um", "split")
@@ -104,7 +104,7 @@ class Dataset:
         unlabeled = 0
         for item in self.labelled:
             mask = item.read_mask()
-            counts += np.bincount(mask[mask != UNLABELED].ravel(), minlength=len(self.phases))[: len(self.phases)]
+            counts += phase_pixel_counts(mask, len(self.phases))
             unlabeled += int((mask == UNLABELED).sum())
         total = int(counts.sum())
         by_split: dict[str, int] = {}

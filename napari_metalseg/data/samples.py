@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED
+from napari_metalseg.phases import UNLABELED, phase_pixel_counts
 
 
 @dataclass
@@ -41,15 +41,6 @@ def load_samples(items: Iterable) -> list[Sample]:
         micrograph = item.read_image()
         samples.append(Sample(item.name, micrograph.image, mask, micrograph.magnification, micrograph.pixel_size_um))
     return samples
-
-
-def phase_fractions(mask: np.ndarray, num_phases: int) -> np.ndarray | None:
-    """Fraction of each phase over the labelled pixels of ``mask`` (None when nothing is labelled)."""
-    labelled = mask[mask != UNLABELED]
-    if labelled.size == 0:
-        return None
-    counts = np.bincount(labelled.ravel(), minlength=num_phases)[:num_phases].astype(np.float64)
-    return counts / counts.sum()
 
 
 def normalize_contrast(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -84,7 +75,7 @@ def holdout_pixels(
     train, val = [], []
     left = np.zeros(num_phases, np.int64)
     for s in samples:
-        left += np.bincount(s.mask[s.mask != UNLABELED].ravel(), minlength=num_phases)[:num_phases]
+        left += phase_pixel_counts(s.mask, num_phases)
     for s in samples:
         h, w = s.mask.shape
         gy, gx = -(-h // block), -(-w // block)
@@ -94,7 +85,7 @@ def holdout_pixels(
         labelled = np.nonzero((cells != UNLABELED).any(1))[0]
         chosen = np.zeros(gy * gx, bool)
         for c in rng.permutation(labelled)[: int(round(fraction * len(labelled)))]:
-            counts = np.bincount(cells[c][cells[c] != UNLABELED], minlength=num_phases)[:num_phases]
+            counts = phase_pixel_counts(cells[c], num_phases)
             if np.all((left - counts > 0) | (counts == 0)):
                 chosen[c] = True
                 left -= counts

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.phases import UNLABELED, PhaseSet, phase_pixel_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -174,7 +174,7 @@ def quantify_mask(
     names = phases.names
     k = len(phases)
     mask = check_mask(mask, k, name)
-    counts = _pixel_counts(mask, k)
+    counts = phase_pixel_counts(mask, k)
     total = int(counts.sum())
     if total == 0:
         raise MetalsegError(f"{name or 'mask'}: no labelled pixels (every pixel is 255 = unlabeled)")
@@ -218,10 +218,6 @@ def check_mask(mask: np.ndarray, num_phases: int, name: str = "") -> np.ndarray:
             f"is it a mask of another phase set?"
         )
     return mask
-
-
-def _pixel_counts(mask: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(mask[mask != UNLABELED].ravel().astype(np.int64), minlength=k)[:k]
 
 
 def resolve_grid_spacing(shape: tuple[int, ...], grid_spacing: int | None) -> int:

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.phases import UNLABELED, PhaseSet, phase_pixel_counts
 from napari_metalseg.quantify.fields import (
     FieldResult,
     _as_phases,
     _check_pixel_size,
     _check_spacing,
-    _pixel_counts,
     check_mask,
     quantify_mask,
 )
@@ -256,7 +255,7 @@ def _attach_truth(sources: list[_Source], truth: Path, phases: PhaseSet) -> None
         if not path.is_file():
             raise MetalsegError(f"{path}: no true mask for {src.name} (--truth needs one mask per field, same name)")
         mask = check_mask(read_mask(path), len(phases), str(path))
-        counts = _pixel_counts(mask, len(phases))
+        counts = phase_pixel_counts(mask, len(phases))
         if counts.sum() == 0:
             raise MetalsegError(f"{path}: the true mask has no labelled pixels")
         src.true_fractions = {p: float(c) / float(counts.sum()) for p, c in zip(phases.names, counts)}
