@@ -113,6 +113,19 @@ class ModelSpec:
         return model.to(device), report
 
 
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory (it holds :data:`CONFIG`)."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def require_run(path: str | Path) -> Path:
+    """Return ``path`` as a :class:`~pathlib.Path` if it is a run directory; one clear error otherwise."""
+    path = Path(path)
+    if not is_run(path):
+        raise MetalsegError(f"{path}: not a trained run ({CONFIG} is missing)")
+    return path
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
