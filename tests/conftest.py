@@ -11,6 +11,20 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: few examples, no per-example deadline (the machine may be loaded), the same examples on every
+# run (derandomize) and no example database on disk. `pytest --hypothesis-profile thorough` searches harder.
+settings.register_profile(
+    "metalseg",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", max_examples=1000, deadline=None, database=None)
+settings.load_profile("metalseg")
 
 # Tests share 2 cores with each other's subprocesses; oversubscribed torch threads make everything slower.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
