@@ -8,17 +8,16 @@ STAMP := $(VENV)/.installed
 # A GUI needs a display; headless machines get the end-to-end demo.
 XVFB := $(shell command -v xvfb-run 2>/dev/null)
 
-.PHONY: run test setup sysdeps lint clean
+.PHONY: run test test-slow setup sysdeps lint clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# torch/torchvision pinned to the known-good pair first, so the project install does not pull another build.
-$(STAMP): $(PY) pyproject.toml
-	$(PIP) install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install --quiet -e ".[test]"
+# torch/torchvision pinned to the known-good pair in constraints.txt, so the project install cannot pull another build.
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP) sysdeps
@@ -35,8 +34,12 @@ sysdeps:
 	  else echo "warning: xvfb-run missing and not root: GUI tests need Xvfb + Mesa (see README)"; fi; \
 	fi
 
+# The suite without the timing assertions (marker `slow`, see CONTRIBUTING.md); `make test-slow` runs those.
 test: setup
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -m slow
 
 run: setup
 	@if [ -n "$$DISPLAY" ] && $(PY) -c 'import napari_metalseg._widgets' 2>/dev/null; then \
@@ -46,7 +49,8 @@ run: setup
 	fi
 
 lint: setup
-	$(VENV)/bin/ruff check napari_metalseg tests
+	$(VENV)/bin/ruff check napari_metalseg tests benchmarks
+	$(VENV)/bin/ruff format --check napari_metalseg tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

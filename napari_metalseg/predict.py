@@ -59,7 +59,10 @@ def check_ratios(ratios: Sequence[float] | None, phases: PhaseSet) -> np.ndarray
     """Validate a phase-ratio vector (length K, finite, >= 0, sum > 0) and normalise it to sum 1."""
     if ratios is None:
         return None
-    arr = np.asarray(list(ratios), dtype=np.float64)
+    try:
+        arr = np.asarray(list(ratios), dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise MetalsegError(f"ratio {ratios!r}: expected {len(phases)} numbers ({', '.join(phases.names)})") from None
     if arr.shape != (len(phases),):
         raise MetalsegError(
             f"ratio {list(ratios)} has {arr.size} values but the model has {len(phases)} phases "
@@ -69,16 +72,21 @@ def check_ratios(ratios: Sequence[float] | None, phases: PhaseSet) -> np.ndarray
         raise MetalsegError(f"ratio {list(ratios)} contains NaN or infinite values")
     if (arr < 0).any():
         raise MetalsegError(f"ratio {list(ratios)} contains negative values")
-    if arr.sum() <= 0:
+    with np.errstate(over="ignore"):
+        total = arr.sum()
+    if total <= 0:
         raise MetalsegError(f"ratio {list(ratios)} sums to 0")
-    return (arr / arr.sum()).astype(np.float32)
+    if not np.isfinite(total):  # finite values whose sum overflows: scale them down first
+        arr = arr / arr.max()
+        total = arr.sum()
+    return (arr / total).astype(np.float32)
 
 
 def check_box(box: Sequence[float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """Validate a box ``x0, y0, x1, y1`` (pixels) against an image of ``shape`` (H, W)."""
     try:
         x0, y0, x1, y1 = (float(v) for v in box)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MetalsegError(f"box {box!r}: expected four numbers x0,y0,x1,y1") from None
     h, w = shape
     if not all(np.isfinite([x0, y0, x1, y1])):

@@ -1,10 +1,30 @@
-"""Shared fixtures: one synthetic dataset and one trained `tiny` model per test session (DESIGN.md)."""
+"""Shared fixtures: one synthetic dataset and one trained `tiny` model per test session.
+
+The session fixtures are bounded by step counts, never by the clock: on a loaded machine they take longer but
+train the same model. Their set-up does not count against the per-test timeout (``timeout_func_only`` in
+pyproject.toml): the first test that asks for ``trained_run`` would otherwise be charged the whole training and
+time out, failing every test that shares the fixture.
+"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: few examples, no per-example deadline (the machine may be loaded), the same examples on every
+# run (derandomize) and no example database on disk. `pytest --hypothesis-profile thorough` searches harder.
+settings.register_profile(
+    "metalseg",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", max_examples=1000, deadline=None, database=None)
+settings.load_profile("metalseg")
 
 # Tests share 2 cores with each other's subprocesses; oversubscribed torch threads make everything slower.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -32,7 +52,8 @@ def split_samples(synth_dataset):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, synth_dataset, split_samples):
-    """A ratio-guided tiny model trained briefly on the CPU; returns (run dir, list of progress events)."""
+    """A ratio-guided tiny model trained for exactly ``TRAIN_STEPS`` steps on the CPU (no time budget, fp32 whatever
+    the CPU offers); returns (run dir, list of progress events)."""
     from napari_metalseg.training import TrainConfig, train
 
     run = tmp_path_factory.mktemp("runs") / "tiny_ratio"
@@ -45,7 +66,9 @@ def trained_run(tmp_path_factory, synth_dataset, split_samples):
         lr=2e-3,
         val_every=TRAIN_STEPS // 2,
         device="cpu",
+        bf16=False,
         seed=0,
     )
+    assert config.budget_s is None  # step-bounded: a time budget would make the model depend on the machine's load
     events = list(train(split_samples["train"], synth_dataset.phases, run, config, val_samples=split_samples["val"]))
     return run, events

@@ -26,6 +26,8 @@ from napari_metalseg._widgets.ratios import RatioWidget, rebalance
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import PhaseSet
 
+pytestmark = pytest.mark.gui
+
 PLUGIN = "napari-metalseg"
 IMAGE = "synthetic steel 3000x"
 ZEISS = Path(__file__).parent / "data" / "sem" / "nanoporous_gold_zeiss.tif"
@@ -94,6 +96,7 @@ def predict(viewer, qtbot, probabilities: bool = False) -> Labels:
 # -- start-up ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # wall-clock: import time under 1 s
 def test_widget_modules_import_fast_without_torch():
     code = (
         "import time, sys\n"

@@ -1,9 +1,12 @@
 """Phase layers: a new prediction never destroys corrections the user painted."""
 
 import numpy as np
+import pytest
 
 from napari_metalseg._widgets.layers import show_phase_map
 from napari_metalseg.phases import PhaseSet
+
+pytestmark = pytest.mark.gui
 
 PHASES = PhaseSet.from_names(["ferrite", "martensite"])
 

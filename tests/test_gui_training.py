@@ -17,6 +17,8 @@ from napari_metalseg._widgets.layers import session_of
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import PhaseSet, labels_to_mask, mask_to_labels
 
+pytestmark = pytest.mark.gui
+
 PHASES = PhaseSet.from_names(["ferrite", "martensite"])
 PLUGIN = "napari-metalseg"
 
@@ -105,6 +107,7 @@ def test_pairing_rule(viewer):
         widget.pairs()  # whatever the combo holds, a Labels layer of another size is refused
 
 
+@pytest.mark.slow  # wall-clock: timer gaps and redraw rate during training
 def test_training_from_layers_keeps_the_viewer_responsive(viewer, qtbot, tmp_path, capsys):
     from qtpy.QtCore import QTimer
 
@@ -160,6 +163,7 @@ def test_training_from_layers_keeps_the_viewer_responsive(viewer, qtbot, tmp_pat
     np.testing.assert_array_equal(labels_layer.data, drawn)
 
 
+@pytest.mark.slow  # wall-clock: stop within 10 s
 def test_stop_ends_a_long_run_early(viewer, qtbot, tmp_path):
 
     _add_annotated(viewer)

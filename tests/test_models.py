@@ -198,6 +198,7 @@ print("lora model trained")
 """
 
 
+@pytest.mark.gui  # opens a napari viewer (needs a display or xvfb-run)
 def test_triton_guard_prevents_segfault_with_napari_gl_context():
     """Without the guard, importing segment_anything/peft or stepping an optimizer after a napari viewer
     opened segfaults under Mesa (exit code -11 or 139)."""

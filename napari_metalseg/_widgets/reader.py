@@ -8,7 +8,10 @@
 * A dataset folder (``images/`` + ``phases.json``) -> one Image layer per image and a ``"<name> mask"`` Labels
   layer per mask; only the first pair is visible.
 
-Anything else gives ``None`` so napari can try other readers.
+:func:`get_reader` decides from names alone (the file suffix; ``images/`` + ``phases.json`` for a folder), as napari's
+own readers do, and returns a function that reads when napari calls it; anything else gives ``None`` so napari can try
+other readers. A file that has a micrograph suffix but cannot be read raises
+:class:`~napari_metalseg.errors.MetalsegError` naming the file when napari reads it.
 """
 
 from __future__ import annotations
@@ -27,15 +30,46 @@ MASK_SUFFIX = " mask"
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """npe2 reader hook: return a reader function when every path is a micrograph, a mask or a dataset."""
-    paths = [path] if isinstance(path, str | Path) else list(path)
-    if not paths:
+    """npe2 reader hook: :func:`read_paths` when every path looks readable, else ``None``.
+
+    Only names are looked at (nothing is opened): a file with a micrograph suffix
+    (:data:`~napari_metalseg.io.MICROGRAPH_SUFFIXES`, which covers mask PNGs) or a dataset folder
+    (:func:`is_dataset_folder`).
+    """
+    paths = _as_paths(path)
+    if not paths or not all(_looks_readable(p) for p in paths):
         return None
-    try:
-        layers = [layer for p in paths for layer in read_path(p)]
-    except MetalsegError:
-        return None
-    return lambda _path: layers
+    return read_paths
+
+
+def read_paths(path: str | list[str]) -> list[LayerData]:
+    """The reader function :func:`get_reader` returns: the layer-data tuples of every path (see :func:`read_path`).
+
+    Raises
+    ------
+    MetalsegError
+        Naming the first path that cannot be read, and why.
+    """
+    return [layer for p in _as_paths(path) for layer in read_path(p)]
+
+
+def is_dataset_folder(path: str | Path) -> bool:
+    """Whether ``path`` is laid out as a metalseg dataset (an ``images/`` folder and ``phases.json``), by names only;
+    :func:`~napari_metalseg.data.dataset.load_dataset` validates the contents."""
+    path = Path(path)
+    return (path / "images").is_dir() and (path / "phases.json").is_file()
+
+
+def _as_paths(path: str | Path | list[str]) -> list[Path]:
+    return [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+
+
+def _looks_readable(path: Path) -> bool:
+    from napari_metalseg.io import MICROGRAPH_SUFFIXES
+
+    if path.is_dir():
+        return is_dataset_folder(path)
+    return path.suffix.lower() in MICROGRAPH_SUFFIXES and path.is_file()
 
 
 def read_path(path: str | Path) -> list[LayerData]:
@@ -48,7 +82,7 @@ def read_path(path: str | Path) -> list[LayerData]:
     """
     path = Path(path)
     if path.is_dir():
-        if (path / "images").is_dir() and (path / "phases.json").is_file():
+        if is_dataset_folder(path):
             return read_dataset(path)
         raise MetalsegError(f"{path}: not a metalseg dataset (needs images/ and phases.json)")
     phases_file = mask_phases_file(path)

@@ -387,6 +387,8 @@ def _min_max(data: np.ndarray) -> np.ndarray:
     lo, hi = float(data.min()), float(data.max())
     if hi <= lo:
         return np.zeros(data.shape, dtype=np.float32)
+    if not math.isfinite(hi - lo):  # finite values spanning more than float64 holds: halve them first
+        data, lo, hi = data / 2, lo / 2, hi / 2
     return ((data - lo) / (hi - lo)).astype(np.float32)
 
 

@@ -7,6 +7,11 @@ torch.
 Modules: :mod:`.sam` (configs, builder), :mod:`.checkpoint` (pretrained weights), :mod:`.lora` (adapters,
 fine-tuning modes, trainable state), :mod:`.guidance` (phase-fraction guidance), :mod:`.phase_sam` (the
 model), :mod:`.triton_guard` (keeps ``import triton`` from crashing napari).
+
+The lazy loader below is one of the two entry points of the triton guard (the other is importing
+:mod:`napari_metalseg._widgets`): it applies :func:`.triton_guard.guard_triton` before it imports a torch module, so
+``from napari_metalseg.models import build_phase_sam`` is safe in a process that already shows a napari viewer.
+Importing the package itself leaves ``sys.modules`` alone.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import importlib
 from typing import Any
 
 from napari_metalseg.models.sam import SAM_CONFIGS, SAM_KINDS, TYPICAL_IMG_SIZES, SamConfig, check_img_size
+from napari_metalseg.models.triton_guard import guard_triton
 
 GUIDANCE_MODES: tuple[str, ...] = ("none", "ratio", "spatial")
 """Phase-fraction guidance: none, MLP (:class:`RatioEncoder`), CoordConv (:class:`SpatialRatioEncoder`)."""
@@ -41,7 +47,6 @@ _LAZY = {
     "SpatialRatioEncoder": "guidance",
     "PhaseSAM": "phase_sam",
     "build_phase_sam": "phase_sam",
-    "guard_triton": "triton_guard",
 }
 
 __all__ = [
@@ -53,12 +58,14 @@ __all__ = [
     "TYPICAL_IMG_SIZES",
     "SamConfig",
     "check_img_size",
+    "guard_triton",
     *_LAZY,
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        guard_triton()  # before the torch module is imported (see triton_guard)
         module = importlib.import_module(f"napari_metalseg.models.{_LAZY[name]}")
         value = getattr(module, name)
         globals()[name] = value

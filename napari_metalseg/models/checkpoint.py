@@ -33,9 +33,6 @@ from torch import nn
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.sam import SAM_CONFIGS
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 WRAPPER_KEYS = ("model_state", "model", "state_dict")
 KEY_PREFIXES = ("sam.", "module.", "model.")

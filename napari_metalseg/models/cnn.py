@@ -32,9 +32,6 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import GUIDANCE_MODES
 from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.sam import check_num_phases
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 PREPROCESS = "contrast-image-v1"
 """Identifier of :meth:`PhaseCNN.preprocess`; the whole encoder signature with the kind and tile size."""

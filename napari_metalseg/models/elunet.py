@@ -29,9 +29,6 @@ from napari_metalseg.models.cnn import (
     pool_down,
     side_heads,
 )
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 
 class DeepSkipStage(nn.Module):

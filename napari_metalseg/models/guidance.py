@@ -14,10 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
-
 
 def _check_ratios(ratios: torch.Tensor, embeddings: torch.Tensor, num_phases: int) -> None:
     if ratios.ndim != 2 or ratios.shape[0] != embeddings.shape[0] or ratios.shape[1] != num_phases:

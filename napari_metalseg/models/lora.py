@@ -28,9 +28,6 @@ from torch import nn
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 ADAPTER_NAME = "default"
 ATTENTION_TARGETS = ("qkv", "proj")
@@ -122,7 +119,6 @@ def apply_lora(
     encoder = _image_encoder(sam)
     pattern = lora_target_pattern(targets, include_mlp)
 
-    guard_triton()
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(

@@ -25,9 +25,6 @@ from napari_metalseg.models.checkpoint import LoadReport, load_sam_checkpoint
 from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.lora import apply_lora, set_finetune_mode, trainable_state_dict
 from napari_metalseg.models.sam import PATCH_SIZE, build_sam, check_img_size, check_kind, check_num_phases
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 PREPROCESS = "zscore-v1"
 """Identifier of :meth:`PhaseSAM.preprocess`; part of the encoder signature."""

@@ -158,9 +158,6 @@ def build_sam(kind: str, img_size: int = 512, num_phases: int = 3) -> Sam:
 
     from functools import partial
 
-    from napari_metalseg.models.triton_guard import guard_triton
-
-    guard_triton()  # segment_anything imports torchvision, which reaches triton
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 

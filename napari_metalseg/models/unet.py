@@ -17,9 +17,6 @@ import torch
 from torch import nn
 
 from napari_metalseg.models.cnn import CNNBackbone, DoubleConv, PhaseCNN, UpProject, build_phase_cnn, side_heads
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 
 class SkipStage(nn.Module):

@@ -38,9 +38,6 @@ from napari_metalseg.models.cnn import (
     pool_down,
     side_heads,
 )
-from napari_metalseg.models.triton_guard import guard_triton
-
-guard_triton()  # see triton_guard: before anything can reach torch._dynamo
 
 CGM_PRESENT_BIAS = 3.0
 """Initial bias of the CGM presence logits: sigmoid(3) = 0.95, so a fresh CGM barely changes the outputs."""
