@@ -53,7 +53,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MetalsegError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
+        raise MetalsegError(f"device {device!r} requested but no CUDA GPU is available; use the device 'cpu' or 'auto'")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise MetalsegError(f"unknown device {device!r}; use auto, cpu or cuda")
     return device

@@ -1,4 +1,4 @@
-"""Layer conventions of the plugin and the GUI plumbing every dock widget shares.
+"""Layer conventions of the plugin: phase, micrograph and derived layers, and the helpers that read and write them.
 
 Layer conventions (the only place they are written down in code):
 
