@@ -2,14 +2,19 @@
 
 The heavy image encoder runs once per image (per tile) and its output is cached under a key made of the image
 content hash and the model signature, so changing the ratio or drawing a box reruns only the light decoder.
+
+A prediction is a job (:mod:`napari_metalseg.progress`): :meth:`Predictor.predict_job` yields ``"embed"`` and
+``"predict"`` events and returns the :class:`PhaseMap`; :meth:`Predictor.predict` runs it to the end. The predictor's
+:attr:`~Predictor.lock` is held while a job runs the model, so jobs of several threads never interleave.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +24,8 @@ from napari_metalseg.data.samples import normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
-from napari_metalseg.progress import ProgressEvent
-
-Progress = Callable[[ProgressEvent], None]
+from napari_metalseg.progress import Job, ProgressEvent, run_job
+from napari_metalseg.prompts import check_box
 
 
 @dataclass
@@ -49,7 +53,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MetalsegError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
+        raise MetalsegError(f"device {device!r} requested but no CUDA GPU is available; use the device 'cpu' or 'auto'")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise MetalsegError(f"unknown device {device!r}; use auto, cpu or cuda")
     return device
@@ -80,22 +84,6 @@ def check_ratios(ratios: Sequence[float] | None, phases: PhaseSet) -> np.ndarray
         arr = arr / arr.max()
         total = arr.sum()
     return (arr / total).astype(np.float32)
-
-
-def check_box(box: Sequence[float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Validate a box ``x0, y0, x1, y1`` (pixels) against an image of ``shape`` (H, W)."""
-    try:
-        x0, y0, x1, y1 = (float(v) for v in box)
-    except (TypeError, ValueError, OverflowError):
-        raise MetalsegError(f"box {box!r}: expected four numbers x0,y0,x1,y1") from None
-    h, w = shape
-    if not all(np.isfinite([x0, y0, x1, y1])):
-        raise MetalsegError(f"box {list(box)}: contains NaN or infinite values")
-    if x1 <= x0 or y1 <= y0:
-        raise MetalsegError(f"box {list(box)}: needs x0 < x1 and y0 < y1")
-    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-        raise MetalsegError(f"box {list(box)} lies outside the image (width {w}, height {h})")
-    return int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -142,6 +130,14 @@ class Predictor:
         Also keep embeddings on disk here (safetensors), for reopening the same micrographs later.
     bf16 : bool or None
         bfloat16 autocast for the encoder; default: on for CUDA, off on CPU.
+    batch_size : int
+        Tiles per encoder / decoder batch.
+
+    Attributes
+    ----------
+    lock : threading.RLock
+        Held by a prediction job while it runs the model (and by any other code running :attr:`model`, e.g. the
+        encoder feature maps of the napari dock), so predictions of several threads never interleave.
 
     Examples
     --------
@@ -172,6 +168,7 @@ class Predictor:
         self.batch_size = batch_size
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._signature: str | None = None
+        self.lock = threading.RLock()
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", **kwargs) -> Predictor:
@@ -193,7 +190,8 @@ class Predictor:
         self._cache.clear()
         self._signature = None
 
-    def _embed_tiles(self, tiles: list[np.ndarray], key: str, progress: Progress | None):
+    def _embed_tiles(self, tiles: list[np.ndarray], key: str) -> Job:
+        """Job: the embeddings of ``tiles`` (from the cache when there), one ``"embed"`` event per batch."""
         import torch
 
         if key in self._cache:
@@ -213,12 +211,7 @@ class Predictor:
                     torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16),
                 ):
                     out.append(self.model.embed(self.model.preprocess(batch)).float().cpu())
-                if progress:
-                    progress(
-                        ProgressEvent(
-                            "embed", min(i + self.batch_size, len(tiles)), len(tiles), message="image encoder"
-                        )
-                    )
+                yield ProgressEvent("embed", min(i + self.batch_size, len(tiles)), len(tiles), message="image encoder")
             emb = torch.cat(out)
             if disk is not None:
                 from safetensors.torch import save_file
@@ -233,18 +226,36 @@ class Predictor:
         return emb
 
     # -- prediction ------------------------------------------------------------------------------------------
-    def predict(
+    def predict_job(
         self,
         image: np.ndarray,
         ratios: Sequence[float] | None = None,
         box: Sequence[float] | None = None,
-        progress: Progress | None = None,
         tta: bool = False,
-    ) -> PhaseMap:
-        """Phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given.
+    ) -> Job[PhaseMap]:
+        """Job: the phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given.
 
         With ``tta`` (test-time augmentation) the micrograph is also predicted flipped and rotated (the 8 symmetries
         of the square) and the probabilities are averaged: 8 times the work, steadier boundaries.
+
+        The inputs are checked when the job starts (its first ``next``); it holds :attr:`lock` while it runs the
+        model, so it must be driven to its end (or closed) in the thread that started it.
+
+        Yields
+        ------
+        ProgressEvent
+            ``"embed"`` per batch of encoder tiles, then ``"predict"`` per batch of decoded tiles (per augmentation
+            with ``tta``).
+
+        Returns
+        -------
+        PhaseMap
+
+        Raises
+        ------
+        MetalsegError
+            A bad image, ratio vector or box, ratios for a model trained without guidance, a box for a model that
+            takes none, or ``tta`` with a box.
         """
         image = _check_image(image)
         if getattr(self.model, "contrast", None) == "image":
@@ -256,22 +267,38 @@ class Predictor:
             check_model_options(self.model.kind, boxes=True)
             if tta:
                 raise MetalsegError("test-time augmentation applies to whole micrographs, not to box prompts")
-            return self._predict_box(image, check_box(box, image.shape), ratio, progress)
-        if not tta:
-            return self._predict_tiled(image, ratio, progress)
+            box = check_box(box, image.shape)
+        with self.lock:
+            if box is not None:
+                return (yield from self._predict_box(image, box, ratio))
+            if not tta:
+                return (yield from self._predict_tiled(image, ratio))
+            return (yield from self._predict_tta(image, ratio))
+
+    def predict(
+        self,
+        image: np.ndarray,
+        ratios: Sequence[float] | None = None,
+        box: Sequence[float] | None = None,
+        tta: bool = False,
+    ) -> PhaseMap:
+        """The phase map of ``image``: :meth:`predict_job` run to its end (see there)."""
+        return run_job(self.predict_job(image, ratios=ratios, box=box, tta=tta))
+
+    def _predict_tta(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
+        """Job: the 8 dihedral views predicted and averaged, one ``"predict"`` event per view."""
         acc = None
         for i, (k, flip) in enumerate(DIHEDRAL):
             view = np.rot90(image[:, ::-1] if flip else image, k)
-            probs = self._predict_tiled(np.ascontiguousarray(view), ratio, None).probs
+            probs = run_job(self._predict_tiled(np.ascontiguousarray(view), ratio)).probs
             probs = np.rot90(probs, -k, axes=(1, 2))
             probs = probs[:, :, ::-1] if flip else probs
             acc = probs.copy() if acc is None else acc + probs
-            if progress:
-                progress(ProgressEvent("predict", i + 1, len(DIHEDRAL), message="test-time augmentation"))
+            yield ProgressEvent("predict", i + 1, len(DIHEDRAL), message="test-time augmentation")
         acc /= len(DIHEDRAL)
         return PhaseMap(acc.argmax(0).astype(np.uint8), acc)
 
-    def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None, progress: Progress | None) -> PhaseMap:
+    def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
         h, w = image.shape
         s = self.size
         padded = _pad_image(image, max(h, s), max(w, s))
@@ -279,7 +306,7 @@ class Predictor:
         origins = [(y, x) for y in ys for x in xs]
         tiles = [padded[y : y + s, x : x + s] for y, x in origins]
         key = f"{image_key(image)}-{self.signature()}-t{s}-{self.overlap}"
-        emb = self._embed_tiles(tiles, key, progress)
+        emb = yield from self._embed_tiles(tiles, key)
         k = len(self.phases)
         acc = np.zeros((k, *padded.shape), np.float32)
         weight = np.zeros(padded.shape, np.float32)
@@ -290,10 +317,7 @@ class Predictor:
             for j, (y, x) in enumerate(origins[i : i + self.batch_size]):
                 acc[:, y : y + s, x : x + s] += probs[j] * window
                 weight[y : y + s, x : x + s] += window
-            if progress:
-                progress(
-                    ProgressEvent("predict", min(i + self.batch_size, len(origins)), len(origins), message="decoder")
-                )
+            yield ProgressEvent("predict", min(i + self.batch_size, len(origins)), len(origins), message="decoder")
         acc /= weight  # in place: the probability map is the largest buffer of a big micrograph
         probs = acc[:, :h, :w]
         return PhaseMap(probs.argmax(0).astype(np.uint8), probs)
@@ -311,8 +335,9 @@ class Predictor:
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
     def _predict_box(
-        self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None, progress: Progress | None
-    ) -> PhaseMap:
+        self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None
+    ) -> Job[PhaseMap]:
+        """Job: the phases inside a checked box (one encoder window around it; ``"embed"`` events only)."""
         from scipy import ndimage
 
         h, w = image.shape
@@ -329,7 +354,7 @@ class Predictor:
         tile = ndimage.zoom(window, scale, order=1)[:s, :s] if side != s else window
         tile = _pad_image(tile, s, s)
         key = f"{image_key(image)}-{self.signature()}-box{wy},{wx},{side}"
-        emb = self._embed_tiles([tile], key, progress)
+        emb = yield from self._embed_tiles([tile], key)
         local = np.array([[(x0 - wx) * scale, (y0 - wy) * scale, (x1 - wx) * scale, (y1 - wy) * scale]])
         probs = self._decode(emb.to(self.device), ratio, local)[0]
         if side != s:

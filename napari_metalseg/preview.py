@@ -6,7 +6,8 @@ on a 1024 x 1024 micrograph (the filter features of a micrograph are computed on
 on labelled pixels it did not fit (the same held-out squares the trainer validates on,
 :func:`~napari_metalseg.data.samples.holdout_pixels`), so a deep model trained on the same strokes can be compared with
 it on equal terms, and it returns where it is unsure (:func:`uncertainty_map`), so the user knows where to paint next.
-GUI-free: the napari Training dock drives it from a worker thread.
+GUI-free: the napari Training dock drives it from a worker thread, as a job (:meth:`LivePreview.update_job`, see
+:mod:`napari_metalseg.progress`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from napari_metalseg.data.samples import Sample, holdout_pixels
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, phase_fractions
+from napari_metalseg.progress import Job, ProgressEvent, run_job
 
 UNCERTAINTY_KINDS = ("margin", "entropy")
 
@@ -110,7 +112,20 @@ class LivePreview:
         return feats
 
     def update(self, image: np.ndarray, mask: np.ndarray, kind: str = "margin") -> Preview:
-        """Fit on the labelled pixels of ``mask`` (phase index, 255 unlabeled) and predict all of ``image``.
+        """Fit on the labelled pixels of ``mask`` and predict all of ``image``: :meth:`update_job` run to its end."""
+        return run_job(self.update_job(image, mask, kind))
+
+    def update_job(self, image: np.ndarray, mask: np.ndarray, kind: str = "margin") -> Job[Preview]:
+        """Job: fit on the labelled pixels of ``mask`` (phase index, 255 unlabeled) and predict all of ``image``.
+
+        Yields
+        ------
+        ProgressEvent
+            ``"info"`` before each stage (features, fit, predict).
+
+        Returns
+        -------
+        Preview
 
         Raises
         ------
@@ -119,6 +134,7 @@ class LivePreview:
         """
         from napari_metalseg.metrics import Evaluation
         from napari_metalseg.models.classical import fit_classifier
+        from napari_metalseg.predict import image_key
 
         image = np.asarray(image, dtype=np.float32)
         mask = np.asarray(mask, dtype=np.uint8)
@@ -126,6 +142,7 @@ class LivePreview:
             raise MetalsegError(f"preview: image {image.shape} and strokes {mask.shape} must be the same 2-D shape")
         labelled = int((mask != UNLABELED).sum())
         seconds = {}
+        yield ProgressEvent("info", 0, 3, message="filter features")
         t0 = time.perf_counter()
         feats = self.features(image)
         seconds["features"] = time.perf_counter() - t0
@@ -133,9 +150,11 @@ class LivePreview:
         train, held = (
             holdout_pixels([sample], self.num_phases, self.holdout, seed=self.seed) if self.holdout else ([sample], [])
         )
+        yield ProgressEvent("info", 1, 3, message="fitting on the strokes")
         t0 = time.perf_counter()
         model = fit_classifier(train, self.num_phases, tile_size=max(image.shape), seed=self.seed, features=[feats])
         seconds["fit"] = time.perf_counter() - t0
+        yield ProgressEvent("info", 2, 3, message="predicting the micrograph")
         t0 = time.perf_counter()
         probs = model.predict_proba_features(feats)
         seconds["predict"] = time.perf_counter() - t0
@@ -145,6 +164,4 @@ class LivePreview:
             evaluation = Evaluation([str(k) for k in range(self.num_phases)])
             evaluation.add("preview", labels, held[0].mask)
             score = evaluation.average
-        from napari_metalseg.predict import image_key
-
         return Preview(labels, probs, uncertainty_map(probs, kind), score, labelled, seconds, image_key(mask))

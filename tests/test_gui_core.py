@@ -17,7 +17,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from scipy import ndimage
 
 import napari_metalseg._widgets  # noqa: F401  (blocks triton before any viewer exists)
-from napari_metalseg._widgets.boxes import MODE_OBJECT, BoxPromptWidget, object_in_box
+from napari_metalseg._widgets.boxes import MODE_OBJECT, BoxPromptWidget
 from napari_metalseg._widgets.features import ADAPTED_LAYER, BASE_LAYER, FeaturesWidget
 from napari_metalseg._widgets.layers import IMAGE_KEY, PHASE_LAYER, phases_of_layer, session_of, show_phase_map
 from napari_metalseg._widgets.model import ModelWidget
@@ -234,22 +234,6 @@ def test_object_mode_assigns_one_phase_to_one_region(loaded, qtbot):
     outside = np.ones(data.shape, bool)
     outside[200:330, 200:330] = False
     assert not changed[outside].any()
-
-
-def test_object_rule_keeps_the_centre_object_with_holes_filled():
-    region = np.zeros((20, 20), np.uint8)  # matrix phase 0 on the outline
-    region[6:14, 6:14] = 1  # the boxed object, predicted as phase 1 ...
-    region[9:11, 9:11] = 0  # ... with a hole
-    region[1:4, 1:4] = 2  # a separate small particle
-    obj = object_in_box(region)
-    expected = np.zeros((20, 20), bool)
-    expected[6:14, 6:14] = True
-    assert np.array_equal(obj, expected)
-    off_centre = np.zeros((20, 20), np.uint8)
-    off_centre[1:5, 1:5] = 1
-    off_centre[13:19, 13:19] = 2  # larger: taken when nothing covers the centre
-    assert object_in_box(off_centre).sum() == 36
-    assert object_in_box(np.ones((5, 5), np.uint8)).all()
 
 
 # -- ratios ----------------------------------------------------------------------------------------------------------

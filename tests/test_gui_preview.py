@@ -27,7 +27,8 @@ def _strokes(layer, mask, phase: int, rows, step: int = 3) -> None:
 
 
 def test_painting_shows_a_preview_that_follows_the_strokes(viewer, qtbot):
-    from napari_metalseg._widgets.training import TrainingWidget, find_labels_layer
+    from napari_metalseg._widgets.pairing import find_labels_layer
+    from napari_metalseg._widgets.training import TrainingWidget
     from napari_metalseg.data.synth import synthesize_micrograph
 
     image, mask = synthesize_micrograph(192, fractions=(0.6, 0.4), magnification=3000, seed=2)

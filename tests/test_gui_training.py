@@ -86,7 +86,8 @@ def test_widgets_open_from_the_manifest(viewer):
 
 def test_pairing_rule(viewer):
     from napari_metalseg._widgets.layers import IMAGE_KEY, show_phase_map
-    from napari_metalseg._widgets.training import ALL_IMAGES, training_pairs
+    from napari_metalseg._widgets.pairing import training_pairs
+    from napari_metalseg._widgets.training import ALL_IMAGES
 
     _add_annotated(viewer, "a", seed=0)
     _add_annotated(viewer, "b", seed=1)
@@ -254,7 +255,7 @@ def test_retrain_from_the_dataset_closes_the_loop(viewer, qtbot, tmp_path):
 
 
 def test_training_leaves_a_core_for_the_gui(monkeypatch):
-    from napari_metalseg._widgets.training import THREADS_ENV, training_threads
+    from napari_metalseg._widgets.training_job import THREADS_ENV, training_threads
 
     monkeypatch.setenv(THREADS_ENV, "3")
     assert training_threads() == 3

@@ -6,7 +6,7 @@ import torch
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED
-from napari_metalseg.predict import Predictor, blend_window, check_box, check_ratios, tile_starts
+from napari_metalseg.predict import Predictor, blend_window, check_ratios, tile_starts
 from tests.conftest import IMG_SIZE
 
 
@@ -87,20 +87,6 @@ def test_bad_ratios(predictor, ratio, fragment):
 
 def test_ratio_is_normalised(predictor):
     assert check_ratios([2, 1, 1], predictor.phases).tolist() == [0.5, 0.25, 0.25]
-
-
-@pytest.mark.parametrize(
-    "box, fragment",
-    [
-        ((0, 0, 300, 10), "outside the image"),
-        ((-1, 0, 10, 10), "outside the image"),
-        ((10, 10, 5, 20), "x0 < x1"),
-        ((1, 2, 3), "four numbers"),
-    ],
-)
-def test_bad_boxes(box, fragment):
-    with pytest.raises(MetalsegError, match=fragment):
-        check_box(box, (100, 200))
 
 
 def test_tile_layout_and_window():

@@ -25,7 +25,8 @@ from napari_metalseg.data.dataset import load_dataset
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io import micrograph_from_array, read_micrograph
 from napari_metalseg.phases import UNLABELED, PhaseSet
-from napari_metalseg.predict import check_box, check_ratios
+from napari_metalseg.predict import check_ratios
+from napari_metalseg.prompts import check_box
 
 DTYPES = ("uint8", "uint16", "int8", "int16", "int32", "float16", "float32", "float64", "bool")
 SHAPES = st.one_of(

@@ -1,14 +1,230 @@
-"""The base of the plugin's dock widgets: the viewer, its shared session, and the one worker a dock runs at a time."""
+"""The base of the plugin's dock widgets and the one way the GUI runs an engine job.
+
+A *job* is a generator of :class:`~napari_metalseg.progress.ProgressEvent` that returns its result (see
+:mod:`napari_metalseg.progress`). :meth:`JobRunner.start_job` runs one in a napari worker thread and owns everything
+around it: the worker, the napari progress bar, the busy state, the error report (:func:`report_error`) and
+cancellation (:meth:`JobRunner.cancel`: ``worker.quit()``; the job stops at its next event and is closed in the worker
+thread, so its ``finally`` blocks run there). Every dock (:class:`DockWidget`) and the live preview controller run
+their background work this way.
+"""
 
 from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Generator
+from typing import Any
 
 from qtpy.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from napari_metalseg._widgets.session import get_session
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.progress import Job, ProgressEvent
+
+log = logging.getLogger(__name__)
 
 
-class DockWidget(QWidget):
-    """A dock widget bound to one viewer.
+def report_error(exc: BaseException) -> None:
+    """Show an error: a :class:`MetalsegError` (bad input) as a one-line notification, anything else as a
+    notification with its traceback available (a bug)."""
+    from napari.utils.notifications import notification_manager, show_error
+
+    if isinstance(exc, MetalsegError):
+        show_error(str(exc))
+        return
+    log.error("metalseg worker failed", exc_info=exc)
+    notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+
+
+def while_alive(method: Callable) -> Callable:
+    """A slot that does nothing once its Qt object is deleted (a job can outlive a closed viewer)."""
+
+    @functools.wraps(method)
+    def slot(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except RuntimeError as exc:
+            if "deleted" in str(exc):
+                return None
+            raise
+
+    return slot
+
+
+class _Failed:
+    """What :func:`_drive` returns when the job raised a ``RuntimeError`` (the worker would swallow it)."""
+
+    def __init__(self, error: RuntimeError) -> None:
+        self.error = error
+
+
+def _drive(job: Job) -> Generator[ProgressEvent, None, Any]:
+    """The worker's generator: the job's events and result; a ``RuntimeError`` of the job comes back as
+    :class:`_Failed` (napari's worker takes a ``RuntimeError`` for a deleted Qt object and would neither report it
+    nor emit ``finished``, leaving the dock busy)."""
+    try:
+        return (yield from job)
+    except RuntimeError as exc:
+        return _Failed(exc)
+
+
+@functools.cache
+def _worker_class() -> type:
+    """napari's ``GeneratorWorker`` that closes its generator in the worker thread when it stops (quit included)."""
+    from napari.qt.threading import GeneratorWorker
+
+    class JobWorker(GeneratorWorker):
+        def work(self):
+            try:
+                return super().work()
+            finally:
+                self._gen.close()  # a job stopped by quit(): its finally blocks run here, in the worker thread
+
+    return JobWorker
+
+
+def _show_event(pbar, desc: str, event: ProgressEvent) -> None:
+    """Move a napari progress bar to ``event`` (its total when known, its message after ``desc``)."""
+    if event.total and pbar.total != event.total:
+        pbar.total = event.total
+    if event.total:
+        pbar.n = min(event.step, event.total)
+    label = f"{desc}: {event.message}" if event.message else desc
+    if pbar.desc != label:
+        pbar.set_description(label)
+    pbar.refresh()
+
+
+class JobRunner:
+    """Runs one engine job at a time in a napari worker (mixed into :class:`DockWidget` and the live preview).
+
+    Attributes
+    ----------
+    worker : GeneratorWorker or None
+        The worker of the running job, if any.
+    last_error : BaseException or None
+        The last error of a job or of bad input (kept for tests and the status line).
+    """
+
+    worker = None
+    last_error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a job runs."""
+        return self.worker is not None
+
+    def start_job(
+        self,
+        job: Job,
+        desc: str,
+        on_done: Callable[[Any], None],
+        *,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_finish: Callable[[], None] | None = None,
+        on_event: Callable[[ProgressEvent], None] | None = None,
+        total: int = 0,
+        progress: bool = True,
+    ):
+        """Run ``job`` in a napari worker thread.
+
+        Parameters
+        ----------
+        job : generator
+            An engine job (yields :class:`~napari_metalseg.progress.ProgressEvent`, returns the result); it runs in
+            the worker thread and must not touch layers or widgets.
+        desc : str
+            Progress bar text (each event's message is shown after it).
+        on_done : callable
+            Called in the GUI thread with the job's result.
+        on_error : callable, optional
+            Called in the GUI thread with the exception; default: keep it in :attr:`last_error` and
+            :func:`report_error`.
+        on_finish : callable, optional
+            Called in the GUI thread at the end (done, failed or cancelled), once the runner is no longer busy.
+        on_event : callable, optional
+            Called in the GUI thread with every event.
+        total : int
+            Steps of the progress bar before the first event says (0: unknown).
+        progress : bool
+            Show a napari progress bar (off for quick jobs repeated while the user works, e.g. the live preview).
+
+        Returns
+        -------
+        GeneratorWorker
+            Already started.
+
+        Raises
+        ------
+        RuntimeError
+            A job is already running (check :attr:`busy` first).
+        """
+        from napari.qt.threading import create_worker
+        from qtpy.QtCore import QThreadPool
+
+        if self.worker is not None:
+            raise RuntimeError(f"{type(self).__name__} is already running a job")
+        # Qt converts large images (e.g. napari's activity spinner frames) on the global thread pool while the GUI
+        # thread waits, holding the GIL when called from Python; napari's workers run on that pool too (2 threads on a
+        # 2-core machine). A pool filled with workers that need the GIL would then deadlock the GUI: keep threads spare.
+        pool = QThreadPool.globalInstance()
+        pool.setMaxThreadCount(max(pool.maxThreadCount(), pool.activeThreadCount() + 4))
+        # napari creates the progress bar quietly and shows it when the worker starts: showing it processes Qt events,
+        # which must not happen while the caller is half-way through starting a job.
+        worker = create_worker(
+            _drive,
+            job,
+            _start_thread=False,
+            _ignore_errors=True,
+            _worker_class=_worker_class(),
+            _progress={"desc": desc} if progress else None,
+        )
+        pbar = worker.pbar
+        if pbar is not None and total:
+            pbar.total = total
+        failed = on_error or self._job_failed
+
+        @while_alive
+        def yielded(event: ProgressEvent) -> None:
+            if pbar is not None:
+                _show_event(pbar, desc, event)
+            if on_event is not None:
+                on_event(event)
+
+        @while_alive
+        def returned(result: Any) -> None:
+            if isinstance(result, _Failed):
+                failed(result.error)
+            else:
+                on_done(result)
+
+        @while_alive
+        def finished() -> None:
+            if self.worker is worker:
+                self.worker = None
+            if on_finish is not None:
+                on_finish()
+
+        worker.yielded.connect(yielded)
+        worker.returned.connect(returned)
+        worker.errored.connect(while_alive(failed))
+        worker.finished.connect(finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running job at its next event (``worker.quit()``); its result is dropped, ``on_finish`` runs."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _job_failed(self, exc: BaseException) -> None:
+        self.last_error = exc
+        report_error(exc)
+
+
+class DockWidget(QWidget, JobRunner):
+    """A dock widget bound to one viewer, running its background work with :meth:`~JobRunner.start_job`.
 
     Attributes
     ----------
@@ -16,8 +232,8 @@ class DockWidget(QWidget):
         The viewer (plugin widgets receive a proxy of it).
     session : Session
         State shared by every dock of this viewer (model, predictor, phases, ratios).
-    worker : WorkerBase or None
-        The background worker this dock is running, if any.
+    worker : GeneratorWorker or None
+        The worker of the job this dock is running, if any.
     last_error : BaseException or None
         The last error shown to the user (kept for tests and the status line).
     """
@@ -29,10 +245,9 @@ class DockWidget(QWidget):
         self.worker = None
         self.last_error: BaseException | None = None
 
-    @property
-    def busy(self) -> bool:
-        """True while this dock's worker runs."""
-        return self.worker is not None
+    def _failed(self, exc: BaseException) -> None:
+        """Keep and report an error of bad input or of a job."""
+        self._job_failed(exc)
 
 
 def browse_row(edit: QLineEdit, browse) -> QWidget:

@@ -9,13 +9,9 @@ ratio guidance applies) and writes into the target Labels layer **only inside th
     every pixel of the box gets the predicted phase.
 ``assign selected phase to object``
     one object inside the box gets the phase chosen in the widget; nothing else changes. The object is found in
-    the predicted phase map of the box with this rule (:func:`object_in_box`):
-
-    1. the *matrix* phase is the most frequent predicted phase on the box outline (what surrounds an object
-       boxed with a little margin);
-    2. candidate pixels are those predicted as any other phase; if there are none, the whole box is the object;
-    3. of the 8-connected candidate regions, the object is the one covering the box centre, else the largest;
-    4. holes inside the object are filled.
+    the predicted phase map of the box by the rule of :func:`napari_metalseg.prompts.object_in_box` (the matrix
+    phase is the most frequent one on the box outline; the object is the other-phase region covering the box
+    centre, else the largest, holes filled).
 """
 
 from __future__ import annotations
@@ -35,60 +31,27 @@ from qtpy.QtWidgets import (
     QRadioButton,
     QVBoxLayout,
 )
-from scipy import ndimage
 
 from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     BOX_LAYER,
     IMAGE_KEY,
-    MODEL_LOCK,
     PHASE_LAYER,
-    LayerPicker,
     image_of_layer,
     image_transform,
     is_micrograph_layer,
     phases_of_layer,
-    report_error,
-    run_worker,
     show_phase_map,
 )
+from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg._widgets.predict import effective_ratios
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED
+from napari_metalseg.phases import UNLABELED, mask_to_labels
+from napari_metalseg.prompts import object_in_box
 
 MODE_PREDICT = "predict phases in box"
 MODE_OBJECT = "assign selected phase to object"
 MODES = (MODE_PREDICT, MODE_OBJECT)
-
-
-def object_in_box(phases_in_box: np.ndarray) -> np.ndarray:
-    """The object a box was drawn around, from the predicted phases inside the box (see the module docstring).
-
-    Parameters
-    ----------
-    phases_in_box : numpy.ndarray
-        2-D phase indices of the box pixels.
-
-    Returns
-    -------
-    numpy.ndarray of bool
-        Same shape; True on the object (one 8-connected region, holes filled).
-    """
-    region = np.asarray(phases_in_box)
-    if region.ndim != 2 or region.size == 0:
-        raise MetalsegError(f"box region of shape {region.shape}: expected a non-empty 2-D array")
-    outline = np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]])
-    matrix = np.bincount(outline.ravel()).argmax()
-    candidates = region != matrix
-    if not candidates.any():
-        return np.ones(region.shape, bool)
-    components, count = ndimage.label(candidates, structure=np.ones((3, 3), bool))
-    centre = components[region.shape[0] // 2, region.shape[1] // 2]
-    if centre == 0:
-        sizes = np.bincount(components.ravel(), minlength=count + 1)
-        sizes[0] = 0
-        centre = int(sizes.argmax())
-    return ndimage.binary_fill_holes(components == centre)
 
 
 def box_from_vertices(
@@ -252,7 +215,7 @@ class BoxPromptWidget(DockWidget):
         while self._queue and not self.busy:
             vertices, shapes_layer = self._queue.popleft()
             try:
-                self.worker = self._start(vertices, shapes_layer)
+                self._start(vertices, shapes_layer)
             except MetalsegError as exc:
                 self._failed(exc)
         return self.worker
@@ -298,16 +261,11 @@ class BoxPromptWidget(DockWidget):
         self.last_error = None
         self.status.setText(f"box x {box[0]}..{box[2]}, y {box[1]}..{box[3]}: predicting")
 
-        def compute(progress):
-            with MODEL_LOCK:
-                return predictor.predict(image, ratios=ratios, box=box, progress=progress)
-
-        return run_worker(
-            compute,
+        return self.start_job(
+            predictor.predict_job(image, ratios=ratios, box=box),
             "box prompt",
             partial(self.apply, target, box, mode, phase),
-            on_error=self._failed,
-            on_finish=self._finished,
+            on_finish=self._next,
         )
 
     def apply(self, target: Labels, box: tuple[int, int, int, int], mode: str, phase: int | None, phase_map) -> int:
@@ -316,10 +274,10 @@ class BoxPromptWidget(DockWidget):
         region = np.asarray(phase_map.labels[y0:y1, x0:x1])
         if mode == MODE_OBJECT:
             selected = object_in_box(region)
-            values = np.full(int(selected.sum()), phase + 1)
+            region = np.full(region.shape, phase, np.uint8)
         else:
             selected = region != UNLABELED
-            values = region[selected].astype(np.int64) + 1
+        values = mask_to_labels(region)[selected]
         ys, xs = np.nonzero(selected)
         dtype = np.asarray(target.data).dtype
         before = np.asarray(target.data[y0:y1, x0:x1]).copy()
@@ -338,11 +296,3 @@ class BoxPromptWidget(DockWidget):
             "(Ctrl+Z on the labels layer undoes it)"
         )
         return int(changed.sum())
-
-    def _failed(self, exc: BaseException) -> None:
-        self.last_error = exc
-        report_error(exc)
-
-    def _finished(self) -> None:
-        self.worker = None
-        self._next()

@@ -10,6 +10,7 @@ shown to the right of the micrograph (shifted by the image width), so adapted an
 
 from __future__ import annotations
 
+import numpy as np
 from napari.layers import Image
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout
 
@@ -17,15 +18,13 @@ from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     DERIVED_KEY,
     IMAGE_KEY,
-    MODEL_LOCK,
-    LayerPicker,
     image_of_layer,
     image_transform,
     is_micrograph_layer,
-    report_error,
-    run_worker,
 )
+from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.progress import Job, ProgressEvent
 
 ADAPTED_LAYER = "features (adapted)"
 BASE_LAYER = "features (base, LoRA off)"
@@ -56,6 +55,26 @@ def feature_layer_transform(
         "translate": (0.0, translate_y, translate_x),
         "units": ("pixel", *t["units"]),
     }
+
+
+def feature_maps_job(model, image: np.ndarray, device: str, lock, with_base: bool) -> Job:
+    """Job: the encoder feature maps of ``image``, adapted and (``with_base``) base, holding the model's ``lock``.
+
+    Returns
+    -------
+    tuple of FeatureMaps and (FeatureMaps or None)
+    """
+    from napari_metalseg.features import encoder_feature_maps
+
+    total = 2 if with_base else 1
+    with lock:
+        yield ProgressEvent("embed", 0, total, message="adapted model")
+        adapted = encoder_feature_maps(model, image, device)
+        base = None
+        if with_base:
+            yield ProgressEvent("embed", 1, total, message="base model (LoRA off)")
+            base = encoder_feature_maps(model, image, device, base=True)
+    return adapted, base
 
 
 class FeaturesWidget(DockWidget):
@@ -113,23 +132,20 @@ class FeaturesWidget(DockWidget):
         except MetalsegError as exc:
             self._failed(exc)
             return None
-        model, device = session.model, session.device
+        model, device, lock = session.model, session.device, session.predictor.lock
         with_base = self.base.isChecked() and bool(getattr(model, "lora", None))
-
-        def compute(progress):
-            from napari_metalseg.features import encoder_feature_maps
-
-            with MODEL_LOCK:
-                adapted = encoder_feature_maps(model, image, device)
-                base = encoder_feature_maps(model, image, device, base=True) if with_base else None
-            return adapted, base
 
         def done(result) -> None:
             adapted, base = result
             self.show_maps(image_layer, image.shape, adapted, base)
 
         self.button.setEnabled(False)
-        self.worker = run_worker(compute, "encoder feature maps", done, on_error=self._failed, on_finish=self._finished)
+        self.start_job(
+            feature_maps_job(model, image, device, lock, with_base),
+            "encoder feature maps",
+            done,
+            on_finish=self._update,
+        )
         return self.worker
 
     def show_maps(self, image_layer: Image, image_shape: tuple[int, int], adapted, base=None) -> list[Image]:
@@ -153,11 +169,3 @@ class FeaturesWidget(DockWidget):
             "Use the 'block' slider below the canvas."
         )
         return layers
-
-    def _failed(self, exc: BaseException) -> None:
-        self.last_error = exc
-        report_error(exc)
-
-    def _finished(self) -> None:
-        self.worker = None
-        self._update()

@@ -1,4 +1,4 @@
-"""Layer conventions of the plugin and the GUI plumbing every dock widget shares.
+"""Layer conventions of the plugin: phase, micrograph and derived layers, and the helpers that read and write them.
 
 Layer conventions (the only place they are written down in code):
 
@@ -12,31 +12,23 @@ Layer conventions (the only place they are written down in code):
 * Layers derived from an image (phases, probabilities, box prompts, features) share its scale and translate and
   name it in ``metadata["metalseg_image"]``.
 
-Shared plumbing: :class:`LayerPicker` (a combo box of layers that follows the viewer), :func:`run_worker` (runs
-engine code in a napari ``thread_worker`` with a progress bar) and :func:`report_error` (user errors as napari
-notifications, never a traceback dialog).
+The pairing of micrographs with their annotation layers is in :mod:`.pairing`, the layer combo box in
+:mod:`.picker`, running jobs and reporting errors in :mod:`.base`.
 
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.utils.colormaps import DirectLabelColormap
-from qtpy.QtWidgets import QComboBox
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import PhaseSet, labels_to_mask, mask_to_labels, phase_fractions
-from napari_metalseg.progress import ProgressEvent
-
-log = logging.getLogger(__name__)
 
 PHASES_KEY = "metalseg_phases"
 """``Labels.metadata`` key: the layer's phase set as a ``phases.json`` list."""
@@ -44,6 +36,8 @@ IMAGE_KEY = "metalseg_image"
 """``Layer.metadata`` key: name of the micrograph layer a derived layer belongs to."""
 MICROGRAPH_KEY = "metalseg_micrograph"
 """``Image.metadata`` key: the micrograph's :meth:`~napari_metalseg.io.Micrograph.info` dict."""
+PREVIEW_KEY = "metalseg_preview"
+"""Layer metadata key marking the live-preview layers (never training data)."""
 DERIVED_KEY = "metalseg_derived"
 """``Image.metadata`` key set on images the plugin computes (probabilities, feature maps): not micrographs."""
 PHASE_LAYER = "phases"
@@ -348,191 +342,3 @@ def phase_legend_html(phases: PhaseSet, values: Sequence[float] | None = None) -
             text += f" {100 * float(values[k]):.1f}%"
         parts.append(text)
     return "&nbsp;&nbsp; ".join(parts)
-
-
-# -- a combo box of layers -------------------------------------------------------------------------------------
-
-
-class LayerPicker(QComboBox):
-    """A combo box listing the viewer's layers of one type; follows insertions, removals and renames.
-
-    Parameters
-    ----------
-    viewer : napari.Viewer
-    layer_type : type
-        ``napari.layers.Image``, ``Labels``, ...
-    accept : callable, optional
-        Extra filter ``accept(layer) -> bool``.
-    prefer : str, optional
-        Name picked when it appears (e.g. ``"phases"``).
-    """
-
-    def __init__(
-        self,
-        viewer,
-        layer_type: type,
-        accept: Callable[[Layer], bool] | None = None,
-        prefer: str | None = None,
-        parent=None,
-    ) -> None:
-        super().__init__(parent)
-        self._viewer = viewer
-        self._type = layer_type
-        self._accept = accept
-        self._prefer = prefer
-        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.moved.connect(self.refresh)
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
-        self.refresh()
-
-    def _on_inserted(self, event=None) -> None:
-        layer = getattr(event, "value", None)
-        if layer is not None:
-            layer.events.name.connect(self.refresh)
-        self.refresh()
-        if layer is not None and self._matches(layer) and (self.currentIndex() < 0 or layer.name == self._prefer):
-            self.setCurrentText(layer.name)
-
-    def _matches(self, layer: Layer) -> bool:
-        return isinstance(layer, self._type) and (self._accept is None or self._accept(layer))
-
-    def refresh(self, event=None) -> None:
-        """Re-list the layers, keeping the current choice when it still exists."""
-        current = self.currentText()
-        names = [layer.name for layer in reversed(list(self._viewer.layers)) if self._matches(layer)]
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        elif self._prefer in names:
-            self.setCurrentText(self._prefer)
-        self.blockSignals(False)
-        if current != self.currentText():
-            self.currentIndexChanged.emit(self.currentIndex())
-
-    def layer(self) -> Layer | None:
-        """The chosen layer, or None."""
-        name = self.currentText()
-        if name and name in self._viewer.layers:
-            layer = self._viewer.layers[name]
-            return layer if self._matches(layer) else None
-        return None
-
-    def set_layer(self, name: str) -> None:
-        self.refresh()
-        self.setCurrentText(name)
-
-
-# -- workers and errors ----------------------------------------------------------------------------------------
-
-
-def report_error(exc: BaseException) -> None:
-    """Show an error: a :class:`MetalsegError` (bad input) as a one-line notification, anything else as a
-    notification with its traceback available (a bug)."""
-    from napari.utils.notifications import notification_manager, show_error
-
-    if isinstance(exc, MetalsegError):
-        show_error(str(exc))
-        return
-    log.error("metalseg worker failed", exc_info=exc)
-    notification_manager.receive_error(type(exc), exc, exc.__traceback__)
-
-
-_DONE = object()
-
-MODEL_LOCK = threading.RLock()
-"""Held by worker code while it runs the session's model, so predictions of several widgets never interleave."""
-
-
-def _progress_events(compute: Callable[[Callable[[ProgressEvent], None]], Any]) -> Iterator[ProgressEvent]:
-    """Run ``compute(progress)`` in a helper thread and yield the events it reports; return its result.
-
-    The generator runs in the worker thread, so every yielded event reaches the GUI thread through the worker's
-    ``yielded`` signal (Qt objects are only touched there).
-    """
-    events: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = compute(events.put)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
-            outcome["error"] = exc
-        finally:
-            events.put(_DONE)
-
-    thread = threading.Thread(target=target, name="metalseg-compute", daemon=True)
-    thread.start()
-    while (event := events.get()) is not _DONE:
-        yield event
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-def run_worker(
-    compute: Callable[[Callable[[ProgressEvent], None]], Any],
-    desc: str,
-    on_done: Callable[[Any], None],
-    on_error: Callable[[BaseException], None] | None = None,
-    on_finish: Callable[[], None] | None = None,
-):
-    """Run ``compute(progress)`` in a napari ``thread_worker`` with a napari progress bar.
-
-    Parameters
-    ----------
-    compute : callable
-        Engine work, called in a worker thread with a progress callback taking
-        :class:`~napari_metalseg.progress.ProgressEvent`; must not touch layers or widgets.
-    desc : str
-        Progress bar text.
-    on_done : callable
-        Called in the GUI thread with the result.
-    on_error : callable, optional
-        Called in the GUI thread with the exception; default :func:`report_error`.
-    on_finish : callable, optional
-        Called in the GUI thread at the end, after success or failure.
-
-    Returns
-    -------
-    GeneratorWorker
-        Already started.
-    """
-    from napari.qt.threading import create_worker
-    from qtpy.QtCore import QThreadPool
-
-    # Qt converts large images (e.g. napari's activity spinner frames) on the global thread pool while the GUI thread
-    # waits, holding the GIL when called from Python; napari's workers run on that pool too (2 threads on a 2-core
-    # machine). A pool filled with workers that need the GIL would then deadlock the GUI: keep threads to spare.
-    pool = QThreadPool.globalInstance()
-    pool.setMaxThreadCount(max(pool.maxThreadCount(), pool.activeThreadCount() + 4))
-    # napari creates the progress bar quietly and shows it when the worker starts: showing it processes Qt events,
-    # which must not happen while the caller is half-way through starting a job.
-    worker = create_worker(
-        _progress_events, compute, _start_thread=False, _ignore_errors=True, _progress={"desc": desc}
-    )
-    pbar = worker.pbar
-
-    def update(event: ProgressEvent) -> None:
-        if event.total and pbar.total != event.total:
-            pbar.total = event.total
-        if event.total:
-            pbar.n = min(event.step, event.total)
-        label = f"{desc}: {event.message}" if event.message else desc
-        if pbar.desc != label:
-            pbar.set_description(label)
-        pbar.refresh()
-
-    worker.yielded.connect(update)
-    worker.returned.connect(on_done)
-    worker.errored.connect(on_error or report_error)
-    if on_finish is not None:
-        worker.finished.connect(on_finish)
-    worker.start()
-    return worker

@@ -8,7 +8,6 @@ the run directory and, for a checkpoint, what the loader did with each tensor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtpy.QtCore import Qt
@@ -24,90 +23,28 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_metalseg import loading
 from napari_metalseg._widgets.base import DockWidget, browse_row
-from napari_metalseg._widgets.layers import phase_legend_html, report_error, run_worker
+from napari_metalseg._widgets.layers import phase_legend_html
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import GUIDANCE_MODES, SAM_KINDS, check_img_size
-from napari_metalseg.phases import PhaseSet
+from napari_metalseg.loading import ModelRequest, ModelResult, load_model_job, parse_phase_names
+from napari_metalseg.models import GUIDANCE_MODES, SAM_KINDS
 
 SOURCE_RUN = "Trained run directory"
 SOURCE_CHECKPOINT = "SAM checkpoint (LoRA-ready)"
 SOURCE_TINY = "Compact model from scratch (tiny)"
 SOURCES = (SOURCE_RUN, SOURCE_CHECKPOINT, SOURCE_TINY)
+"""The choices of the Source combo box, labels of :data:`napari_metalseg.loading.MODEL_SOURCES`."""
+ENGINE_SOURCES = {
+    SOURCE_RUN: loading.SOURCE_RUN,
+    SOURCE_CHECKPOINT: loading.SOURCE_CHECKPOINT,
+    SOURCE_TINY: loading.SOURCE_SCRATCH,
+}
 DEFAULT_PHASES_TEXT = "ferrite,martensite,bainite"
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_KINDS = tuple(k for k in SAM_KINDS if k != "tiny") + ("tiny",)
 DEFAULT_IMG_SIZE = {"tiny": 256}
 """Model input size offered per kind (512 for the SAM kinds, as the CLI)."""
-
-
-@dataclass
-class ModelRequest:
-    """What the user asked for; validated in the GUI thread, built in the worker."""
-
-    source: str
-    device: str = "auto"
-    run_dir: Path | None = None
-    checkpoint: Path | None = None
-    kind: str = "tiny"
-    img_size: int = 256
-    phases: PhaseSet | None = None
-    guidance: str = "none"
-
-
-@dataclass
-class ModelResult:
-    """A built or loaded model and what the widget shows about it."""
-
-    model: object
-    phases: PhaseSet
-    device: str
-    run_dir: Path | None = None
-    report: str = ""
-    notes: list[str] = field(default_factory=list)
-
-
-def parse_phase_names(text: str) -> PhaseSet:
-    """``"ferrite, martensite,bainite"`` -> a phase set with the default colours."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise MetalsegError("phases: enter the phase names separated by commas, e.g. ferrite,martensite,bainite")
-    return PhaseSet.from_names(names)
-
-
-def build_model(request: ModelRequest, progress=None) -> ModelResult:
-    """Load or build the requested model (worker thread: imports torch and friends)."""
-    from napari_metalseg._widgets.layers import MODEL_LOCK
-    from napari_metalseg.predict import resolve_device
-
-    device = resolve_device(request.device)
-    with MODEL_LOCK:
-        if request.source == SOURCE_RUN:
-            from napari_metalseg.runs import load_run
-
-            model, config = load_run(request.run_dir, device=device)
-            spec = config["model"]
-            notes = [f"trained: {config.get('training', {}).get('steps', '?')} steps"]
-            metrics = config.get("metrics") or {}
-            if "mean_dice" in metrics:
-                notes.append(f"validation mean Dice {float(metrics['mean_dice']):.1f}%")
-            if spec.checkpoint:
-                notes.append(f"base checkpoint {spec.checkpoint}")
-            return ModelResult(model, spec.phase_set, device, Path(request.run_dir), "", notes)
-        from napari_metalseg.models.phase_sam import build_phase_sam
-
-        checkpoint = str(request.checkpoint) if request.source == SOURCE_CHECKPOINT else None
-        kind = request.kind if request.source == SOURCE_CHECKPOINT else "tiny"
-        model, report = build_phase_sam(
-            kind=kind,
-            img_size=request.img_size,
-            num_phases=len(request.phases),
-            checkpoint=checkpoint,
-            guidance=request.guidance,
-        )
-        model = model.to(device).eval()
-        notes = ["untrained decoder: train it (Training widget or `metalseg train`) before trusting predictions"]
-        return ModelResult(model, request.phases, device, None, report.summary() if report else "", notes)
 
 
 class ModelWidget(DockWidget):
@@ -212,39 +149,26 @@ class ModelWidget(DockWidget):
             self.checkpoint.setText(path)
 
     def request(self) -> ModelRequest:
-        """The form as a validated :class:`ModelRequest`.
+        """The form as a checked :class:`~napari_metalseg.loading.ModelRequest`.
 
         Raises
         ------
         MetalsegError
             A missing run folder / checkpoint file, a bad input size or phase list.
         """
-        source = self.source.currentText()
+        label = self.source.currentText()
         device = self.device.currentText()
-        if source == SOURCE_RUN:
+        if label == SOURCE_RUN:
             text = self.run_dir.text().strip()
-            if not text:
-                raise MetalsegError("choose a trained run directory (the folder with config.json)")
-            run = Path(text).expanduser()
-            if not (run / "config.json").is_file():
-                raise MetalsegError(f"{run}: not a trained run (config.json is missing)")
-            return ModelRequest(source, device, run_dir=run)
-        size = check_img_size(int(self.img_size.value()))
+            return ModelRequest(source=ENGINE_SOURCES[label], device=device, run_dir=Path(text) if text else None)
         phases = parse_phase_names(self.phases.text())
-        checkpoint = None
-        if source == SOURCE_CHECKPOINT:
-            text = self.checkpoint.text().strip()
-            if not text:
-                raise MetalsegError("choose a SAM checkpoint file, e.g. sam_vit_b_01ec64.pth")
-            checkpoint = Path(text).expanduser()
-            if not checkpoint.is_file():
-                raise MetalsegError(f"{checkpoint}: checkpoint file not found")
+        text = self.checkpoint.text().strip()
         return ModelRequest(
-            source,
-            device,
-            checkpoint=checkpoint,
+            source=ENGINE_SOURCES[label],
+            device=device,
+            checkpoint=Path(text) if text and label == SOURCE_CHECKPOINT else None,
             kind=self.kind.currentText(),
-            img_size=size,
+            img_size=int(self.img_size.value()),
             phases=phases,
             guidance=self.guidance.currentText(),
         )
@@ -268,29 +192,18 @@ class ModelWidget(DockWidget):
             self._failed(exc)
             return None
         self.load_button.setEnabled(False)
-        desc = "loading run" if request.source == SOURCE_RUN else f"building {request.kind} model"
-        self.worker = run_worker(
-            lambda progress: build_model(request, progress),
-            desc,
+        return self.start_job(
+            load_model_job(request),
+            request.description,
             self._installed,
-            on_error=self._failed,
-            on_finish=self._finished,
+            on_finish=lambda: self.load_button.setEnabled(True),
         )
-        return self.worker
 
     def _installed(self, result: ModelResult) -> None:
         self._report = result.report
         self._notes = result.notes
         self._built = result.model
         self.session.set_model(result.model, result.phases, run_dir=result.run_dir, device=result.device)
-
-    def _failed(self, exc: BaseException) -> None:
-        self.last_error = exc
-        report_error(exc)
-
-    def _finished(self) -> None:
-        self.worker = None
-        self.load_button.setEnabled(True)
 
     def refresh(self) -> None:
         """Show what the session's model is."""

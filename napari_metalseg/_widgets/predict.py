@@ -15,19 +15,15 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLay
 from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     IMAGE_KEY,
-    MODEL_LOCK,
     PHASE_LAYER,
-    LayerPicker,
     image_of_layer,
     image_transform,
     is_micrograph_layer,
     phase_legend_html,
-    report_error,
-    run_worker,
-    session_of,
     show_phase_map,
     show_probabilities,
 )
+from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg.errors import MetalsegError
 
 RATIOS_KEY = "metalseg_ratios"
@@ -43,20 +39,21 @@ def effective_ratios(session) -> list[float] | None:
 
 
 def start_prediction(
-    viewer,
+    dock: DockWidget,
     image_layer: Image,
     *,
     probabilities: bool = False,
     desc: str = "predicting phases",
     on_done: Callable | None = None,
-    on_error: Callable | None = None,
     on_finish: Callable | None = None,
 ):
-    """Predict a whole micrograph layer with the session's model in a worker and show it in ``phases``.
+    """Predict a whole micrograph layer with the session's model, as a job of ``dock``, and show it in ``phases``.
 
     Parameters
     ----------
-    viewer : napari.Viewer
+    dock : DockWidget
+        Runs the job (:meth:`~napari_metalseg._widgets.base.JobRunner.start_job`; errors go to its ``last_error``
+        and a notification).
     image_layer : napari.layers.Image
     probabilities : bool
         Also add/update one ``P(<phase>)`` layer per phase.
@@ -64,8 +61,8 @@ def start_prediction(
         Progress bar text.
     on_done : callable, optional
         ``on_done(phase_map, labels_layer)`` in the GUI thread after the layer was updated.
-    on_error, on_finish : callable, optional
-        See :func:`~napari_metalseg._widgets.layers.run_worker`.
+    on_finish : callable, optional
+        Called in the GUI thread at the end, after success or failure.
 
     Returns
     -------
@@ -76,7 +73,7 @@ def start_prediction(
     MetalsegError
         No model loaded, or the layer is not a single 2-D micrograph.
     """
-    session = session_of(viewer)
+    viewer, session = dock.viewer, dock.session
     predictor = session.predictor
     if predictor is None:
         raise MetalsegError("no model yet: open a trained run in the Model widget first")
@@ -88,10 +85,6 @@ def start_prediction(
     transform = image_transform(image_layer)
     name = image_layer.name
 
-    def compute(progress):
-        with MODEL_LOCK:
-            return predictor.predict(image, ratios=ratios, progress=progress)
-
     def done(phase_map) -> None:
         meta = {IMAGE_KEY: name, RATIOS_KEY: None if ratios is None else [float(r) for r in ratios]}
         layer = show_phase_map(viewer, phase_map, phases, PHASE_LAYER, **transform, metadata=meta)
@@ -101,7 +94,7 @@ def start_prediction(
         if on_done is not None:
             on_done(phase_map, layer)
 
-    return run_worker(compute, desc, done, on_error=on_error, on_finish=on_finish)
+    return dock.start_job(predictor.predict_job(image, ratios=ratios), desc, done, on_finish=on_finish)
 
 
 class PredictWidget(DockWidget):
@@ -159,13 +152,12 @@ class PredictWidget(DockWidget):
             return None
         self.last_error = None
         try:
-            self.worker = start_prediction(
-                self.viewer,
+            start_prediction(
+                self,
                 self.image.layer(),
                 probabilities=self.probabilities.isChecked(),
                 on_done=self._done,
-                on_error=self._failed,
-                on_finish=self._finished,
+                on_finish=self._update,
             )
         except MetalsegError as exc:
             self._failed(exc)
@@ -178,11 +170,3 @@ class PredictWidget(DockWidget):
         fractions = phase_map.fractions()
         self.result.setText(f"<b>Area fractions</b>: {phase_legend_html(self.session.phases, fractions)}")
         self.viewer.layers.selection.active = layer
-
-    def _failed(self, exc: BaseException) -> None:
-        self.last_error = exc
-        report_error(exc)
-
-    def _finished(self) -> None:
-        self.worker = None
-        self._update()

@@ -2,8 +2,8 @@
 so far (debounced, in a worker thread) and shows ``<image> preview`` and ``<image> uncertainty``.
 
 The engine is :class:`napari_metalseg.preview.LivePreview`; this module only watches the annotation layer's paint
-events, runs the refit off the GUI thread (one at a time; strokes made meanwhile trigger one more refit) and shows
-the result.
+events, runs the refit off the GUI thread as a job (:meth:`~napari_metalseg._widgets.base.JobRunner.start_job`, one at
+a time; strokes made meanwhile trigger one more refit) and shows the result.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED
+from napari_metalseg.phases import phase_pixel_counts
 
-from .layers import IMAGE_KEY, image_of_layer, image_transform, mask_of_layer, show_phase_map
+from .base import JobRunner
+from .layers import IMAGE_KEY, PREVIEW_KEY, image_of_layer, image_transform, mask_of_layer, show_phase_map
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari.layers import Image, Labels
@@ -25,13 +26,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEBOUNCE_MS = 400
 """Quiet time after the last stroke before the preview refits."""
-PREVIEW_KEY = "metalseg_preview"
-"""Layer metadata key marking the preview layers (never training data)."""
 PREVIEW_SUFFIX = " preview"
 UNCERTAINTY_SUFFIX = " uncertainty"
 
 
-class LivePreviewController(QObject):
+class LivePreviewController(QObject, JobRunner):
     """Watch one (image, annotations) pair and keep its preview layers up to date.
 
     Parameters
@@ -54,12 +53,12 @@ class LivePreviewController(QObject):
         self.timer.setInterval(DEBOUNCE_MS)
         self.timer.timeout.connect(self.refresh)
         self.worker = None
+        self.last_error = None
         self.pending = False
         self.engine = None
         self.image: Image | None = None
         self.labels: Labels | None = None
         self.last: Preview | None = None
-        self.last_error: BaseException | None = None
         self.updates = 0
 
     # -- what is watched -------------------------------------------------------------------------------
@@ -87,8 +86,6 @@ class LivePreviewController(QObject):
     # -- refit -----------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Refit now (in a worker); if one is running, once more when it ends."""
-        from napari.qt.threading import create_worker
-
         if self.image is None or self.labels is None or self.image not in self.viewer.layers:
             return
         if self.worker is not None:
@@ -100,9 +97,9 @@ class LivePreviewController(QObject):
         except MetalsegError as exc:
             self._failed(exc)
             return
-        present = set(np.unique(mask[mask != UNLABELED]).tolist())
-        if len(present) < 2:
-            missing = [n for k, n in enumerate(phases.names) if k not in present]
+        present = phase_pixel_counts(mask, len(phases)) > 0
+        if present.sum() < 2:
+            missing = [n for k, n in enumerate(phases.names) if not present[k]]
             self._status(f"live preview: paint at least two phases (no strokes yet for {', '.join(missing)})")
             return
         from napari_metalseg.preview import LivePreview
@@ -111,12 +108,15 @@ class LivePreviewController(QObject):
             self.engine = LivePreview(len(phases))
         image = np.array(image_of_layer(self.image), dtype=np.float32)
         self.pending = False
-        worker = create_worker(self.engine.update, image, mask, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda preview, layer=self.image: self._show(preview, layer, phases))
-        worker.errored.connect(self._failed)
-        worker.finished.connect(self._finished)
-        self.worker = worker
-        worker.start()
+        layer = self.image
+        self.start_job(
+            self.engine.update_job(image, mask),
+            "live preview",
+            lambda preview: self._show(preview, layer, phases),
+            on_error=self._failed,
+            on_finish=self._finished,
+            progress=False,
+        )
 
     def _show(self, preview: Preview, image: Image, phases) -> None:
         self.last = preview
@@ -166,6 +166,5 @@ class LivePreviewController(QObject):
         )
 
     def _finished(self) -> None:
-        self.worker = None
         if self.pending and self.enabled:
             self.refresh()

@@ -7,13 +7,13 @@ CSV or JSON. Every number comes from the engine (:func:`napari_metalseg.quantify
 :func:`~napari_metalseg.quantify.make_report`); the widget only collects the masks and shows the result.
 
 Live update: painting, filling, erasing or replacing a Labels layer's data re-quantifies after a short pause
-(debounced, computed in a worker thread).
+(debounced, measured by a job in a worker thread, one at a time: changes made meanwhile are measured when it ends).
 
-Physical units: island sizes are in um^2 / um when the micrograph's pixel size is known, from the image layer's
-``metadata["metalseg_micrograph"]["pixel_size_um"]`` or else its ``scale`` when its ``units`` are a length (the
-plugin's reader sets both); otherwise in px^2 / px. The image of a Labels layer is the one named in its
-``metadata["metalseg_image"]``, else ``"<image> labels"`` / ``"<image> mask"`` / ``"<image> phases"`` by name, else
-the only image of the same size.
+Physical units: island sizes are in um^2 / um when the micrograph's pixel size is known
+(:func:`.calibration.layer_calibration`: from the image layer's ``metadata["metalseg_micrograph"]["pixel_size_um"]``
+or else its ``scale`` when its ``units`` are a length; the plugin's reader sets both); otherwise in px^2 / px. The
+image of a Labels layer is found by the plugin's pairing rule (:func:`.pairing.image_for_labels`). The table is
+:mod:`.quantify_table`.
 """
 
 from __future__ import annotations
@@ -25,32 +25,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, PhaseSet, labels_to_mask
+from napari_metalseg.progress import Job, ProgressEvent
 
-from .layers import (
-    IMAGE_KEY,
-    MICROGRAPH_KEY,
-    PHASE_LAYER,
-    is_micrograph_layer,
-    phases_of_layer,
-    report_error,
-    session_of,
-)
+from .base import DockWidget, report_error
+from .calibration import layer_calibration, scale_um
+from .layers import PHASE_LAYER, phases_of_layer
+from .pairing import image_for_labels
 from .plots import FractionBars
+from .quantify_table import COLUMNS, FractionTable
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -58,107 +50,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from napari_metalseg.quantify import Report
 
+__all__ = ["ALL_LAYERS", "COLUMNS", "QuantifyWidget", "measure_job"]
+
 log = logging.getLogger(__name__)
 
 ALL_LAYERS = "all phase layers"
-COLUMNS = ("phase", "area fraction", "95 % CI", "islands", "mean island area", "mean ECD")
-"""Column keys of the table (for :meth:`QuantifyWidget.cell`); the titles shown carry the units (``area %``,
-``mean area (µm²)`` ...): fractions and CI half-widths in percent, sizes in um^2 / um or px^2 / px."""
 DEBOUNCE_MS = 300
 LABEL_EVENTS = ("data", "set_data", "paint", "labels_update", "metadata")
-_UNIT_TEXT = {"um": "µm", "px": "px"}
-
-
-# ----------------------------------------------------------------------------------------------------
-# calibration: which image a Labels layer belongs to, and its pixel size
-# ----------------------------------------------------------------------------------------------------
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) and number > 0 else None
-
-
-def _scale_um(layer: Any) -> float | None:
-    """The x pixel size in um from ``scale`` when the layer's units are a length (None for pixels)."""
-    units = getattr(layer, "units", None)
-    scale = np.asarray(getattr(layer, "scale", [1.0]), dtype=float)
-    if units is None or len(units) == 0 or scale.size == 0:
-        return None
-    if scale.size >= 2 and not np.isclose(scale[-1], scale[-2], rtol=1e-6):
-        return None  # non-square pixels: no single pixel size
-    try:
-        return _positive((float(scale[-1]) * units[-1]).to("micrometer").magnitude)
-    except Exception:  # noqa: BLE001 - pint raises DimensionalityError for "pixel" and others
-        return None
-
-
-def layer_calibration(layer: Any) -> tuple[float | None, float | None]:
-    """``(magnification, pixel size in um)`` of an image layer; None where unknown.
-
-    The micrograph metadata written by the plugin's reader (``metadata["metalseg_micrograph"]``) wins; else the
-    pixel size is the layer's ``scale`` when its ``units`` are a length (``um``, ``nm``, ``mm`` ...).
-    """
-    if layer is None:
-        return None, None
-    info = (getattr(layer, "metadata", None) or {}).get(MICROGRAPH_KEY) or {}
-    magnification = _positive(info.get("magnification"))
-    pixel_size = _positive(info.get("pixel_size_um")) or _scale_um(layer)
-    return magnification, pixel_size
-
-
-def image_for_labels(viewer: napari.Viewer, labels: Labels) -> Any:
-    """The micrograph layer a Labels layer belongs to (see the module docstring), or None."""
-    name = (labels.metadata or {}).get(IMAGE_KEY)
-    if name and name in viewer.layers and is_micrograph_layer(viewer.layers[name]):
-        return viewer.layers[name]
-    for suffix in (" labels", " annotations", " mask", " phases"):
-        if labels.name.endswith(suffix):
-            base = labels.name[: -len(suffix)]
-            if base in viewer.layers and is_micrograph_layer(viewer.layers[base]):
-                return viewer.layers[base]
-    shape = tuple(np.shape(labels.data))[-2:]
-    same = [
-        lay
-        for lay in viewer.layers
-        if is_micrograph_layer(lay)
-        and (tuple(np.shape(lay.data))[:2] if lay.rgb else tuple(np.shape(lay.data))[-2:]) == shape
-    ]
-    return same[0] if len(same) == 1 else None
-
-
-def _fmt_pct(value: float | None) -> str:
-    return "—" if value is None else f"{100.0 * value:.2f}"
-
-
-def _fmt_size(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
-
-
-def _headers(unit: str, one_field: bool) -> list[str]:
-    """Column titles; units live in the titles so the cells stay narrow."""
-    length = _UNIT_TEXT.get(unit, unit)
-    return [
-        "phase",
-        "area\n%",
-        "95 % CI\n± %",
-        "islands" if one_field else "islands\n/ field",
-        f"mean area\n{length}²",
-        f"mean ECD\n{length}",
-    ]
-
-
-_TOOLTIPS = (
-    "phase (label k = k-th phase)",
-    "area fraction over the labelled pixels, in percent (mean over the fields)",
-    "half-width of the 95 % confidence interval of the mean, in percentage points (needs >= 2 fields)",
-    "8-connected islands of the phase (mean per field with several fields)",
-    "mean island area (pooled over the fields)",
-    "mean equivalent circle diameter of the islands",
-)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -166,7 +64,7 @@ _TOOLTIPS = (
 # ----------------------------------------------------------------------------------------------------
 
 
-class QuantifyWidget(QWidget):
+class QuantifyWidget(DockWidget):
     """Phase fractions, 95 % CI and island statistics of phase Labels layers, updated live.
 
     Parameters
@@ -183,13 +81,11 @@ class QuantifyWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_of(napari_viewer)
+        super().__init__(napari_viewer)
         self.report: Report | None = None
         self.updates = 0
         self._generation = 0
-        self._workers: set = set()
+        self._pending = False
         self._connected: set[int] = set()
         self._build()
         self._timer = QTimer(self)
@@ -224,15 +120,7 @@ class QuantifyWidget(QWidget):
         row.addWidget(refresh)
         layout.addLayout(row)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(_headers("px", True))
-        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setStretchLastSection(True)
+        self.table = FractionTable()
         layout.addWidget(self.table)
         self.note = QLabel("")
         self.note.setWordWrap(True)
@@ -376,16 +264,14 @@ class QuantifyWidget(QWidget):
             image = image_for_labels(self.viewer, layer)
             magnification, pixel_size = layer_calibration(image) if image is not None else (None, None)
             if pixel_size is None:
-                pixel_size = _scale_um(layer)
+                pixel_size = scale_um(layer)
             fields.append(
                 {"mask": mask, "name": layer.name, "pixel_size_um": pixel_size, "magnification": magnification}
             )
         return fields, phases, notes
 
     def update_now(self) -> None:
-        """Measure the current layers now (in a worker thread; the table updates when it returns)."""
-        from napari.qt.threading import create_worker
-
+        """Measure the current layers now (a job in a worker thread; the table updates when it returns)."""
         try:
             fields, phases, notes = self.collect()
         except RuntimeError:  # the widget is being deleted
@@ -395,16 +281,27 @@ class QuantifyWidget(QWidget):
         if not fields or phases is None:
             self._show(None, notes or ["no phase Labels layer"], generation)
             return
-        worker = create_worker(measure, fields, phases, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda report: self._show(report, notes, generation))
-        worker.errored.connect(lambda exc: self._failed(exc, generation))
-        worker.finished.connect(lambda: self._workers.discard(worker))
-        self._workers.add(worker)
-        worker.start()
+        if self.busy:  # measured again when the running job ends
+            self._pending = True
+            return
+        self._pending = False
+        self.start_job(
+            measure_job(fields, phases),
+            "quantifying",
+            lambda report: self._show(report, notes, generation),
+            on_error=lambda exc: self._measure_failed(exc, generation),
+            on_finish=self._measured,
+            progress=False,
+        )
 
-    def _failed(self, exc: BaseException, generation: int) -> None:
+    def _measured(self) -> None:
+        if self._pending:
+            self.update_now()
+
+    def _measure_failed(self, exc: BaseException, generation: int) -> None:
         if generation != self._generation:
             return
+        self.last_error = exc
         self._show(None, [f"error: {exc}"], generation)
         if not isinstance(exc, MetalsegError):
             report_error(exc)
@@ -432,60 +329,12 @@ class QuantifyWidget(QWidget):
         self.note.setText("\n".join(notes))
         self._set_export_enabled(report is not None)
 
-    def _fit_table(self) -> None:
-        """Table height = its rows (the chart below gets the rest of the dock)."""
-        try:
-            header = self.table.horizontalHeader()
-            height = max(header.height(), header.sizeHint().height()) + 2 * self.table.frameWidth()
-            height += sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
-            scroll = self.table.horizontalScrollBar()
-            if scroll.maximum() > 0:
-                height += scroll.sizeHint().height()
-            self.table.setFixedHeight(max(height, 60))
-        except RuntimeError:  # the widget is being deleted
-            pass
-
     def _fill_table(self, report: Report | None) -> None:
-        self.table.setRowCount(0)
-        if report is None:
-            self._fit_table()
-            return
-        summary = report.samples[0]
-        one = report.fields[0] if summary.n_fields == 1 else None
-        unit = summary.length_unit or report.fields[0].length_unit
-        self.table.setHorizontalHeaderLabels(_headers(unit, one is not None))
-        for col, tip in enumerate(_TOOLTIPS):
-            self.table.horizontalHeaderItem(col).setToolTip(tip)
-        self.table.setRowCount(len(report.phases))
-        for row, phase in enumerate(report.phases.phases):
-            p = phase.name
-            islands = one.islands[p] if one is not None else summary.islands_per_field.get(p)
-            cells = [
-                p,
-                _fmt_pct(summary.mean[p]),
-                "—" if summary.ci95[p] is None else f"± {100 * summary.ci95[p]:.2f}",
-                "—" if islands is None else (f"{islands}" if one is not None else f"{islands:.1f}"),
-                _fmt_size(summary.mean_island_area.get(p)),
-                _fmt_size(summary.mean_diameter.get(p)),
-            ]
-            for col, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if col > 0:
-                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
-                else:
-                    from qtpy.QtGui import QColor
-
-                    item.setForeground(QColor(phase.color))
-                self.table.setItem(row, col, item)
-        self.table.resizeColumnsToContents()
-        self._fit_table()
-        QTimer.singleShot(0, self._fit_table)  # again once the header has its two-line height
+        self.table.show_report(report)
 
     def cell(self, row: int, column: int | str) -> str:
         """Text of a table cell (``column`` by index or by its :data:`COLUMNS` name)."""
-        col = COLUMNS.index(column) if isinstance(column, str) else column
-        item = self.table.item(row, col)
-        return "" if item is None else item.text()
+        return self.table.cell(row, column)
 
     # -- export ----------------------------------------------------------------------------------------
     def export_csv(self, path: str | Path | None = None) -> Path | None:
@@ -526,19 +375,31 @@ class QuantifyWidget(QWidget):
         return path
 
 
-def measure(fields: list[dict], phases: PhaseSet) -> Report:
-    """Quantify the collected fields with the engine (worker thread): one field per layer, one sample in all."""
+def measure_job(fields: list[dict], phases: PhaseSet) -> Job[Report]:
+    """Job: quantify the collected fields with the engine (worker thread), one field per layer, one sample in all.
+
+    Yields
+    ------
+    ProgressEvent
+        ``"quantify"`` per field measured.
+
+    Returns
+    -------
+    Report
+    """
     from napari_metalseg.quantify import make_report, quantify_mask
 
-    results = [
-        quantify_mask(
-            f["mask"],
-            phases,
-            pixel_size_um=f["pixel_size_um"],
-            name=f["name"],
-            magnification=f["magnification"],
-            sample="open layers",
+    results = []
+    for i, f in enumerate(fields):
+        results.append(
+            quantify_mask(
+                f["mask"],
+                phases,
+                pixel_size_um=f["pixel_size_um"],
+                name=f["name"],
+                magnification=f["magnification"],
+                sample="open layers",
+            )
         )
-        for f in fields
-    ]
+        yield ProgressEvent("quantify", i + 1, len(fields), message=f["name"])
     return make_report(results, phases, by="all", source="napari")

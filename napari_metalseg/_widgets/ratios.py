@@ -28,12 +28,11 @@ from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.layers import (
     IMAGE_KEY,
     PHASE_LAYER,
-    LayerPicker,
     is_micrograph_layer,
     phase_fractions_of_layer,
     phase_legend_html,
-    report_error,
 )
+from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg._widgets.predict import start_prediction
 from napari_metalseg.errors import MetalsegError
 
@@ -241,14 +240,7 @@ class RatioWidget(DockWidget):
         if not is_micrograph_layer(image) or self.session.predictor is None:
             return None
         try:
-            self.worker = start_prediction(
-                self.viewer,
-                image,
-                desc="phase ratios",
-                on_done=self._shown,
-                on_error=self._failed,
-                on_finish=self._finished,
-            )
+            start_prediction(self, image, desc="phase ratios", on_done=self._shown, on_finish=self._finished)
         except MetalsegError as exc:
             self._failed(exc)
         return self.worker
@@ -259,11 +251,6 @@ class RatioWidget(DockWidget):
             f"<b>Predicted</b> ({guide}): {phase_legend_html(self.session.phases, phase_map.fractions())}"
         )
 
-    def _failed(self, exc: BaseException) -> None:
-        self.last_error = exc
-        report_error(exc)
-
     def _finished(self) -> None:
-        self.worker = None
         if self._pending:
             self.rerun()

@@ -1,0 +1,81 @@
+"""What the Training dock shows when a run ends: the trained model's prediction, the message, and the comparison with
+the live preview.
+
+The trained model replaces the live preview of the image when it scores at least as well on the same held-out
+strokes; else the preview stays in front. Without a like-for-like comparison (several micrographs, validation images,
+strokes changed since the preview) nothing is compared or hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from .layers import IMAGE_KEY, PHASE_LAYER, image_transform, show_phase_map
+from .preview import PREVIEW_SUFFIX
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_metalseg.preview import Preview
+
+    from .training_job import TrainingResult
+
+
+def show_trained_prediction(viewer, result: TrainingResult, image: Any, protected: set[str]) -> None:
+    """Show the trained model's prediction of ``image`` in ``phases`` (in ``phases (<run>)`` when the ``phases`` layer
+    was training data: annotations are never overwritten)."""
+    if result.phase_map is None or image is None or image not in viewer.layers:
+        return
+    name = PHASE_LAYER
+    if name in protected:
+        name = f"{PHASE_LAYER} ({result.run_dir.name})"
+    show_phase_map(
+        viewer, result.phase_map, result.phases, name=name, **image_transform(image), metadata={IMAGE_KEY: image.name}
+    )
+
+
+def result_message(result: TrainingResult) -> str:
+    """``training finished at step N, mean Dice D %; model loaded from RUN`` (or ``stopped``)."""
+    what = "stopped" if result.last.kind == "stopped" else "finished"
+    dice = result.last.metrics.get("mean_dice") if result.last.metrics else None
+    score = f", mean Dice {dice:.1f} %" if isinstance(dice, float) and math.isfinite(dice) else ""
+    return f"training {what} at step {result.last.step}{score}; model loaded from {result.run_dir}"
+
+
+def compare_with_preview(
+    viewer, result: TrainingResult, image: Any, preview: Preview | None, strokes: str | None
+) -> str:
+    """Compare the trained model with the live preview of ``image`` (see the module docstring); hide the preview when
+    the model is at least as good. Returns the sentence to append to the result message (empty: nothing to compare).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    result : TrainingResult
+    image : napari.layers.Image or None
+        The image the preview belongs to.
+    preview : Preview or None
+        The last live preview.
+    strokes : str or None
+        Content key of the strokes the run was trained and validated on when the comparison is like for like (one
+        micrograph, the trainer's default held-out split, no validation images), else None.
+    """
+    name = f"{getattr(image, 'name', '')}{PREVIEW_SUFFIX}"
+    if preview is None or image is None or name not in viewer.layers:
+        return ""
+    metrics = result.metrics or {}
+    best = metrics.get("mean_dice")
+    comparable = (
+        strokes is not None
+        and preview.strokes == strokes
+        and metrics.get("source") == "held-out pixels"
+        and preview.score is not None
+    )
+    if not comparable or not isinstance(best, float) or not math.isfinite(best):
+        return "; not compared with the live preview (other strokes or other validation data)"
+    if best >= preview.score:
+        viewer.layers[name].visible = False
+        return f"; it replaces the live preview ({best:.1f} % vs {preview.score:.1f} % on held-out strokes)"
+    return (
+        f"; the live preview is still better on held-out strokes ({preview.score:.1f} % vs {best:.1f} %): "
+        "paint more or train longer"
+    )
