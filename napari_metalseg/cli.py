@@ -67,25 +67,16 @@ def info(file: Path, no_crop: bool) -> None:
 def synth(out: Path, n: int, size: int, seed: int, fractions: str | None, magnifications: str, overwrite: bool) -> None:
     """Write a synthetic steel-micrograph dataset with exact ground truth."""
     from napari_metalseg.data.dataset import load_dataset
-    from napari_metalseg.data.synth import write_synthetic_dataset
+    from napari_metalseg.data.synth import write_synthetic_dataset_job
+    from napari_metalseg.progress import run_job
 
     mags = _floats(magnifications, "--magnifications")
     target = _floats(fractions, "--fractions")
     with click.progressbar(length=n, label="synthesising", file=sys.stderr) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.pos)
-
-        write_synthetic_dataset(
-            out,
-            n=n,
-            size=size,
-            seed=seed,
-            fractions=target,
-            magnifications=mags,
-            progress=progress,
-            overwrite=overwrite,
+        job = write_synthetic_dataset_job(
+            out, n=n, size=size, seed=seed, fractions=target, magnifications=mags, overwrite=overwrite
         )
+        run_job(job, lambda event: bar.update(event.step - bar.pos))
     click.echo(json.dumps(load_dataset(out).summary(), indent=2))
 
 
