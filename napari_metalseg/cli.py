@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -26,6 +27,25 @@ def _user_errors(func):
             sys.exit(2)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _naming_options(**options: str):
+    """Name the CLI option in an engine error about one of the engine's arguments (``engine name="--flag"``).
+
+    The engine's messages name values, not flags: an error whose ``value`` is one of ``options`` is prefixed with
+    the option, and one that starts with the argument's engine name gets the option's name instead.
+    """
+    try:
+        yield
+    except MetalsegError as exc:
+        message = str(exc)
+        if exc.value in options:
+            raise MetalsegError(f"{options[exc.value]}: {message}", value=exc.value) from exc
+        for name, flag in options.items():
+            if message.startswith(f"{name} "):
+                raise MetalsegError(flag + message[len(name) :], value=name) from exc
+        raise
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -479,18 +499,21 @@ def quantify(
     plot_out: Path | None,
 ) -> None:
     """Phase fractions per field and per sample: area fraction, ASTM E562 point count, 95 % CI, %RA, islands."""
-    from napari_metalseg.quantify import quantify_masks
+    from napari_metalseg.progress import ProgressEvent, run_job
+    from napari_metalseg.quantify import quantify_masks_job
 
     spacing = _grid_spacing(grid)
     with click.progressbar(length=0, label="quantifying", file=sys.stderr, show_pos=True) as bar:
 
-        def progress(done: int, total: int) -> None:
-            bar.length = total
-            bar.update(done - bar.pos)
+        def progress(event: ProgressEvent) -> None:
+            bar.length = event.total
+            bar.update(event.step - bar.pos)
 
-        report = quantify_masks(
-            masks, phases=phases, by=by, grid_spacing=spacing, truth=truth, pixel_size_um=pixel_size, progress=progress
+        job = quantify_masks_job(
+            masks, phases=phases, by=by, grid_spacing=spacing, truth=truth, pixel_size_um=pixel_size
         )
+        with _naming_options(phases="--phases", truth="--truth"):
+            report = run_job(job, progress)
     click.echo(report.table())
     if csv_out:
         report.to_csv(csv_out)
