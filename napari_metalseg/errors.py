@@ -8,4 +8,17 @@ know which file or value was involved.
 
 
 class MetalsegError(Exception):
-    """A user-facing error: one clear line naming the file or value and the problem."""
+    """A user-facing error: one clear line naming the file or value and the problem.
+
+    Parameters
+    ----------
+    message : str
+        The line the user reads (never a CLI flag: front ends name their own controls).
+    value : str, optional
+        The engine's name of the argument whose value is wrong or missing (e.g. ``"phases"``), so that a front
+        end can point at its own control for it (the CLI adds the option's name).
+    """
+
+    def __init__(self, message: str = "", *, value: str | None = None) -> None:
+        super().__init__(message)
+        self.value = value

@@ -71,3 +71,57 @@ def test_synth_bad_fractions_is_one_error_line(tmp_path):
     assert result.output.strip().splitlines() == [
         "error: --fractions '0.5,abc': expected comma-separated numbers, e.g. 0.5,0.3,0.2"
     ]
+
+
+def test_engine_errors_name_the_cli_option():
+    import click
+
+    from napari_metalseg.cli.errors import name_option, user_errors
+    from napari_metalseg.errors import MetalsegError
+
+    options = {"img_size": "--img-size", "phases": "--phases"}
+    assert name_option(MetalsegError("img_size 100: must be a multiple of 16"), options) == (
+        "--img-size 100: must be a multiple of 16"
+    )
+    missing = MetalsegError("scans/phases.json: phases.json is missing", value="phases")
+    assert name_option(missing, options) == "--phases: scans/phases.json: phases.json is missing"
+    assert name_option(MetalsegError("sizes differ"), {"size": "--size"}) == "sizes differ"
+
+    @click.command()
+    @click.option("--img-size", type=int)
+    @click.option("--model", "kind", default="x")
+    @user_errors(model="--model")
+    def command(img_size, kind):
+        raise MetalsegError(f"img_size {img_size}: must be a multiple of 16" if img_size else "model 'x': unknown")
+
+    assert (
+        CliRunner().invoke(command, ["--img-size", "100"]).output == "error: --img-size 100: must be a multiple of 16\n"
+    )
+    result = CliRunner().invoke(command, [])
+    assert result.exit_code == 2 and result.output == "error: --model 'x': unknown\n"
+
+
+def test_run_with_bar_drives_a_job_and_returns_its_result(capsys):
+    from napari_metalseg.cli.progress import TerminalProgress, run_with_bar
+    from napari_metalseg.progress import ProgressEvent
+
+    def job():
+        yield ProgressEvent("info", message="starting")
+        for i in range(3):
+            yield ProgressEvent("synth", i + 1, 3, message=f"image {i}")
+        yield ProgressEvent("validate", 3, 3, message="dice 90")
+        return "result"
+
+    assert run_with_bar(job(), "working") == "result"
+    err = capsys.readouterr().err
+    assert "starting" in err and "working" in err and "step 3: dice 90" in err
+    progress = TerminalProgress("quiet", echo=False)
+    assert progress.run(job()) == "result" and progress.last.kind == "validate"
+    assert "starting" not in capsys.readouterr().err
+
+
+def test_module_entry_point_runs_the_cli():
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_metalseg.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "synth" in result.stdout and "quantify" in result.stdout

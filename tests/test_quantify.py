@@ -21,6 +21,7 @@ from napari_metalseg.quantify import (
     point_count,
     quantify_mask,
     quantify_masks,
+    quantify_masks_job,
     summarize,
 )
 
@@ -278,6 +279,16 @@ def test_empty_masks_are_skipped_and_all_empty_is_an_error(tmp_path):
         quantify_masks(folder)
 
 
+def test_quantify_masks_job_reports_every_field_and_returns_the_report(tmp_path):
+    from napari_metalseg.progress import run_job
+
+    folder = _mask_folder(tmp_path, {f"f{i}": _two_phase(n) for i, n in enumerate([30, 34, 32])})
+    events = []
+    report = run_job(quantify_masks_job(folder), events.append)
+    assert [(e.kind, e.step, e.total, e.message) for e in events] == [("quantify", i + 1, 3, f"f{i}") for i in range(3)]
+    assert report.table() == quantify_masks(folder).table()
+
+
 def test_folder_problems_are_one_line_errors(tmp_path):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(MetalsegError, match="no mask PNGs"):
@@ -371,12 +382,25 @@ def test_cli_bad_input_is_one_error_line(synth_dataset, tmp_path):
         (["--by", "colour"], "grouping 'colour'"),
         (["--grid", "0"], "--grid '0'"),
         (["--truth", str(tmp_path / "nope")], "truth folder does not exist"),
+        (["--truth", str(tmp_path)], "--truth: "),
     ]:
         result = runner.invoke(main, ["quantify", "--masks", str(synth_dataset), *args])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert lines[-1].startswith("error: ") and expected in lines[-1], result.output
         assert "Traceback" not in result.output
+
+
+def test_cli_names_the_option_for_a_missing_phase_set(tmp_path):
+    folder = _mask_folder(tmp_path, {"f1": _two_phase(30)})
+    (folder / "phases.json").unlink()
+    result = CliRunner().invoke(main, ["quantify", "--masks", str(folder)])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: --phases: ") and "phases.json is missing" in last, result.output
+    with pytest.raises(MetalsegError, match="phases.json is missing") as info:
+        quantify_masks(folder)
+    assert "--" not in str(info.value) and info.value.value == "phases"
 
 
 def test_docstring_examples_of_every_quantify_module():

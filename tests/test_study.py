@@ -164,6 +164,19 @@ def test_interrupted_study_keeps_finished_rows(split_samples, synth_dataset, tmp
     assert [r["name"] for r in data["rows"]] == ["first"] and data["rows"][0]["status"] == "measured"
 
 
+def test_run_study_is_a_job_returning_its_rows(split_samples, synth_dataset, tmp_path):
+    from napari_metalseg.progress import run_job
+
+    rows = [StudyRow("classical", "classical", img_size=256)]
+    kinds = set()
+    results = run_job(
+        run_study(split_samples["train"][:1], [], split_samples["test"][:1], synth_dataset.phases, tmp_path, rows),
+        lambda event: kinds.add(event.kind),
+    )
+    assert [(r.name, r.status) for r in results] == [("classical", "measured")]
+    assert {"row", "done"} <= kinds
+
+
 def test_markdown_marks_gains_and_losses():
     from napari_metalseg.study import RowResult
 

@@ -15,9 +15,11 @@ from napari_metalseg.data.synth import (
     pixel_size_for,
     synthesize_micrograph,
     write_synthetic_dataset,
+    write_synthetic_dataset_job,
 )
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.progress import run_job
 
 
 def _fractions(mask: np.ndarray, k: int) -> np.ndarray:
@@ -135,9 +137,15 @@ def test_assign_splits():
 def test_write_synthetic_dataset(tmp_path):
     from napari_metalseg.data.dataset import load_dataset, read_mask
 
-    calls = []
-    root = write_synthetic_dataset(tmp_path / "ds", n=5, size=96, seed=3, progress=lambda i, n: calls.append((i, n)))
+    calls, kinds = [], set()
+
+    def on_event(event):
+        calls.append((event.step, event.total))
+        kinds.add(event.kind)
+
+    root = run_job(write_synthetic_dataset_job(tmp_path / "ds", n=5, size=96, seed=3), on_event)
     assert calls == [(i, 5) for i in range(1, 6)]
+    assert kinds == {"synth"}
     assert PhaseSet.load(root / "phases.json").names == DEFAULT_PHASES.names
     with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

@@ -52,7 +52,7 @@ from napari_metalseg.quantify.fields import (
     resolve_grid_spacing,
 )
 from napari_metalseg.quantify.report import Report, make_report
-from napari_metalseg.quantify.sources import quantify_masks
+from napari_metalseg.quantify.sources import quantify_masks, quantify_masks_job
 from napari_metalseg.quantify.statistics import (
     SampleSummary,
     fields_needed,
@@ -79,6 +79,7 @@ __all__ = [
     "point_count",
     "quantify_mask",
     "quantify_masks",
+    "quantify_masks_job",
     "resolve_grid_spacing",
     "summarize",
 ]

@@ -1,15 +1,16 @@
-"""Reading masks from a dataset folder or a folder of mask PNGs, and :func:`quantify_masks`."""
+"""Reading masks from a dataset folder or a folder of mask PNGs, and :func:`quantify_masks_job` over them."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_pixel_counts
+from napari_metalseg.progress import Job, ProgressEvent, run_job
 from napari_metalseg.quantify.fields import (
     FieldResult,
     _as_phases,
@@ -44,9 +45,27 @@ def quantify_masks(
     grid_spacing: int | None = None,
     truth: str | Path | None = None,
     pixel_size_um: float | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Quantify every mask of a dataset or folder and summarise per sample.
+
+    :func:`quantify_masks_job` run to its end; the parameters, result and errors are the job's.
+    """
+    return run_job(
+        quantify_masks_job(
+            source, phases=phases, by=by, grid_spacing=grid_spacing, truth=truth, pixel_size_um=pixel_size_um
+        )
+    )
+
+
+def quantify_masks_job(
+    source: str | Path | Dataset,
+    phases: PhaseSet | str | Path | None = None,
+    by: str = "sample",
+    grid_spacing: int | None = None,
+    truth: str | Path | None = None,
+    pixel_size_um: float | None = None,
+) -> Job[Report]:
+    """Quantify every mask of a dataset or folder and summarise per sample, as a job (:mod:`napari_metalseg.progress`).
 
     Parameters
     ----------
@@ -66,8 +85,11 @@ def quantify_masks(
         are used when present for every phase.
     pixel_size_um : float, optional
         Pixel size for fields whose metadata.csv has none.
-    progress : callable, optional
-        Called as ``progress(done, total)`` after each field.
+
+    Yields
+    ------
+    ProgressEvent
+        ``"quantify"`` after each field (``step`` fields of ``total``).
 
     Returns
     -------
@@ -92,8 +114,7 @@ def quantify_masks(
             skipped.append(f"{src.name}: no labelled pixels (all 255 = unlabeled); skipped")
         else:
             fields.append(field_result)
-        if progress is not None:
-            progress(i + 1, len(sources))
+        yield ProgressEvent("quantify", i + 1, len(sources), message=src.name)
     if not fields:
         raise MetalsegError(f"{label}: every mask is empty (all pixels 255 = unlabeled); nothing to quantify")
     return make_report(fields, phase_set, by=by, source=label, skipped=skipped)
@@ -179,7 +200,9 @@ def _resolve_phases(phases: Any, root: Path, files: list[tuple[str, Path, str]])
     for candidate in (root / "phases.json", files[0][1].parent / "phases.json"):
         if candidate.is_file():
             return PhaseSet.load(candidate)
-    raise MetalsegError(f"{root / 'phases.json'}: phases.json is missing (put it next to the masks or pass --phases)")
+    raise MetalsegError(
+        f"{root / 'phases.json'}: phases.json is missing (put it next to the masks or name a phase set)", value="phases"
+    )
 
 
 def _read_meta(root: Path) -> dict[str, dict[str, str]]:
@@ -253,14 +276,12 @@ def _attach_truth(sources: list[_Source], truth: Path, phases: PhaseSet) -> None
     for src in sources:
         path = folder / f"{src.name}.png"
         if not path.is_file():
-            raise MetalsegError(f"{path}: no true mask for {src.name} (--truth needs one mask per field, same name)")
+            raise MetalsegError(
+                f"{path}: no true mask for {src.name} (the truth folder needs one mask per field, same name)",
+                value="truth",
+            )
         mask = check_mask(read_mask(path), len(phases), str(path))
         counts = phase_pixel_counts(mask, len(phases))
         if counts.sum() == 0:
             raise MetalsegError(f"{path}: the true mask has no labelled pixels")
         src.true_fractions = {p: float(c) / float(counts.sum()) for p, c in zip(phases.names, counts)}
-
-
-# ----------------------------------------------------------------------------------------------------
-# small checks
-# ----------------------------------------------------------------------------------------------------

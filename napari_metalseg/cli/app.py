@@ -1,0 +1,222 @@
+"""Commands that show the product: ``gui`` (napari with the docks), ``demo`` (headless end to end) and ``benchmark``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from napari_metalseg.cli.errors import user_errors
+from napari_metalseg.cli.progress import run_with_bar
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models import SAM_KINDS
+
+
+@click.command()
+@click.option("--model", "kind", type=click.Choice(SAM_KINDS), default="vit_b", show_default=True)
+@click.option("--img-size", type=int, default=1024, show_default=True, help="Model input size.")
+@click.option("--image-size", type=int, default=1024, show_default=True, help="Side of the test micrograph.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeat", type=int, default=3, show_default=True, help="Best of N runs.")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast for the encoder (CPU with AVX512-BF16, or CUDA).")
+@click.option("--no-reference", is_flag=True, help="Skip segment-anything's SamPredictor reference.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+@user_errors
+def benchmark(
+    kind: str,
+    img_size: int,
+    image_size: int,
+    device: str,
+    repeat: int,
+    bf16: bool,
+    no_reference: bool,
+    json_out: Path | None,
+) -> None:
+    """Time prediction (encoder, cached decoder) against segment-anything's SamPredictor (random weights)."""
+    from napari_metalseg.benchmark import run_benchmark
+    from napari_metalseg.io.atomic import atomic_write_text
+    from napari_metalseg.predict import resolve_device
+
+    results = run_benchmark(kind, img_size, image_size, resolve_device(device), repeat, not no_reference, bf16)
+    click.echo(json.dumps(results, indent=2))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
+
+
+GUI_DOCKS = (
+    ("Model", False),
+    ("Predict", True),
+    ("Phase ratios", True),
+    ("Box prompts", True),
+    ("Encoder features", True),
+    ("Training", True),
+    ("Quantify", True),
+)
+"""The plugin's dock widgets in the order ``metalseg gui`` opens them, and whether each joins the tab group of the
+one before (one tab group keeps the window within a 1000 px high screen)."""
+
+
+@click.command()
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Micrograph or dataset folder to open (default: the synthetic sample micrograph).",
+)
+@click.option(
+    "--run",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Trained run directory to load; the opened micrograph is then predicted.",
+)
+@click.option(
+    "--screenshot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Save a PNG of the whole window once loading and prediction are done, then exit.",
+)
+@user_errors
+def gui(image: Path | None, run: Path | None, screenshot: Path | None) -> None:
+    """Open napari with the metalseg widgets docked (needs a display; see `make run`)."""
+    import os
+    import time
+
+    import napari_metalseg._widgets  # noqa: F401  (blocks triton before napari creates a GL context)
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise MetalsegError(
+            "no display: run `metalseg gui` on a desktop, or under xvfb-run; `metalseg demo` runs without one"
+        )
+    if image is not None and not image.exists():
+        raise MetalsegError(f"{image}: no such file or folder")
+    if run is not None:
+        from napari_metalseg.runs import require_run
+
+        require_run(run)
+    import napari
+
+    if screenshot is not None:  # keep napari's one-time PyQt5 deprecation toast out of documentation screenshots
+        import napari._qt.qt_main_window as qt_main_window
+
+        qt_main_window.SHOW_QT_WARNING = False
+    from qtpy.QtCore import QTimer
+
+    viewer = napari.Viewer(title="napari-metalseg")
+    viewer.window.set_geometry(0, 0, 1600, 1000)
+    widgets, docks = {}, {}
+    for name, tabify in GUI_DOCKS:
+        try:
+            docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-metalseg", name, tabify=tabify)
+        except Exception as exc:  # noqa: BLE001 - one broken widget must not keep the others from opening
+            click.echo(f"warning: the {name!r} widget could not be opened ({type(exc).__name__}: {exc})", err=True)
+    if "Predict" in docks:
+        QTimer.singleShot(0, docks["Predict"].raise_)
+    if image is not None:
+        viewer.open(str(image), plugin="napari-metalseg")
+    else:
+        viewer.open_sample("napari-metalseg", "synthetic_steel")
+    viewer.scale_bar.visible = True
+    if run is not None and "Model" in widgets:
+        if "Predict" in widgets:
+            widgets["Model"].session.model_changed.connect(widgets["Predict"].predict)
+        widgets["Model"].load_run(run)
+    if screenshot is not None:
+        started = time.monotonic()
+
+        def ready() -> bool:
+            done = run is None or any(
+                getattr(widgets.get(name), attr, None) is not None
+                for name, attr in (("Predict", "last_result"), ("Predict", "last_error"), ("Model", "last_error"))
+            )
+            idle = not any(getattr(w, "busy", False) for w in widgets.values())
+            return done and idle and time.monotonic() - started > 2.0
+
+        def shoot() -> None:
+            if not ready() and time.monotonic() - started < 600:
+                QTimer.singleShot(250, shoot)
+                return
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            viewer.screenshot(str(screenshot), canvas_only=False)
+            click.echo(str(screenshot))
+            viewer.close()
+
+        QTimer.singleShot(500, shoot)
+    napari.run()
+
+
+@click.command()
+@click.option(
+    "--out",
+    default=Path("demo_out"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the demo's dataset, model and results.",
+)
+@click.option(
+    "--budget-s", default=120.0, show_default=True, help="Training time of the default model in seconds (more: better)."
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@user_errors
+def demo(out: Path, budget_s: float, seed: int, device: str) -> None:
+    """Headless end-to-end demo: synthesise steel micrographs, train, evaluate, predict and quantify."""
+    from napari_metalseg.data.dataset import load_dataset, new_dataset, write_item
+    from napari_metalseg.data.samples import load_samples
+    from napari_metalseg.data.synth import write_synthetic_dataset
+    from napari_metalseg.metrics import format_seed_table
+    from napari_metalseg.predict import Predictor
+    from napari_metalseg.quantify import quantify_masks
+    from napari_metalseg.training import TrainConfig, validate
+    from napari_metalseg.training import train as run_training
+
+    data, run, predicted = out / "dataset", out / "run", out / "predicted"
+    click.echo(f"[1/4] synthesising 15 steel micrographs (384 px, x2700/x3000/x5000) into {data}", err=True)
+    write_synthetic_dataset(data, n=15, size=384, seed=seed, overwrite=True)
+    dataset = load_dataset(data, require_masks=True)
+    click.echo(json.dumps(dataset.summary()["splits"]), err=True)
+    train_samples = load_samples(dataset.labelled_split("train"))
+    val_samples = load_samples(dataset.labelled_split("val"))
+    test_samples = load_samples(dataset.labelled_split("test"))
+    config = TrainConfig(guidance="ratio", budget_s=budget_s, device=device, seed=seed)
+    click.echo(
+        f"[2/4] training the default model ({config.model}, ratio guidance) for {budget_s:g} s into {run}, "
+        "and the classical pixel classifier for comparison",
+        err=True,
+    )
+    run_with_bar(run_training(train_samples, dataset.phases, run, config, val_samples=val_samples), "training")
+    classical = out / "classical"
+    run_with_bar(
+        run_training(
+            train_samples, dataset.phases, classical, TrainConfig(model="classical", seed=seed), val_samples=val_samples
+        ),
+        "classical",
+    )
+
+    click.echo("[3/4] evaluating on the held-out test images", err=True)
+    predictor = Predictor.from_run(run, device=device)
+    rows = {
+        "classical pixel classifier": validate(
+            Predictor.from_run(classical).model, test_samples, dataset.phases, "cpu"
+        ).by_magnification(),
+        f"{config.model} (no guidance)": validate(
+            predictor.model, test_samples, dataset.phases, predictor.device
+        ).by_magnification(),
+        f"{config.model} + true ratio": validate(
+            predictor.model, test_samples, dataset.phases, predictor.device, ratios=True
+        ).by_magnification(),
+    }
+    click.echo(format_seed_table(rows))
+
+    click.echo(f"[4/4] predicting the test images into {predicted} and quantifying phase fractions", err=True)
+    new_dataset(predicted, dataset.phases)
+    for s in test_samples:
+        write_item(predicted, s.name, s.image, predictor.predict(s.image).labels)
+    report = quantify_masks(predicted, by="all", truth=data / "masks")
+    click.echo(report.table())
+    report.to_csv(out / "fractions.csv")
+    report.plot(out / "fractions.png")
+    click.echo(
+        f"results: {run} (model), {predicted} (masks), {out / 'fractions.csv'}, {out / 'fractions.png'}", err=True
+    )
