@@ -320,7 +320,7 @@ def train(
         Training images with (partial) masks; unlabeled pixels (255) are ignored by the loss.
     phases : PhaseSet
     out : path
-        Run directory (config.json, adapter.safetensors, metrics.json, resume.pt).
+        Run directory (:mod:`napari_metalseg.runs`: configuration, weights, metrics history, resume state).
     config : TrainConfig
     val_samples : list of Sample, optional
         Held-out images for validation; the best validated model is kept. Without them, ``config.holdout`` of the
@@ -343,7 +343,7 @@ def train(
 
     from napari_metalseg.models.lora import count_parameters, trainable_state_dict
     from napari_metalseg.predict import resolve_device
-    from napari_metalseg.runs import RESUME, save_run
+    from napari_metalseg.runs import RESUME, is_run, save_run
 
     out = Path(out)
     if not samples:
@@ -436,7 +436,7 @@ def train(
     step = start
     while step < total:
         if stop is not None and stop():
-            if val_set is None or not (out / "config.json").is_file():
+            if val_set is None or not is_run(out):
                 save(last_metrics)
             save_resume(step)
             yield ProgressEvent("stopped", step, total, message=str(out))
@@ -485,7 +485,7 @@ def train(
                 last_metrics = _metrics(evaluation, source)
                 history.append({"step": step, **last_metrics})
                 score = last_metrics["mean_dice"]
-                if val_set is None or score > best or not (out / "config.json").is_file():
+                if val_set is None or score > best or not is_run(out):
                     best = max(best, score) if math.isfinite(score) else best
                     save(last_metrics)
                 yield ProgressEvent(

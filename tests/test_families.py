@@ -13,7 +13,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS, check_model_options, family_of
 from napari_metalseg.phases import UNLABELED
 from napari_metalseg.predict import Predictor
-from napari_metalseg.runs import load_run
+from napari_metalseg.runs import CONFIG, load_run
 from napari_metalseg.training import TrainConfig, time_lr_factor, train
 
 
@@ -56,20 +56,20 @@ def test_each_family_trains_saves_loads_and_predicts_identically(kind, split_sam
         train(split_samples["train"][:2], synth_dataset.phases, run, config, val_samples=split_samples["val"][:1])
     )
     assert events[-1].kind == "done" and any(e.kind == "validate" for e in events)
-    saved = json.loads((run / "config.json").read_text())
+    saved = json.loads((run / CONFIG).read_text())
     assert saved["model"]["kind"] == kind and saved["metrics"]["source"] == "val"
     model, cfg = load_run(run)
     again, _ = load_run(run)
     image = split_samples["test"][0].image
-    a = Predictor(model, cfg["model"].phase_set).predict(image)
-    b = Predictor(again, cfg["model"].phase_set).predict(image)
+    a = Predictor(model, cfg.spec.phase_set).predict(image)
+    b = Predictor(again, cfg.spec.phase_set).predict(image)
     assert a.labels.shape == image.shape and a.probs.shape == (3, *image.shape)
     np.testing.assert_array_equal(a.probs, b.probs)
     assert np.allclose(a.probs.sum(0), 1, atol=1e-4)
     with pytest.raises(MetalsegError, match="box prompts need a SAM model"):
-        Predictor(model, cfg["model"].phase_set).predict(image, box=(0, 0, 32, 32))
+        Predictor(model, cfg.spec.phase_set).predict(image, box=(0, 0, 32, 32))
     with pytest.raises(MetalsegError, match="without ratio guidance"):
-        Predictor(model, cfg["model"].phase_set).predict(image, ratios=[0.3, 0.3, 0.4])
+        Predictor(model, cfg.spec.phase_set).predict(image, ratios=[0.3, 0.3, 0.4])
 
 
 def test_guided_cnn_takes_ratios_in_prediction(split_samples, synth_dataset, tmp_path):

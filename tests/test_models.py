@@ -259,6 +259,19 @@ def test_build_rejects_unknown_names():
         build_phase_sam("tiny", img_size=64, num_phases=0)
 
 
+@pytest.mark.parametrize("finetune", ["full", "decoder", "lora"])
+def test_a_model_reports_its_spec_which_rebuilds_it(finetune):
+    from napari_metalseg.models.spec import ModelSpec
+
+    model, _ = build_phase_sam("tiny", img_size=64, num_phases=K, guidance="ratio", finetune=finetune, lora_rank=4)
+    spec = ModelSpec(**model.spec_fields(), phases=[{"name": f"p{k}"} for k in range(K)])
+    assert spec.builder_arguments() == model.config
+    assert spec.finetune == finetune and spec.lora_rank == (4 if finetune == "lora" else 8)
+    rebuilt, _ = spec.build()
+    assert rebuilt.signature() == model.signature()
+    assert set(trainable_state_dict(rebuilt)) == set(trainable_state_dict(model))
+
+
 def test_build_is_deterministic():
     a, _ = build_phase_sam("tiny", img_size=64, finetune="lora", guidance="ratio")
     b, _ = build_phase_sam("tiny", img_size=64, finetune="lora", guidance="ratio")

@@ -32,6 +32,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import GUIDANCE_MODES
 from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.sam import check_num_phases
+from napari_metalseg.models.spec import builder_arguments
 from napari_metalseg.models.triton_guard import guard_triton
 
 guard_triton()  # see triton_guard: before anything can reach torch._dynamo
@@ -248,18 +249,23 @@ class PhaseCNN(nn.Module):
         """Whether :meth:`forward` returns auxiliary logits in training mode."""
         return self.backbone.deep_supervision
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """The build arguments of the family's builder (with ``kind``), e.g. for display or a rebuild."""
+    def spec_fields(self) -> dict[str, Any]:
+        """What this model is, in :class:`~.spec.ModelSpec` field names (without phases): kind, sizes, guidance and
+        the backbone's family-specific settings as ``options``."""
         return {
             "kind": self.kind,
             "img_size": self.img_size,
-            "num_phases": self.num_phases,
+            "guidance": self.guidance,
             "width": self.backbone.width,
             "depth": self.backbone.depth,
-            "guidance": self.guidance,
-            **self.backbone.config,
+            "options": self.backbone.config,
         }
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The build arguments of the family's builder (with ``kind``), e.g. for display or a rebuild: from
+        :meth:`spec_fields` through :func:`~.spec.builder_arguments`."""
+        return {"kind": self.kind, **builder_arguments(self.spec_fields(), self.num_phases)}
 
     contrast = "image"
     """The predictor and the trainer stretch each whole micrograph's contrast

@@ -25,6 +25,7 @@ from napari_metalseg.models.checkpoint import LoadReport, load_sam_checkpoint
 from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.lora import apply_lora, set_finetune_mode, trainable_state_dict
 from napari_metalseg.models.sam import PATCH_SIZE, build_sam, check_img_size, check_kind, check_num_phases
+from napari_metalseg.models.spec import builder_arguments
 from napari_metalseg.models.triton_guard import guard_triton
 
 guard_triton()  # see triton_guard: before anything can reach torch._dynamo
@@ -100,14 +101,12 @@ class PhaseSAM(nn.Module):
         """Spatial size ``(h, w)`` of the image embedding (``img_size // 16`` on a side)."""
         return tuple(self.sam.prompt_encoder.image_embedding_size)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """The :func:`build_phase_sam` arguments that rebuild this architecture (without the checkpoint)."""
+    def spec_fields(self) -> dict[str, Any]:
+        """What this model is, in :class:`~.spec.ModelSpec` field names (without phases and checkpoint)."""
         lora = self.lora or {}
         return {
             "kind": self.kind,
             "img_size": self.img_size,
-            "num_phases": self.num_phases,
             "guidance": self.guidance,
             "finetune": self.finetune_mode,
             "lora_rank": lora.get("rank", 8),
@@ -115,6 +114,12 @@ class PhaseSAM(nn.Module):
             "lora_dropout": lora.get("dropout", 0.0),
             "lora_mlp": lora.get("mlp", False),
         }
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The :func:`build_phase_sam` arguments that rebuild this architecture (without the checkpoint), from
+        :meth:`spec_fields` through :func:`~.spec.builder_arguments`."""
+        return builder_arguments(self.spec_fields(), self.num_phases)
 
     def preprocess(self, gray: torch.Tensor) -> torch.Tensor:
         """Standardise grey images per image and replicate them to 3 channels.
