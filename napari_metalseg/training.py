@@ -19,15 +19,17 @@ import numpy as np
 
 from napari_metalseg.data.samples import CropSampler, Sample, holdout_pixels, normalize_contrast
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
+from napari_metalseg.models.options import check_finetune, check_positive_number, check_training_guidance
 from napari_metalseg.models.registry import (
     DEFAULT_BUDGET_S,
     DEFAULT_IMG_SIZE,
     DEFAULT_MODEL,
+    FAMILIES,
     TRAIN_DEFAULTS,
     check_model_options,
     family_of,
 )
+from napari_metalseg.models.sam import check_img_size
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
 from napari_metalseg.progress import ProgressEvent
 
@@ -68,14 +70,13 @@ class TrainConfig:
         needs_base = self.finetune in ("lora", "decoder") and not self.checkpoint
         if needs_base and (self.model is None or family_of(self.model).name == "sam"):
             raise MetalsegError(
-                f"--finetune {self.finetune} needs a pretrained --checkpoint (the base it adapts); "
-                "without one use --finetune full"
+                f"finetune {self.finetune!r} needs a pretrained checkpoint (the base it adapts); "
+                "without one use finetune 'full'"
             )
         if self.model is None:  # the measured CPU default, or the SAM kind of the checkpoint
             self.model = checkpoint_kind(self.checkpoint) if self.checkpoint else DEFAULT_MODEL
         family = family_of(self.model)
-        if self.guidance not in TRAINING_GUIDANCE:
-            raise MetalsegError(f"unknown guidance {self.guidance!r}; use one of {', '.join(TRAINING_GUIDANCE)}")
+        check_training_guidance(self.guidance)
         check_model_options(
             self.model,
             guidance=self.encoder_guidance,
@@ -91,26 +92,22 @@ class TrainConfig:
         self.lr = TRAIN_DEFAULTS[family.name]["lr"] if self.lr is None else self.lr
         if self.finetune is None:
             self.finetune = "lora" if self.checkpoint else "full"
-        if self.finetune not in FINETUNE_MODES:
-            raise MetalsegError(f"unknown fine-tune mode {self.finetune!r}; use one of {', '.join(FINETUNE_MODES)}")
+        check_finetune(self.finetune)
         if self.img_size is None:
             self.img_size = DEFAULT_IMG_SIZE[self.model]
-        if self.img_size < 64 or self.img_size % 16:
-            raise MetalsegError(f"--img-size {self.img_size}: must be a multiple of 16, at least 64")
-        if self.budget_s is not None and not (self.budget_s > 0 and math.isfinite(self.budget_s)):
-            raise MetalsegError(f"--budget-s {self.budget_s}: must be a positive number of seconds")
+        check_img_size(self.img_size)
+        if self.budget_s is not None:
+            check_positive_number("budget_s", self.budget_s, "seconds")
+        cnns = "/".join(FAMILIES["cnn"].kinds)
         for name in ("width", "depth"):
             value = getattr(self, name)
             if value is not None and (family.name != "cnn" or value < 1):
-                raise MetalsegError(f"--{name} {value}: applies to unet3plus/elunet only, as a positive number")
-        if self.steps is not None and self.steps < 1:
-            raise MetalsegError(f"--steps {self.steps}: must be at least 1")
-        if self.epochs is not None and self.epochs < 1:
-            raise MetalsegError(f"--epochs {self.epochs}: must be at least 1")
-        if self.batch_size < 1:
-            raise MetalsegError(f"--batch-size {self.batch_size}: must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MetalsegError(f"--lr {self.lr}: must be a positive number")
+                raise MetalsegError(f"{name} {value}: applies to {cnns} only, as a positive number")
+        for name in ("steps", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise MetalsegError(f"{name} {value}: must be at least 1")
+        check_positive_number("lr", self.lr)
 
     @property
     def encoder_guidance(self) -> str:
@@ -181,7 +178,7 @@ def checkpoint_kind(checkpoint: str) -> str:
     from napari_metalseg.models.checkpoint import detect_kind, read_sam_state_dict
 
     if not Path(checkpoint).is_file():
-        raise MetalsegError(f"--checkpoint {checkpoint}: no such file")
+        raise MetalsegError(f"checkpoint {checkpoint}: no such file")
     return detect_kind(read_sam_state_dict(checkpoint))
 
 
@@ -462,7 +459,7 @@ def train(
             save_resume(step)
             raise MetalsegError(
                 f"training diverged at step {step + 1} (loss {loss_value}); the last good run in "
-                f"{out} is kept; try a lower --lr"
+                f"{out} is kept; try a lower learning rate (lr)"
             )
         step += 1
         elapsed = time.perf_counter() - t0

@@ -99,7 +99,7 @@ def test_a_model_reports_its_spec_which_rebuilds_it(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bad_build_arguments_are_refused(family):
-    with pytest.raises(MetalsegError, match="img-size"):
+    with pytest.raises(MetalsegError, match="img_size"):
         _build(family, img_size=40, depth=4)  # not a multiple of 16
     with pytest.raises(MetalsegError, match="guidance"):
         _build(family, guidance="magic")

@@ -21,7 +21,7 @@ def test_registry_names_every_family():
     assert {"tiny", "vit_b", "unet3plus", "elunet", "classical"} <= set(MODEL_KINDS)
     assert family_of("elunet").name == "cnn" and family_of("classical").name == "classical"
     assert family_of("vit_h").boxes and not family_of("unet3plus").boxes
-    with pytest.raises(MetalsegError, match="unknown model 'resnet'"):
+    with pytest.raises(MetalsegError, match="model 'resnet' is unknown"):
         family_of("resnet")
 
 
@@ -32,8 +32,8 @@ def test_registry_names_every_family():
         ({"model": "classical", "guidance": "ratio"}, "no 'ratio' guidance"),
         ({"model": "elunet", "finetune": "lora"}, "applies to SAM models"),
         ({"model": "elunet", "checkpoint": "sam_vit_b.pth"}, "does not apply"),
-        ({"model": "tiny", "width": 8}, "--width 8: applies to unet3plus/elunet only"),
-        ({"model": "unet3plus", "budget_s": 0}, "--budget-s 0"),
+        ({"model": "tiny", "width": 8}, "width 8: applies to unet/unet3plus/elunet only"),
+        ({"model": "unet3plus", "budget_s": 0}, "budget_s 0"),
     ],
 )
 def test_options_a_family_cannot_honour_are_refused(kwargs, message):
@@ -45,6 +45,50 @@ def test_gui_users_see_no_cli_flags_in_family_messages():
     with pytest.raises(MetalsegError) as info:
         check_model_options("unet3plus", boxes=True)
     assert "--" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"guidance": "magic"}, "guidance 'magic' is unknown; choose one of none, ratio, spatial, box"),
+        ({"model": "tiny", "finetune": "partial"}, "finetune 'partial' is unknown; choose one of lora, decoder, full"),
+        ({"model": "tiny", "finetune": "lora"}, "finetune 'lora' needs a pretrained checkpoint"),
+        ({"model": "resnet"}, "model 'resnet' is unknown; choose one of tiny, "),
+        ({"model": "tiny", "img_size": 100}, "img_size 100: must be a multiple of 16"),
+        ({"model": "elunet", "depth": 0}, "depth 0: applies to unet/unet3plus/elunet only"),
+        ({"model": "elunet", "steps": 0}, "steps 0: must be at least 1"),
+        ({"model": "elunet", "batch_size": 0}, "batch_size 0: must be at least 1"),
+        ({"model": "elunet", "lr": -1.0}, "lr -1.0: must be a positive number"),
+        ({"checkpoint": "/nonexistent/sam.pth"}, "checkpoint /nonexistent/sam.pth: no such file"),
+    ],
+)
+def test_training_options_are_refused_by_name_and_value(kwargs, message):
+    with pytest.raises(MetalsegError) as info:
+        TrainConfig(**kwargs)
+    assert message in str(info.value) and "--" not in str(info.value)
+
+
+def test_model_builders_name_the_parameter_not_a_cli_flag():
+    from napari_metalseg.models.guidance import build_guidance
+    from napari_metalseg.models.options import check_finetune, check_guidance, check_positive_int
+    from napari_metalseg.models.spec import ModelSpec
+
+    refused = [
+        (lambda: check_guidance("ratio+box"), "guidance 'ratio+box' is unknown; choose one of none, ratio, spatial"),
+        (lambda: check_finetune(None), "finetune None is unknown"),
+        (lambda: check_positive_int("width", 0), "width 0: must be an integer at least 1"),
+        (lambda: build_guidance("magic", 3, 8), "guidance 'magic' is unknown"),
+        (lambda: ModelSpec(kind="elunet", guidance="magic", phases=["a"]).build(), "guidance 'magic' is unknown"),
+        (lambda: ModelSpec(kind="unet", width=-1, phases=["a"]).build(), "width -1: must be an integer at least 1"),
+        (lambda: ModelSpec(kind="unet", depth=9, phases=["a"]).build(), "depth 9: must be an integer 1..6"),
+        (lambda: ModelSpec(kind="unet", img_size=60, phases=["a"]).build(), "img_size 60: a CNN of depth 4"),
+        (lambda: ModelSpec(kind="tiny", finetune="most", phases=["a"]).build(), "finetune 'most' is unknown"),
+        (lambda: ModelSpec(kind="tiny", lora_rank=0, finetune="lora", phases=["a"]).build(), "lora_rank 0: must"),
+    ]
+    for call, message in refused:
+        with pytest.raises(MetalsegError) as info:
+            call()
+        assert message in str(info.value) and "--" not in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("kind", ["unet3plus", "elunet", "classical"])

@@ -244,7 +244,7 @@ def test_build_sam_sizes_consistent(size):
 
 @pytest.mark.parametrize("size", [0, 32, 48, 100, 520.0, "512"])
 def test_build_sam_rejects_bad_sizes(size):
-    with pytest.raises(MetalsegError, match="img-size"):
+    with pytest.raises(MetalsegError, match="img_size"):
         build_sam("tiny", img_size=size)
 
 
@@ -333,11 +333,11 @@ def test_wrong_kind_is_refused(vit_b_file):
     with pytest.raises(MetalsegError) as err:
         load_sam_checkpoint(sam, vit_b_file, "vit_l")
     msg = str(err.value)
-    assert msg == f"{vit_b_file}: checkpoint is vit_b (768-dim, 12 blocks) but --model vit_l was requested"
+    assert msg == f"{vit_b_file}: checkpoint is vit_b (768-dim, 12 blocks) but model vit_l was requested"
 
 
 def test_tiny_checkpoint_requested_as_vit_b(tiny_file):
-    with pytest.raises(MetalsegError, match=r"sam_tiny.pth: checkpoint is tiny \(96-dim, 4 blocks\) but --model vit_b"):
+    with pytest.raises(MetalsegError, match=r"sam_tiny.pth: checkpoint is tiny \(96-dim, 4 blocks\) but model vit_b"):
         load_sam_checkpoint(build_sam("tiny", img_size=64), tiny_file, "vit_b")
 
 
@@ -466,7 +466,7 @@ def test_lora_mlp_and_proj_targets():
     assert not any("mask_decoder" in n for n in names)
     with pytest.raises(MetalsegError, match="LoRA targets"):
         apply_lora(build_sam("tiny", img_size=64), targets=("fc",))
-    with pytest.raises(MetalsegError, match="lora-rank"):
+    with pytest.raises(MetalsegError, match="lora_rank"):
         apply_lora(build_sam("tiny", img_size=64), rank=0)
 
 

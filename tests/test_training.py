@@ -146,11 +146,11 @@ def test_lora_training_keeps_base_frozen_and_records_it(split_samples, synth_dat
 
 
 def test_config_errors():
-    with pytest.raises(MetalsegError, match="needs a pretrained --checkpoint"):
+    with pytest.raises(MetalsegError, match="needs a pretrained checkpoint"):
         TrainConfig(finetune="lora")
     with pytest.raises(MetalsegError, match="multiple of 16"):
         TrainConfig(img_size=100)
-    with pytest.raises(MetalsegError, match="unknown guidance"):
+    with pytest.raises(MetalsegError, match="guidance 'magic' is unknown"):
         TrainConfig(guidance="magic")
     with pytest.raises(MetalsegError, match="run directory does not exist"):
         read_run_config("/nonexistent/run")

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import GUIDANCE_MODES
 from napari_metalseg.models.guidance import build_guidance
+from napari_metalseg.models.options import check_guidance, check_positive_int
 from napari_metalseg.models.sam import check_num_phases
 from napari_metalseg.models.spec import builder_arguments
 from napari_metalseg.models.triton_guard import guard_triton
@@ -227,8 +227,7 @@ class PhaseCNN(nn.Module):
 
     def __init__(self, *, backbone: CNNBackbone, img_size: int, guidance: str = "none") -> None:
         super().__init__()
-        if guidance not in GUIDANCE_MODES:
-            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+        check_guidance(guidance)
         check_img_size_for_depth(img_size, backbone.depth)
         self.backbone = backbone
         self.kind = backbone.kind
@@ -418,16 +417,9 @@ def check_img_size_for_depth(img_size: int, depth: int) -> int:
     multiple = 2**depth
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < multiple or img_size % multiple:
         raise MetalsegError(
-            f"--img-size {img_size!r}: a CNN of depth {depth} needs a positive multiple of 2**{depth} = {multiple}"
+            f"img_size {img_size!r}: a CNN of depth {depth} needs a positive multiple of 2**{depth} = {multiple}"
         )
     return img_size
-
-
-def _check_positive_int(name: str, value: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum and value > maximum):
-        bound = f"1..{maximum}" if maximum else "at least 1"
-        raise MetalsegError(f"--{name} {value!r}: must be an integer {bound}")
-    return value
 
 
 def build_phase_cnn(
@@ -456,11 +448,10 @@ def build_phase_cnn(
         For a bad phase count, width, depth, crop size or guidance.
     """
     check_num_phases(num_phases)
-    _check_positive_int("width", width)
-    _check_positive_int("depth", depth, MAX_DEPTH)
+    check_positive_int("width", width)
+    check_positive_int("depth", depth, MAX_DEPTH)
     check_img_size_for_depth(img_size, depth)
-    if guidance not in GUIDANCE_MODES:
-        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+    check_guidance(guidance)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = PhaseCNN(backbone=backbone(), img_size=img_size, guidance=guidance)

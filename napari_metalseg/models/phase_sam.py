@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import FINETUNE_MODES, GUIDANCE_MODES
 from napari_metalseg.models.checkpoint import LoadReport, load_sam_checkpoint
 from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.lora import apply_lora, set_finetune_mode, trainable_state_dict
+from napari_metalseg.models.options import check_finetune, check_guidance
 from napari_metalseg.models.sam import PATCH_SIZE, build_sam, check_img_size, check_kind, check_num_phases
 from napari_metalseg.models.spec import builder_arguments
 from napari_metalseg.models.triton_guard import guard_triton
@@ -68,8 +67,7 @@ class PhaseSAM(nn.Module):
     def __init__(self, sam: nn.Module, kind: str, num_phases: int, guidance: str = "none") -> None:
         super().__init__()
         check_kind(kind)
-        if guidance not in GUIDANCE_MODES:
-            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+        check_guidance(guidance)
         if sam.mask_decoder.num_multimask_outputs != num_phases:
             raise ValueError(
                 f"the SAM decoder has {sam.mask_decoder.num_multimask_outputs} multimask outputs, "
@@ -311,11 +309,8 @@ def build_phase_sam(
     check_kind(kind)
     check_img_size(img_size)
     check_num_phases(num_phases)
-    if guidance not in GUIDANCE_MODES:
-        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
-    finetune = finetune or ("lora" if checkpoint is not None else "full")
-    if finetune not in FINETUNE_MODES:
-        raise MetalsegError(f"--finetune {finetune!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}")
+    check_guidance(guidance)
+    finetune = check_finetune(finetune or ("lora" if checkpoint is not None else "full"))
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
