@@ -93,6 +93,20 @@ def test_stop_and_resume(split_samples, synth_dataset, tmp_path):
     assert resumed[-1].kind == "done"
 
 
+def test_train_is_a_job_that_returns_the_run_directory(split_samples, synth_dataset, tmp_path):
+    from napari_metalseg.progress import run_job
+    from napari_metalseg.runs import is_run
+
+    config = TrainConfig(model="unet", width=4, depth=2, steps=2, img_size=64, batch_size=1, device="cpu")
+    events = []
+    run = run_job(train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config), events.append)
+    assert run == tmp_path / "run" and is_run(run)
+    assert [e.kind for e in events if e.kind in ("done", "stopped")] == ["done"]
+    samples, phases = split_samples["train"][:1], synth_dataset.phases
+    stopped = run_job(train(samples, phases, tmp_path / "s", config, stop=lambda: True))
+    assert stopped == tmp_path / "s" and is_run(stopped)
+
+
 def test_crash_mid_save_keeps_previous_good_run(trained_run, tmp_path, monkeypatch):
     import safetensors.torch
 
