@@ -19,6 +19,9 @@ Modules
     the run's clock), :mod:`.checkpoints` (best model, history, resume state), :mod:`.validation`.
 :mod:`.one_call`
     The one-call fit of the classical pixel classifier.
+
+The trainer leaves torch's CPU thread count as it finds it; a caller that limits it (the napari Training dock) wraps
+the job in :func:`napari_metalseg.threads.torch_threads`, the only code that sets it.
 """
 
 from __future__ import annotations
