@@ -261,7 +261,7 @@ def test_build_rejects_unknown_names():
 
 @pytest.mark.parametrize("finetune", ["full", "decoder", "lora"])
 def test_a_model_reports_its_spec_which_rebuilds_it(finetune):
-    from napari_metalseg.models.spec import ModelSpec
+    from napari_metalseg.models.spec import ModelSpec, builder_arguments
 
     model, _ = build_phase_sam("tiny", img_size=64, num_phases=K, guidance="ratio", finetune=finetune, lora_rank=4)
     spec = ModelSpec(**model.spec_fields(), phases=[{"name": f"p{k}"} for k in range(K)])
@@ -270,6 +270,10 @@ def test_a_model_reports_its_spec_which_rebuilds_it(finetune):
     rebuilt, _ = spec.build()
     assert rebuilt.signature() == model.signature()
     assert set(trainable_state_dict(rebuilt)) == set(trainable_state_dict(model))
+    with pytest.raises(MetalsegError, match=r"unknown field\(s\) phases"):
+        builder_arguments({**model.spec_fields(), "phases": []}, K)
+    with pytest.raises(MetalsegError, match="'kind' is missing"):
+        builder_arguments({"img_size": 64}, K)
 
 
 def test_build_is_deterministic():

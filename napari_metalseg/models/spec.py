@@ -135,8 +135,10 @@ def builder_arguments(described: Mapping[str, Any], num_phases: int) -> dict[str
         For a name that is not an architecture field of :class:`ModelSpec`, or a classical classifier (no builder).
     """
     unknown = sorted(set(described) - set(_DEFAULTS))
-    if unknown or "kind" not in described:
-        raise MetalsegError(f"model description {dict(described)!r}: needs 'kind', unknown fields {unknown}")
+    if unknown:
+        raise MetalsegError(f"model description {dict(described)!r}: unknown field(s) {', '.join(unknown)}")
+    if "kind" not in described:
+        raise MetalsegError(f"model description {dict(described)!r}: the model 'kind' is missing")
     spec = {**_DEFAULTS, **described}
     kind = spec["kind"]
     family = family_of(kind).name
