@@ -156,9 +156,9 @@ def load_model_job(request: ModelRequest) -> Job[ModelResult]:
         from napari_metalseg.runs import load_run
 
         model, config = load_run(request.run_dir, device=device)
-        spec = config["model"]
-        notes = [f"trained: {config.get('training', {}).get('steps', '?')} steps"]
-        metrics = config.get("metrics") or {}
+        spec = config.spec
+        notes = [f"trained: {config.training.get('steps', '?')} steps"]
+        metrics = dict(config.metrics)
         if "mean_dice" in metrics:
             notes.append(f"validation mean Dice {float(metrics['mean_dice']):.1f}%")
         if spec.checkpoint:

@@ -176,7 +176,7 @@ class Predictor:
 
         device = resolve_device(device)
         model, config = load_run(run_dir, device=device)
-        return cls(model, config["model"].phase_set, device=device, **kwargs)
+        return cls(model, config.spec.phase_set, device=device, **kwargs)
 
     # -- embedding cache -------------------------------------------------------------------------------------
     def signature(self) -> str:
@@ -375,17 +375,13 @@ class Predictor:
 def _single_thread_on_cpu(device: str):
     """Run the light decoder on one CPU thread: its small matrix products gain nothing from several threads and
     lose up to 90x when the cores are shared (measured here: 10 ms vs 0.9 s for 3 tiny tiles with a busy core)."""
-    import torch
-
     if device != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from napari_metalseg.threads import torch_threads
+
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -126,7 +126,7 @@ def test_bad_inputs_give_one_error_line(trained_run, synth_dataset, tmp_path):
     [
         ("--img-size", "100", "multiple of 16"),
         ("--steps", "0", "at least 1"),
-        ("--finetune", "lora", "needs a pretrained --checkpoint"),
+        ("--finetune", "lora", "needs a pretrained checkpoint"),
     ],
 )
 def test_bad_training_arguments(synth_dataset, tmp_path, flag, value, fragment):

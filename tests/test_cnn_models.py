@@ -86,8 +86,20 @@ def test_contract_attributes(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_reports_its_spec_which_rebuilds_it(family):
+    from napari_metalseg.models.spec import ModelSpec
+
+    model = _build(family, img_size=64, depth=3, guidance="spatial", seed=3)
+    spec = ModelSpec(**model.spec_fields(), phases=[{"name": f"p{k}"} for k in range(K)])
+    assert spec.builder_arguments() == {k: v for k, v in model.config.items() if k != "kind"}
+    rebuilt, report = spec.build(seed=3)
+    assert report is None and rebuilt.signature() == model.signature()
+    assert _build(family, img_size=64, depth=3, guidance="spatial", seed=4).signature() != model.signature()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_bad_build_arguments_are_refused(family):
-    with pytest.raises(MetalsegError, match="img-size"):
+    with pytest.raises(MetalsegError, match="img_size"):
         _build(family, img_size=40, depth=4)  # not a multiple of 16
     with pytest.raises(MetalsegError, match="guidance"):
         _build(family, guidance="magic")

@@ -13,7 +13,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS, check_model_options, family_of
 from napari_metalseg.phases import UNLABELED
 from napari_metalseg.predict import Predictor
-from napari_metalseg.runs import load_run
+from napari_metalseg.runs import CONFIG, load_run
 from napari_metalseg.training import TrainConfig, time_lr_factor, train
 
 
@@ -21,7 +21,7 @@ def test_registry_names_every_family():
     assert {"tiny", "vit_b", "unet3plus", "elunet", "classical"} <= set(MODEL_KINDS)
     assert family_of("elunet").name == "cnn" and family_of("classical").name == "classical"
     assert family_of("vit_h").boxes and not family_of("unet3plus").boxes
-    with pytest.raises(MetalsegError, match="unknown model 'resnet'"):
+    with pytest.raises(MetalsegError, match="model 'resnet' is unknown"):
         family_of("resnet")
 
 
@@ -32,8 +32,8 @@ def test_registry_names_every_family():
         ({"model": "classical", "guidance": "ratio"}, "no 'ratio' guidance"),
         ({"model": "elunet", "finetune": "lora"}, "applies to SAM models"),
         ({"model": "elunet", "checkpoint": "sam_vit_b.pth"}, "does not apply"),
-        ({"model": "tiny", "width": 8}, "--width 8: applies to unet3plus/elunet only"),
-        ({"model": "unet3plus", "budget_s": 0}, "--budget-s 0"),
+        ({"model": "tiny", "width": 8}, "width 8: applies to unet/unet3plus/elunet only"),
+        ({"model": "unet3plus", "budget_s": 0}, "budget_s 0"),
     ],
 )
 def test_options_a_family_cannot_honour_are_refused(kwargs, message):
@@ -47,6 +47,50 @@ def test_gui_users_see_no_cli_flags_in_family_messages():
     assert "--" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"guidance": "magic"}, "guidance 'magic' is unknown; choose one of none, ratio, spatial, box"),
+        ({"model": "tiny", "finetune": "partial"}, "finetune 'partial' is unknown; choose one of lora, decoder, full"),
+        ({"model": "tiny", "finetune": "lora"}, "finetune 'lora' needs a pretrained checkpoint"),
+        ({"model": "resnet"}, "model 'resnet' is unknown; choose one of tiny, "),
+        ({"model": "tiny", "img_size": 100}, "img_size 100: must be a multiple of 16"),
+        ({"model": "elunet", "depth": 0}, "depth 0: applies to unet/unet3plus/elunet only"),
+        ({"model": "elunet", "steps": 0}, "steps 0: must be at least 1"),
+        ({"model": "elunet", "batch_size": 0}, "batch_size 0: must be at least 1"),
+        ({"model": "elunet", "lr": -1.0}, "lr -1.0: must be a positive number"),
+        ({"checkpoint": "/nonexistent/sam.pth"}, "checkpoint /nonexistent/sam.pth: no such file"),
+    ],
+)
+def test_training_options_are_refused_by_name_and_value(kwargs, message):
+    with pytest.raises(MetalsegError) as info:
+        TrainConfig(**kwargs)
+    assert message in str(info.value) and "--" not in str(info.value)
+
+
+def test_model_builders_name_the_parameter_not_a_cli_flag():
+    from napari_metalseg.models.guidance import build_guidance
+    from napari_metalseg.models.options import check_finetune, check_guidance, check_positive_int
+    from napari_metalseg.models.spec import ModelSpec
+
+    refused = [
+        (lambda: check_guidance("ratio+box"), "guidance 'ratio+box' is unknown; choose one of none, ratio, spatial"),
+        (lambda: check_finetune(None), "finetune None is unknown"),
+        (lambda: check_positive_int("width", 0), "width 0: must be an integer at least 1"),
+        (lambda: build_guidance("magic", 3, 8), "guidance 'magic' is unknown"),
+        (lambda: ModelSpec(kind="elunet", guidance="magic", phases=["a"]).build(), "guidance 'magic' is unknown"),
+        (lambda: ModelSpec(kind="unet", width=-1, phases=["a"]).build(), "width -1: must be an integer at least 1"),
+        (lambda: ModelSpec(kind="unet", depth=9, phases=["a"]).build(), "depth 9: must be an integer 1..6"),
+        (lambda: ModelSpec(kind="unet", img_size=60, phases=["a"]).build(), "img_size 60: a CNN of depth 4"),
+        (lambda: ModelSpec(kind="tiny", finetune="most", phases=["a"]).build(), "finetune 'most' is unknown"),
+        (lambda: ModelSpec(kind="tiny", lora_rank=0, finetune="lora", phases=["a"]).build(), "lora_rank 0: must"),
+    ]
+    for call, message in refused:
+        with pytest.raises(MetalsegError) as info:
+            call()
+        assert message in str(info.value) and "--" not in str(info.value), str(info.value)
+
+
 @pytest.mark.parametrize("kind", ["unet3plus", "elunet", "classical"])
 def test_each_family_trains_saves_loads_and_predicts_identically(kind, split_samples, synth_dataset, tmp_path):
     extra = {} if kind == "classical" else {"width": 4, "depth": 3, "steps": 6, "batch_size": 2, "img_size": 64}
@@ -56,20 +100,20 @@ def test_each_family_trains_saves_loads_and_predicts_identically(kind, split_sam
         train(split_samples["train"][:2], synth_dataset.phases, run, config, val_samples=split_samples["val"][:1])
     )
     assert events[-1].kind == "done" and any(e.kind == "validate" for e in events)
-    saved = json.loads((run / "config.json").read_text())
+    saved = json.loads((run / CONFIG).read_text())
     assert saved["model"]["kind"] == kind and saved["metrics"]["source"] == "val"
     model, cfg = load_run(run)
     again, _ = load_run(run)
     image = split_samples["test"][0].image
-    a = Predictor(model, cfg["model"].phase_set).predict(image)
-    b = Predictor(again, cfg["model"].phase_set).predict(image)
+    a = Predictor(model, cfg.spec.phase_set).predict(image)
+    b = Predictor(again, cfg.spec.phase_set).predict(image)
     assert a.labels.shape == image.shape and a.probs.shape == (3, *image.shape)
     np.testing.assert_array_equal(a.probs, b.probs)
     assert np.allclose(a.probs.sum(0), 1, atol=1e-4)
     with pytest.raises(MetalsegError, match="box prompts need a SAM model"):
-        Predictor(model, cfg["model"].phase_set).predict(image, box=(0, 0, 32, 32))
+        Predictor(model, cfg.spec.phase_set).predict(image, box=(0, 0, 32, 32))
     with pytest.raises(MetalsegError, match="without ratio guidance"):
-        Predictor(model, cfg["model"].phase_set).predict(image, ratios=[0.3, 0.3, 0.4])
+        Predictor(model, cfg.spec.phase_set).predict(image, ratios=[0.3, 0.3, 0.4])
 
 
 def test_guided_cnn_takes_ratios_in_prediction(split_samples, synth_dataset, tmp_path):

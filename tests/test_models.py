@@ -245,7 +245,7 @@ def test_build_sam_sizes_consistent(size):
 
 @pytest.mark.parametrize("size", [0, 32, 48, 100, 520.0, "512"])
 def test_build_sam_rejects_bad_sizes(size):
-    with pytest.raises(MetalsegError, match="img-size"):
+    with pytest.raises(MetalsegError, match="img_size"):
         build_sam("tiny", img_size=size)
 
 
@@ -258,6 +258,23 @@ def test_build_rejects_unknown_names():
         build_phase_sam("tiny", img_size=64, finetune="partial")
     with pytest.raises(MetalsegError, match="phases"):
         build_phase_sam("tiny", img_size=64, num_phases=0)
+
+
+@pytest.mark.parametrize("finetune", ["full", "decoder", "lora"])
+def test_a_model_reports_its_spec_which_rebuilds_it(finetune):
+    from napari_metalseg.models.spec import ModelSpec, builder_arguments
+
+    model, _ = build_phase_sam("tiny", img_size=64, num_phases=K, guidance="ratio", finetune=finetune, lora_rank=4)
+    spec = ModelSpec(**model.spec_fields(), phases=[{"name": f"p{k}"} for k in range(K)])
+    assert spec.builder_arguments() == model.config
+    assert spec.finetune == finetune and spec.lora_rank == (4 if finetune == "lora" else 8)
+    rebuilt, _ = spec.build()
+    assert rebuilt.signature() == model.signature()
+    assert set(trainable_state_dict(rebuilt)) == set(trainable_state_dict(model))
+    with pytest.raises(MetalsegError, match=r"unknown field\(s\) phases"):
+        builder_arguments({**model.spec_fields(), "phases": []}, K)
+    with pytest.raises(MetalsegError, match="'kind' is missing"):
+        builder_arguments({"img_size": 64}, K)
 
 
 def test_build_is_deterministic():
@@ -321,11 +338,11 @@ def test_wrong_kind_is_refused(vit_b_file):
     with pytest.raises(MetalsegError) as err:
         load_sam_checkpoint(sam, vit_b_file, "vit_l")
     msg = str(err.value)
-    assert msg == f"{vit_b_file}: checkpoint is vit_b (768-dim, 12 blocks) but --model vit_l was requested"
+    assert msg == f"{vit_b_file}: checkpoint is vit_b (768-dim, 12 blocks) but model vit_l was requested"
 
 
 def test_tiny_checkpoint_requested_as_vit_b(tiny_file):
-    with pytest.raises(MetalsegError, match=r"sam_tiny.pth: checkpoint is tiny \(96-dim, 4 blocks\) but --model vit_b"):
+    with pytest.raises(MetalsegError, match=r"sam_tiny.pth: checkpoint is tiny \(96-dim, 4 blocks\) but model vit_b"):
         load_sam_checkpoint(build_sam("tiny", img_size=64), tiny_file, "vit_b")
 
 
@@ -454,7 +471,7 @@ def test_lora_mlp_and_proj_targets():
     assert not any("mask_decoder" in n for n in names)
     with pytest.raises(MetalsegError, match="LoRA targets"):
         apply_lora(build_sam("tiny", img_size=64), targets=("fc",))
-    with pytest.raises(MetalsegError, match="lora-rank"):
+    with pytest.raises(MetalsegError, match="lora_rank"):
         apply_lora(build_sam("tiny", img_size=64), rank=0)
 
 

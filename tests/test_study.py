@@ -86,7 +86,7 @@ def test_study_measures_skips_and_fails_rows(split_samples, synth_dataset, tmp_p
     assert [r["name"] for r in data["rows"]] == [r.name for r in rows]
     assert got["LoRA-SAM (512)"]["status"] == "skipped" and "checkpoint" in got["LoRA-SAM (512)"]["reason"]
     assert got["LoRA-SAM (512)"]["dice"] is None
-    assert got["broken"]["status"] == "failed" and "--width 8" in got["broken"]["reason"]
+    assert got["broken"]["status"] == "failed" and "width 8" in got["broken"]["reason"]
     for name in ("U-Net3+", "tiny", "tiny + Ratio", "classical"):
         row = got[name]
         assert row["status"] == "measured", row

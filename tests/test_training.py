@@ -15,7 +15,7 @@ def test_training_learns_far_above_untrained(trained_run, split_samples, synth_d
     run, events = trained_run
     model, config = load_run(run)
     trained = validate(model, split_samples["test"], synth_dataset.phases, "cpu").average
-    untrained_model, _ = config["model"].build()
+    untrained_model, _ = config.spec.build()
     untrained = validate(untrained_model, split_samples["test"], synth_dataset.phases, "cpu").average
     print(f"held-out mean Dice: trained {trained:.1f} %, untrained {untrained:.1f} %")
     assert trained > untrained + 15
@@ -46,7 +46,7 @@ def test_adapter_round_trip_gives_identical_predictions(trained_run, split_sampl
 
     run, _ = trained_run
     model, config = load_run(run)
-    save_run(tmp_path / "copy", config["model"], trainable_state_dict(model))
+    save_run(tmp_path / "copy", config.spec, trainable_state_dict(model))
     image = split_samples["test"][0].image
     a = Predictor.from_run(run, device="cpu").predict(image, ratios=[0.2, 0.5, 0.3])
     b = Predictor.from_run(tmp_path / "copy", device="cpu").predict(image, ratios=[0.2, 0.5, 0.3])
@@ -93,6 +93,20 @@ def test_stop_and_resume(split_samples, synth_dataset, tmp_path):
     assert resumed[-1].kind == "done"
 
 
+def test_train_is_a_job_that_returns_the_run_directory(split_samples, synth_dataset, tmp_path):
+    from napari_metalseg.progress import run_job
+    from napari_metalseg.runs import is_run
+
+    config = TrainConfig(model="unet", width=4, depth=2, steps=2, img_size=64, batch_size=1, device="cpu")
+    events = []
+    run = run_job(train(split_samples["train"][:1], synth_dataset.phases, tmp_path / "run", config), events.append)
+    assert run == tmp_path / "run" and is_run(run)
+    assert [e.kind for e in events if e.kind in ("done", "stopped")] == ["done"]
+    samples, phases = split_samples["train"][:1], synth_dataset.phases
+    stopped = run_job(train(samples, phases, tmp_path / "s", config, stop=lambda: True))
+    assert stopped == tmp_path / "s" and is_run(stopped)
+
+
 def test_crash_mid_save_keeps_previous_good_run(trained_run, tmp_path, monkeypatch):
     import safetensors.torch
 
@@ -101,7 +115,7 @@ def test_crash_mid_save_keeps_previous_good_run(trained_run, tmp_path, monkeypat
     run, _ = trained_run
     model, config = load_run(run)
     target = tmp_path / "run"
-    save_run(target, config["model"], trainable_state_dict(model), metrics={"mean_dice": 1.0})
+    save_run(target, config.spec, trainable_state_dict(model), metrics={"mean_dice": 1.0})
     before = (target / ADAPTER).read_bytes(), (target / CONFIG).read_text()
 
     def crash(tensors, path, metadata=None):
@@ -111,7 +125,7 @@ def test_crash_mid_save_keeps_previous_good_run(trained_run, tmp_path, monkeypat
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(OSError):
-        save_run(target, config["model"], trainable_state_dict(model), metrics={"mean_dice": 2.0})
+        save_run(target, config.spec, trainable_state_dict(model), metrics={"mean_dice": 2.0})
     assert ((target / ADAPTER).read_bytes(), (target / CONFIG).read_text()) == before
     assert sorted(p.name for p in target.iterdir()) == [ADAPTER, CONFIG]
     load_run(target)
@@ -129,7 +143,7 @@ def test_lora_training_keeps_base_frozen_and_records_it(split_samples, synth_dat
     events = list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "lora", config, export_full=True))
     assert events[-1].kind == "done"
     model, cfg = load_run(tmp_path / "lora")
-    assert cfg["model"].checkpoint_sha256 == sha256_file(ckpt)
+    assert cfg.spec.checkpoint_sha256 == sha256_file(ckpt)
     trained = model.state_dict()
     for key, value in base.sam.image_encoder.state_dict().items():
         key = f"sam.image_encoder.{key}"
@@ -146,14 +160,39 @@ def test_lora_training_keeps_base_frozen_and_records_it(split_samples, synth_dat
 
 
 def test_config_errors():
-    with pytest.raises(MetalsegError, match="needs a pretrained --checkpoint"):
+    with pytest.raises(MetalsegError, match="needs a pretrained checkpoint"):
         TrainConfig(finetune="lora")
     with pytest.raises(MetalsegError, match="multiple of 16"):
         TrainConfig(img_size=100)
-    with pytest.raises(MetalsegError, match="unknown guidance"):
+    with pytest.raises(MetalsegError, match="guidance 'magic' is unknown"):
         TrainConfig(guidance="magic")
     with pytest.raises(MetalsegError, match="run directory does not exist"):
         read_run_config("/nonexistent/run")
+
+
+def test_run_config_is_typed_and_round_trips(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from napari_metalseg.models.spec import ModelSpec
+    from napari_metalseg.runs import RunConfig, is_run, require_run, write_run_config
+
+    spec = ModelSpec(kind="elunet", img_size=64, phases=[{"name": "a", "color": "#000000"}, {"name": "b"}])
+    assert (spec.width, spec.depth) == (8, 4)  # the CNN defaults are filled in
+    config = RunConfig(spec=spec, training={"steps": 3, "train_images": ["x"]}, metrics={"mean_dice": np.float32(50)})
+    with pytest.raises(FrozenInstanceError):
+        config.spec = spec
+    assert not is_run(tmp_path)
+    write_run_config(tmp_path, config)
+    assert require_run(tmp_path) == tmp_path and json.loads((tmp_path / CONFIG).read_text())["model"]["width"] == 8
+    back = read_run_config(tmp_path)
+    assert isinstance(back, RunConfig) and back.spec == spec and back.training == config.training
+    assert back.metrics == {"mean_dice": 50.0} and back.format_version == config.format_version
+    (tmp_path / CONFIG).write_text('{"model": {"kind": "elunet", "phases": "nope"}}')
+    with pytest.raises(MetalsegError, match="unreadable run configuration"):
+        read_run_config(tmp_path)
+    with pytest.raises(MetalsegError, match=f"not a trained run \\({CONFIG} is missing\\)"):
+        (tmp_path / "empty").mkdir()
+        read_run_config(tmp_path / "empty")
 
 
 def test_loss_ignores_unlabeled_and_schedule():

@@ -29,6 +29,8 @@ from napari_metalseg._widgets.layers import phase_legend_html
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.loading import ModelRequest, ModelResult, load_model_job, parse_phase_names
 from napari_metalseg.models import GUIDANCE_MODES, SAM_KINDS
+from napari_metalseg.models.registry import ADAPTER
+from napari_metalseg.runs import CONFIG
 
 SOURCE_RUN = "Trained run directory"
 SOURCE_CHECKPOINT = "SAM checkpoint (LoRA-ready)"
@@ -64,7 +66,7 @@ class ModelWidget(DockWidget):
         self.source = QComboBox()
         self.source.addItems(SOURCES)
         self.run_dir = QLineEdit()
-        self.run_dir.setPlaceholderText("folder with config.json + adapter.safetensors")
+        self.run_dir.setPlaceholderText(f"folder with {CONFIG} + {ADAPTER}")
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText("sam_vit_b_01ec64.pth")
         self.kind = QComboBox()

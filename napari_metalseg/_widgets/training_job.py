@@ -80,19 +80,14 @@ def training_job(
     TrainingResult or None
         None when training produced no final event (nothing to load).
     """
-    import torch
-
+    from napari_metalseg.threads import torch_threads
     from napari_metalseg.training import train
 
     last = None
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, training_threads()))  # the one place the GUI sets them (restored below)
-    try:
+    with torch_threads(training_threads()):  # leave the GUI a core while the training runs
         for event in train(samples, phases, out, config, val_samples=val_samples, stop=stop, resume=resume):
             last = event
             yield event
-    finally:
-        torch.set_num_threads(previous)
     if last is None or last.kind not in ("done", "stopped"):
         return None
     from napari_metalseg.predict import Predictor, resolve_device
@@ -101,7 +96,7 @@ def training_job(
     yield ProgressEvent("info", last.step, last.total, message="loading the trained model")
     device = resolve_device(config.device)
     model, run_config = load_run(out, device=device)
-    run_phases = run_config["model"].phase_set
+    run_phases = run_config.spec.phase_set
     phase_map = None
     if image is not None:
         yield ProgressEvent("info", last.step, last.total, message="predicting the current image")
@@ -113,5 +108,5 @@ def training_job(
         device=device,
         last=last,
         phase_map=phase_map,
-        metrics=run_config.get("metrics") or {},
+        metrics=dict(run_config.metrics),
     )

@@ -122,7 +122,7 @@ def features(run: Path, input_path: Path, out: Path, device: str) -> None:
     if has_lora(model):
         base = encoder_feature_maps(model, image, device, base=True)
     else:  # the same model before training: pretrained SAM, or the initial weights of a from-scratch model
-        untrained, _ = config["model"].build(device)
+        untrained, _ = config.spec.build(device)
         base = encoder_feature_maps(untrained.eval(), image, device, label="base")
     out.mkdir(parents=True, exist_ok=True)
     for fm in (base, adapted):

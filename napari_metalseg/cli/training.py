@@ -241,7 +241,7 @@ def study(
     if ratio_run is not None:
         from napari_metalseg.runs import read_run_config
 
-        k = len(read_run_config(ratio_run)["model"].phases)
+        k = len(read_run_config(ratio_run).spec.phases)
         effects = ratio_effect(ratio_run, test, out, ratio_vectors(ratios, k), device=device)
         for e in effects:
             click.echo(f"{e.label:>22}: Dice {e.dice:6.2f}  fractions {e.fractions}")

@@ -2,7 +2,7 @@
 
 ::
 
-    DATASET/images/<name>.<tif|tiff|png|jpg|jpeg|bmp>
+    DATASET/images/<name>.<tif|tiff|png|jpg|jpeg|bmp>   (io.micrograph.MICROGRAPH_SUFFIXES)
     DATASET/masks/<name>.png      uint8, same height/width as the (cropped) image:
                                   0..K-1 = phase index, 255 = unlabeled (partial annotations are normal)
     DATASET/phases.json           [{"name": "ferrite", "color": "#4477aa"}, ...]  (K entries, order = index)
@@ -25,11 +25,11 @@ from PIL import Image
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io.atomic import atomic_path, atomic_write_text
+from napari_metalseg.io.micrograph import MICROGRAPH_SUFFIXES, TIFF_SUFFIXES
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_pixel_counts
 
 SPLITS = ("train", "val", "test")
 METADATA_COLUMNS = ("name", "magnification", "pixel_size_um", "split")
-_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 @dataclass
@@ -166,7 +166,7 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     if image.dtype.kind == "f":
         image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     with atomic_path(path) as tmp:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
             tifffile.imwrite(tmp, image)
@@ -238,7 +238,7 @@ def read_metadata(root: str | Path) -> dict[str, dict[str, str]]:
     for row in reader:
         name = (row.get("name") or "").strip()
         if name:
-            rows[Path(name).stem if Path(name).suffix.lower() in _IMAGE_SUFFIXES else name] = {
+            rows[Path(name).stem if Path(name).suffix.lower() in MICROGRAPH_SUFFIXES else name] = {
                 k: (v or "").strip() for k, v in row.items() if k is not None
             }
     return rows
@@ -282,14 +282,14 @@ def load_dataset(root: str | Path, require_masks: bool = False) -> Dataset:
     problems: list[str] = []
     images: dict[str, Path] = {}
     for path in sorted(images_dir.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in _IMAGE_SUFFIXES:
+        if path.name.startswith(".") or path.suffix.lower() not in MICROGRAPH_SUFFIXES:
             continue
         if path.stem in images:
             problems.append(f"{path.name}: two images named {path.stem!r} ({images[path.stem].name})")
             continue
         images[path.stem] = path
     if not images:
-        raise MetalsegError(f"{images_dir}: no images (supported: {', '.join(_IMAGE_SUFFIXES)})")
+        raise MetalsegError(f"{images_dir}: no images (supported: {', '.join(MICROGRAPH_SUFFIXES)})")
 
     masks_dir = root / "masks"
     masks = {}

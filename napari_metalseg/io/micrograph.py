@@ -29,13 +29,16 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io.infoband import info_band_rows
 from napari_metalseg.io.sem import SemMetadata, magnification_from_filename, read_sem_metadata
 
-MICROGRAPH_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-"""File suffixes :func:`read_micrograph` accepts (case-insensitive)."""
+TIFF_SUFFIXES = (".tif", ".tiff")
+"""File suffixes of TIFF files (read and written with tifffile)."""
+
+MICROGRAPH_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp")
+"""File suffixes :func:`read_micrograph` accepts (case-insensitive): the one list of image suffixes (datasets, folders
+of micrographs and the napari reader use it)."""
 
 MIN_SIZE = 8
 """Smallest accepted width and height in pixels."""
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _LUMA = (0.299, 0.587, 0.114)
 _TIFF_PHOTOMETRIC_OK = {0, 1, 2, 3, 6}  # MINISWHITE, MINISBLACK, RGB, PALETTE, YCBCR (decoded to RGB)
 _ARRAY_FIELDS = {"source", "pixel_size_um", "magnification", "detector", "kv", "instrument"}
@@ -148,7 +151,7 @@ def read_micrograph(path: str | Path, crop_info_band: bool = True) -> Micrograph
     """
     path = Path(path)
     _check_file(path)
-    if path.suffix.lower() in _TIFF_SUFFIXES:
+    if path.suffix.lower() in TIFF_SUFFIXES:
         pixels = _read_tiff(path)
     else:
         pixels = _read_pillow(path)

@@ -4,9 +4,11 @@ Importing this package is cheap: torch, segment_anything and peft are imported w
 them is first used (module ``__getattr__``), so the CLI and the napari plugin can list kinds and modes without
 torch.
 
-Modules: :mod:`.sam` (configs, builder), :mod:`.checkpoint` (pretrained weights), :mod:`.lora` (adapters,
+Modules: :mod:`.options` (guidance and fine-tuning modes and the checks of every model option), :mod:`.registry`
+(model names, families, what each can do), :mod:`.spec` (:class:`~.spec.ModelSpec`, the one architecture
+description), :mod:`.sam` (configs, builder), :mod:`.checkpoint` (pretrained weights), :mod:`.lora` (adapters,
 fine-tuning modes, trainable state), :mod:`.guidance` (phase-fraction guidance), :mod:`.phase_sam` (the
-model), :mod:`.triton_guard` (keeps ``import triton`` from crashing napari).
+model), :mod:`.cnn` (the CNN wrapper), :mod:`.triton_guard` (keeps ``import triton`` from crashing napari).
 
 The lazy loader below is one of the two entry points of the triton guard (the other is importing
 :mod:`napari_metalseg._widgets`): it applies :func:`.triton_guard.guard_triton` before it imports a torch module, so
@@ -19,17 +21,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from napari_metalseg.models.options import FINETUNE_MODES, GUIDANCE_MODES, TRAINING_GUIDANCE
 from napari_metalseg.models.sam import SAM_CONFIGS, SAM_KINDS, TYPICAL_IMG_SIZES, SamConfig, check_img_size
 from napari_metalseg.models.triton_guard import guard_triton
-
-GUIDANCE_MODES: tuple[str, ...] = ("none", "ratio", "spatial")
-"""Phase-fraction guidance: none, MLP (:class:`RatioEncoder`), CoordConv (:class:`SpatialRatioEncoder`)."""
-
-TRAINING_GUIDANCE: tuple[str, ...] = ("none", "ratio", "spatial", "box", "ratio+box", "spatial+box")
-"""Guidance in training: a guidance encoder (ratio / spatial), box prompts derived from the ground truth, or both."""
-
-FINETUNE_MODES: tuple[str, ...] = ("lora", "decoder", "full")
-"""What is trained: LoRA + decoder + guidance, decoder + guidance, or everything."""
 
 _LAZY = {
     "build_sam": "sam",

@@ -276,7 +276,7 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path, kind: str) -> LoadRe
     except MetalsegError as exc:
         raise MetalsegError(f"{path}: {exc}") from None
     if found != kind:
-        raise MetalsegError(f"{path}: checkpoint is {_describe(found, dim, depth)} but --model {kind} was requested")
+        raise MetalsegError(f"{path}: checkpoint is {_describe(found, dim, depth)} but model {kind} was requested")
 
     sam = _sam(model)
     cfg = SAM_CONFIGS[kind]

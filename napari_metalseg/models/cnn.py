@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import GUIDANCE_MODES
 from napari_metalseg.models.guidance import build_guidance
+from napari_metalseg.models.options import check_guidance, check_positive_int
 from napari_metalseg.models.sam import check_num_phases
+from napari_metalseg.models.spec import builder_arguments
 
 PREPROCESS = "contrast-image-v1"
 """Identifier of :meth:`PhaseCNN.preprocess`; the whole encoder signature with the kind and tile size."""
@@ -223,8 +224,7 @@ class PhaseCNN(nn.Module):
 
     def __init__(self, *, backbone: CNNBackbone, img_size: int, guidance: str = "none") -> None:
         super().__init__()
-        if guidance not in GUIDANCE_MODES:
-            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+        check_guidance(guidance)
         check_img_size_for_depth(img_size, backbone.depth)
         self.backbone = backbone
         self.kind = backbone.kind
@@ -245,18 +245,23 @@ class PhaseCNN(nn.Module):
         """Whether :meth:`forward` returns auxiliary logits in training mode."""
         return self.backbone.deep_supervision
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """The build arguments of the family's builder (with ``kind``), e.g. for display or a rebuild."""
+    def spec_fields(self) -> dict[str, Any]:
+        """What this model is, in :class:`~.spec.ModelSpec` field names (without phases): kind, sizes, guidance and
+        the backbone's family-specific settings as ``options``."""
         return {
             "kind": self.kind,
             "img_size": self.img_size,
-            "num_phases": self.num_phases,
+            "guidance": self.guidance,
             "width": self.backbone.width,
             "depth": self.backbone.depth,
-            "guidance": self.guidance,
-            **self.backbone.config,
+            "options": self.backbone.config,
         }
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The build arguments of the family's builder (with ``kind``), e.g. for display or a rebuild: from
+        :meth:`spec_fields` through :func:`~.spec.builder_arguments`."""
+        return {"kind": self.kind, **builder_arguments(self.spec_fields(), self.num_phases)}
 
     contrast = "image"
     """The predictor and the trainer stretch each whole micrograph's contrast
@@ -409,16 +414,9 @@ def check_img_size_for_depth(img_size: int, depth: int) -> int:
     multiple = 2**depth
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < multiple or img_size % multiple:
         raise MetalsegError(
-            f"--img-size {img_size!r}: a CNN of depth {depth} needs a positive multiple of 2**{depth} = {multiple}"
+            f"img_size {img_size!r}: a CNN of depth {depth} needs a positive multiple of 2**{depth} = {multiple}"
         )
     return img_size
-
-
-def _check_positive_int(name: str, value: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum and value > maximum):
-        bound = f"1..{maximum}" if maximum else "at least 1"
-        raise MetalsegError(f"--{name} {value!r}: must be an integer {bound}")
-    return value
 
 
 def build_phase_cnn(
@@ -447,11 +445,10 @@ def build_phase_cnn(
         For a bad phase count, width, depth, crop size or guidance.
     """
     check_num_phases(num_phases)
-    _check_positive_int("width", width)
-    _check_positive_int("depth", depth, MAX_DEPTH)
+    check_positive_int("width", width)
+    check_positive_int("depth", depth, MAX_DEPTH)
     check_img_size_for_depth(img_size, depth)
-    if guidance not in GUIDANCE_MODES:
-        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+    check_guidance(guidance)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = PhaseCNN(backbone=backbone(), img_size=img_size, guidance=guidance)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from napari_metalseg.models.options import check_guidance
+
 
 def _check_ratios(ratios: torch.Tensor, embeddings: torch.Tensor, num_phases: int) -> None:
     if ratios.ndim != 2 or ratios.shape[0] != embeddings.shape[0] or ratios.shape[1] != num_phases:
@@ -122,13 +124,6 @@ class SpatialRatioEncoder(nn.Module):
 
 def build_guidance(guidance: str, num_phases: int, embed_dim: int) -> nn.Module | None:
     """Return the guidance encoder for a mode of ``GUIDANCE_MODES`` (``None`` for ``"none"``)."""
-    if guidance == "none":
-        return None
-    if guidance == "ratio":
-        return RatioEncoder(num_phases, embed_dim)
-    if guidance == "spatial":
-        return SpatialRatioEncoder(num_phases, embed_dim)
-    from napari_metalseg.errors import MetalsegError
-    from napari_metalseg.models import GUIDANCE_MODES
-
-    raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+    encoders = {"none": None, "ratio": RatioEncoder, "spatial": SpatialRatioEncoder}
+    encoder = encoders[check_guidance(guidance)]
+    return None if encoder is None else encoder(num_phases, embed_dim)

@@ -8,7 +8,7 @@ bare ``Sam``):
 * ``guidance``: the phase-fraction guidance encoder (``guidance_encoder.*``);
 * ``base``: everything else (image encoder, prompt encoder).
 
-Fine-tuning modes (:data:`napari_metalseg.models.FINETUNE_MODES`):
+Fine-tuning modes (:data:`napari_metalseg.models.options.FINETUNE_MODES`):
 
 * ``lora``: train LoRA + decoder + guidance; the base encoder is frozen (needs :func:`apply_lora` first);
 * ``decoder``: train decoder + guidance; the encoder (and any LoRA) is frozen;
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import FINETUNE_MODES
+from napari_metalseg.models.options import check_finetune, check_positive_int
 
 ADAPTER_NAME = "default"
 ATTENTION_TARGETS = ("qkv", "proj")
@@ -108,12 +108,11 @@ def apply_lora(
         ``sam`` itself. ``B`` matrices start at zero, so the adapted model computes the same as before.
         Call :func:`set_finetune_mode` afterwards to choose what is trained.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise MetalsegError(f"--lora-rank {rank!r}: must be a positive integer")
+    rank = check_positive_int("lora_rank", rank)
     if alpha is not None and not alpha > 0:
-        raise MetalsegError(f"--lora-alpha {alpha!r}: must be positive")
+        raise MetalsegError(f"lora_alpha {alpha!r}: must be positive")
     if not 0.0 <= dropout < 1.0:
-        raise MetalsegError(f"--lora-dropout {dropout!r}: must be in [0, 1)")
+        raise MetalsegError(f"lora_dropout {dropout!r}: must be in [0, 1)")
     if has_lora(sam):
         raise ValueError("LoRA adapters are already applied to this model")
     encoder = _image_encoder(sam)
@@ -147,8 +146,7 @@ def set_finetune_mode(model: nn.Module, mode: str) -> nn.Module:
     torch.nn.Module
         ``model``, with ``model.finetune_mode`` set.
     """
-    if mode not in _MODE_GROUPS:
-        raise MetalsegError(f"--finetune {mode!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}")
+    check_finetune(mode)
     if mode == "lora" and not has_lora(model):
         raise ValueError("finetune mode 'lora' needs LoRA adapters: call apply_lora first")
     groups = _MODE_GROUPS[mode]
@@ -204,7 +202,7 @@ def load_trainable_state_dict(
     where = f"{source}: " if source else ""
     expected = _trainable_keys(model)
     current = model.state_dict()
-    hint = "was it trained with other --model/--guidance/--finetune/LoRA settings or another number of phases?"
+    hint = "was it trained with another model, guidance, finetune mode or LoRA settings, or another number of phases?"
     for key in expected:
         if key in state_dict and tuple(state_dict[key].shape) != tuple(current[key].shape):
             if key.endswith("mask_decoder.mask_tokens.weight"):

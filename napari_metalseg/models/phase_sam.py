@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models import FINETUNE_MODES, GUIDANCE_MODES
 from napari_metalseg.models.checkpoint import LoadReport, load_sam_checkpoint
 from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.lora import apply_lora, set_finetune_mode, trainable_state_dict
+from napari_metalseg.models.options import check_finetune, check_guidance
 from napari_metalseg.models.sam import PATCH_SIZE, build_sam, check_img_size, check_kind, check_num_phases
+from napari_metalseg.models.spec import builder_arguments
 
 PREPROCESS = "zscore-v1"
 """Identifier of :meth:`PhaseSAM.preprocess`; part of the encoder signature."""
@@ -64,8 +64,7 @@ class PhaseSAM(nn.Module):
     def __init__(self, sam: nn.Module, kind: str, num_phases: int, guidance: str = "none") -> None:
         super().__init__()
         check_kind(kind)
-        if guidance not in GUIDANCE_MODES:
-            raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
+        check_guidance(guidance)
         if sam.mask_decoder.num_multimask_outputs != num_phases:
             raise ValueError(
                 f"the SAM decoder has {sam.mask_decoder.num_multimask_outputs} multimask outputs, "
@@ -97,14 +96,12 @@ class PhaseSAM(nn.Module):
         """Spatial size ``(h, w)`` of the image embedding (``img_size // 16`` on a side)."""
         return tuple(self.sam.prompt_encoder.image_embedding_size)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """The :func:`build_phase_sam` arguments that rebuild this architecture (without the checkpoint)."""
+    def spec_fields(self) -> dict[str, Any]:
+        """What this model is, in :class:`~.spec.ModelSpec` field names (without phases and checkpoint)."""
         lora = self.lora or {}
         return {
             "kind": self.kind,
             "img_size": self.img_size,
-            "num_phases": self.num_phases,
             "guidance": self.guidance,
             "finetune": self.finetune_mode,
             "lora_rank": lora.get("rank", 8),
@@ -112,6 +109,12 @@ class PhaseSAM(nn.Module):
             "lora_dropout": lora.get("dropout", 0.0),
             "lora_mlp": lora.get("mlp", False),
         }
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The :func:`build_phase_sam` arguments that rebuild this architecture (without the checkpoint), from
+        :meth:`spec_fields` through :func:`~.spec.builder_arguments`."""
+        return builder_arguments(self.spec_fields(), self.num_phases)
 
     def preprocess(self, gray: torch.Tensor) -> torch.Tensor:
         """Standardise grey images per image and replicate them to 3 channels.
@@ -303,11 +306,8 @@ def build_phase_sam(
     check_kind(kind)
     check_img_size(img_size)
     check_num_phases(num_phases)
-    if guidance not in GUIDANCE_MODES:
-        raise MetalsegError(f"--guidance {guidance!r}: unknown guidance; choose one of {', '.join(GUIDANCE_MODES)}")
-    finetune = finetune or ("lora" if checkpoint is not None else "full")
-    if finetune not in FINETUNE_MODES:
-        raise MetalsegError(f"--finetune {finetune!r}: unknown mode; choose one of {', '.join(FINETUNE_MODES)}")
+    check_guidance(guidance)
+    finetune = check_finetune(finetune or ("lora" if checkpoint is not None else "full"))
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.options import check_choice
 from napari_metalseg.models.sam import SAM_KINDS
 
 
@@ -120,10 +121,8 @@ CNN_DEFAULTS: dict[str, dict] = {
 
 def family_of(kind: str) -> Family:
     """The :class:`Family` of a model name; one clear error for an unknown name."""
-    for family in FAMILIES.values():
-        if kind in family.kinds:
-            return family
-    raise MetalsegError(f"unknown model {kind!r}; use one of {', '.join(MODEL_KINDS)}")
+    check_choice("model", kind, MODEL_KINDS)
+    return next(family for family in FAMILIES.values() if kind in family.kinds)
 
 
 def check_model_options(

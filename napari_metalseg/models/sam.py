@@ -14,6 +14,7 @@ Importing this module is cheap (no torch); torch and segment_anything are import
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import TYPE_CHECKING
 
 from napari_metalseg.errors import MetalsegError
@@ -102,7 +103,7 @@ def check_kind(kind: str) -> SamConfig:
     try:
         return SAM_CONFIGS[kind]
     except (KeyError, TypeError):
-        raise MetalsegError(f"--model {kind!r}: unknown model; choose one of {', '.join(SAM_KINDS)}") from None
+        raise MetalsegError(f"model {kind!r} is unknown; choose one of {', '.join(SAM_KINDS)}") from None
 
 
 def check_img_size(img_size: int) -> int:
@@ -113,13 +114,18 @@ def check_img_size(img_size: int) -> int:
     MetalsegError
         If the size is not allowed.
     """
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < MIN_IMG_SIZE or img_size % PATCH_SIZE:
+    if (
+        isinstance(img_size, bool)
+        or not isinstance(img_size, Integral)
+        or img_size < MIN_IMG_SIZE
+        or img_size % PATCH_SIZE
+    ):
         typical = ", ".join(str(s) for s in TYPICAL_IMG_SIZES)
         raise MetalsegError(
-            f"--img-size {img_size!r}: must be a multiple of {PATCH_SIZE} and at least "
-            f"{MIN_IMG_SIZE} (typical: {typical})"
+            f"img_size {img_size!r}: must be a multiple of {PATCH_SIZE} and at least {MIN_IMG_SIZE} "
+            f"(typical: {typical})"
         )
-    return img_size
+    return int(img_size)
 
 
 def check_num_phases(num_phases: int) -> int:

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.cnn import (
     CNNBackbone,
     ConvBNReLU,
@@ -38,6 +37,7 @@ from napari_metalseg.models.cnn import (
     pool_down,
     side_heads,
 )
+from napari_metalseg.models.options import check_positive_int
 
 CGM_PRESENT_BIAS = 3.0
 """Initial bias of the CGM presence logits: sigmoid(3) = 0.95, so a fresh CGM barely changes the outputs."""
@@ -225,10 +225,8 @@ def build_unet3plus(
     PhaseCNN
         ``kind == "unet3plus"``, in training mode on the CPU.
     """
-    if cat_channels is not None and (
-        isinstance(cat_channels, bool) or not isinstance(cat_channels, int) or cat_channels < 1
-    ):
-        raise MetalsegError(f"--cat-channels {cat_channels!r}: must be a positive integer")
+    if cat_channels is not None:
+        cat_channels = check_positive_int("cat_channels", cat_channels)
     return build_phase_cnn(
         lambda: UNet3Plus(
             num_phases=num_phases,

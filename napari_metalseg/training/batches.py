@@ -1,0 +1,66 @@
+"""Training batches: random crops of the labelled micrographs, with the guidance inputs drawn from their masks
+(noisy phase fractions, box prompts around one phase region)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_metalseg.data.samples import CropSampler
+from napari_metalseg.phases import UNLABELED, phase_fractions
+from napari_metalseg.training.config import TrainConfig
+
+
+def box_from_mask(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> np.ndarray | None:
+    """A box prompt around one ground-truth phase region of ``mask``, with jitter (x0, y0, x1, y1)."""
+    from scipy import ndimage
+
+    present = [k for k in np.unique(mask) if k != UNLABELED]
+    if not present:
+        return None
+    phase = present[rng.integers(len(present))]
+    regions, n = ndimage.label(mask == phase)
+    objects = ndimage.find_objects(regions)
+    sl = objects[int(rng.integers(n))]
+    y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+    bh, bw = y1 - y0, x1 - x0
+    h, w = mask.shape
+    d = rng.uniform(-jitter, jitter, 4) * np.array([bw, bh, bw, bh])
+    box = np.array([x0, y0, x1, y1], float) + d
+    box[[0, 2]] = np.clip(box[[0, 2]], 0, w)
+    box[[1, 3]] = np.clip(box[[1, 3]], 0, h)
+    if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+        box = np.array([max(0, x0 - 2), max(0, y0 - 2), min(w, x1 + 2), min(h, y1 + 2)], float)
+    return box
+
+
+def make_batch(sampler: CropSampler, config: TrainConfig, num_phases: int, rng: np.random.Generator) -> tuple:
+    """One training batch of ``config.batch_size`` crops.
+
+    Returns
+    -------
+    tuple
+        Images (B, H, W), targets (B, H, W), ratios (B, K) or None, boxes (B, 4) or None. With boxes, the targets
+        outside each box are unlabeled.
+    """
+    crops = [sampler.sample() for _ in range(config.batch_size)]
+    images = np.stack([c[0] for c in crops])
+    masks = np.stack([c[1] for c in crops])
+    ratios = None
+    if config.encoder_guidance != "none" and rng.random() >= config.ratio_dropout:
+        vectors = []
+        for m in masks:
+            r = phase_fractions(m, num_phases)
+            r = np.full(num_phases, 1 / num_phases) if r is None else r
+            r = np.clip(r + rng.normal(0, config.ratio_noise, num_phases), 0, None)
+            vectors.append(r / max(r.sum(), 1e-6))
+        ratios = np.stack(vectors).astype(np.float32)
+    boxes = None
+    if config.uses_boxes and rng.random() < config.box_probability:
+        found = [box_from_mask(m, rng) for m in masks]
+        if all(b is not None for b in found):
+            boxes = np.stack(found).astype(np.float32)
+            for m, b in zip(masks, boxes):  # the loss only sees the inside of the box
+                inside = np.zeros(m.shape, bool)
+                inside[int(b[1]) : int(np.ceil(b[3])), int(b[0]) : int(np.ceil(b[2]))] = True
+                m[~inside] = UNLABELED
+    return images, masks, ratios, boxes

@@ -1,0 +1,106 @@
+"""What a gradient run keeps in its directory: the best validated model, the history and the resume state."""
+
+from __future__ import annotations
+
+import math
+
+from napari_metalseg.runs import RESUME, is_run, save_run
+from napari_metalseg.training.plan import RunPlan
+
+
+class RunKeeper:
+    """Keep a gradient run's directory: the model worth keeping, its metrics history and the resume state.
+
+    With validation images the best validated model is kept (and the first one, so a run directory always
+    exists); validating on the training images, the last one. Only rank 0 writes; every file is written
+    atomically (:func:`~napari_metalseg.runs.save_run`).
+
+    Parameters
+    ----------
+    plan : RunPlan
+        The run.
+    model : torch.nn.Module
+        The model in training.
+    optimizer : torch.optim.Optimizer
+        Its optimizer (saved with the resume state).
+
+    Attributes
+    ----------
+    history : list of dict
+        One entry per step (loss, lr, seconds) and per validation (metrics); written as ``metrics.json``.
+    best : float
+        Best mean Dice so far (-1 before the first validation).
+    last_metrics : dict
+        Metrics of the last validation.
+    """
+
+    def __init__(self, *, plan: RunPlan, model, optimizer) -> None:
+        self.plan = plan
+        self.model = model
+        self.optimizer = optimizer
+        self.history: list[dict] = []
+        self.best = -1.0
+        self.last_metrics: dict = {}
+
+    def save(self, metrics: dict) -> None:
+        """Write the model's trainable state, the run configuration with ``metrics`` and the history."""
+        from napari_metalseg.models.lora import trainable_state_dict
+
+        if self.plan.rank == 0:
+            plan = self.plan
+            state = trainable_state_dict(self.model)
+            save_run(plan.out, plan.spec, state, training=plan.training, metrics=metrics, history=self.history)
+
+    def save_resume(self, step: int, seconds: float) -> None:
+        """Write the resume state after ``step`` optimizer steps and ``seconds`` of training."""
+        if self.plan.rank != 0:
+            return
+        import torch
+
+        from napari_metalseg.io.atomic import atomic_path
+        from napari_metalseg.models.lora import trainable_state_dict
+
+        state = {
+            "model": trainable_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "best": self.best,
+            "seconds": seconds,
+        }
+        with atomic_path(self.plan.out / RESUME) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> tuple[int, float] | None:
+        """Load the resume state into the model and the optimizer.
+
+        Returns
+        -------
+        tuple or None
+            ``(step, seconds)`` trained so far, or ``None`` when the run has no resume state.
+        """
+        path = self.plan.out / RESUME
+        if not path.is_file():
+            return None
+        import torch
+
+        from napari_metalseg.models.lora import load_trainable_state_dict
+
+        state = torch.load(path, map_location=self.plan.device, weights_only=True)
+        load_trainable_state_dict(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best = float(state["best"])
+        return int(state["step"]), float(state.get("seconds", 0.0))
+
+    def keep_on_stop(self) -> None:
+        """On a stop request: save the current model unless a validated one is kept already."""
+        if self.plan.val_set is None or not is_run(self.plan.out):
+            self.save(self.last_metrics)
+
+    def validated(self, step: int, metrics: dict) -> None:
+        """Record a validation after ``step``; save the model if it is the one to keep."""
+        self.last_metrics = metrics
+        self.history.append({"step": step, **metrics})
+        score = metrics["mean_dice"]
+        if self.plan.val_set is None or score > self.best or not is_run(self.plan.out):
+            self.best = max(self.best, score) if math.isfinite(score) else self.best
+            self.save(metrics)

@@ -1,0 +1,160 @@
+"""The gradient loop shared by every gradient family (SAM, the CNNs): one optimizer step after the other, periodic
+validation, a cooperative stop, a wall-clock budget and resuming."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import numpy as np
+
+from napari_metalseg.data.samples import CropSampler, normalize_contrast
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.registry import family_of
+from napari_metalseg.progress import ProgressEvent
+from napari_metalseg.training.batches import make_batch
+from napari_metalseg.training.checkpoints import RunKeeper
+from napari_metalseg.training.config import use_bf16
+from napari_metalseg.training.losses import deep_supervision_loss
+from napari_metalseg.training.plan import RunPlan
+from napari_metalseg.training.schedule import Pace
+from napari_metalseg.training.validation import metrics_of, validate
+
+
+def fit_gradient(
+    plan: RunPlan, stop: Callable[[], bool] | None = None, resume: bool = False, export_full: bool = False
+) -> Iterator[ProgressEvent]:
+    """Train the model of ``plan`` by gradient descent (AdamW, gradient clipping, warm-up and decay).
+
+    Yields the events of :func:`napari_metalseg.training.train`; see there for ``stop``, ``resume`` and
+    ``export_full``.
+    """
+    import torch
+
+    config = plan.config
+    model, report = plan.spec.build(plan.device, seed=config.seed)
+    yield _setup_event(model, report, plan)
+    net = model
+    if plan.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.total_steps(plan.samples)
+    keeper = RunKeeper(plan=plan, model=model, optimizer=optimizer)
+    start, spent, rng = 0, 0.0, plan.rng
+    resumed = keeper.resume() if resume else None
+    if resumed is not None:
+        start, spent = resumed
+        rng = np.random.default_rng([config.seed, plan.rank, start])
+        yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
+    sampler = _sampler(model, plan, rng)
+    amp = use_bf16(config, plan.device)
+    pace = Pace(total=total, budget=config.budget_s, warmup=config.warmup, val_every=config.val_every, spent=spent)
+    step = start
+    while step < total:
+        if stop is not None and stop():
+            keeper.keep_on_stop()
+            keeper.save_resume(step, pace.elapsed())
+            yield ProgressEvent("stopped", step, total, message=str(plan.out))
+            return
+        model.train()
+        batch = make_batch(sampler, config, len(plan.phases), rng)
+        lr = config.lr * pace.lr_factor(step)
+        loss_value = _optimizer_step(model, net, optimizer, params, batch, lr=lr, plan=plan, amp=amp)
+        if not math.isfinite(loss_value):
+            keeper.save_resume(step, pace.elapsed())
+            raise MetalsegError(
+                f"training diverged at step {step + 1} (loss {loss_value}); the last good run in "
+                f"{plan.out} is kept; try a lower learning rate (lr)"
+            )
+        step += 1
+        elapsed = pace.elapsed()
+        shown_total = pace.shown_total(step, elapsed)
+        keeper.history.append({"step": step, "loss": loss_value, "lr": lr, "seconds": round(elapsed, 3)})
+        yield ProgressEvent(
+            "train", step, shown_total, loss_value, {"lr": lr, "seconds": elapsed}, message=f"loss {loss_value:.4f}"
+        )
+        last = step == total or pace.out_of_time(elapsed)
+        if pace.validation_due(step, elapsed) or last:
+            pace.validated()
+            yield from _validate(model, plan, keeper, step, shown_total, loss_value)
+            keeper.save_resume(step, pace.elapsed())
+        if last:
+            total = step
+            break
+    if export_full and plan.rank == 0 and family_of(config.model).name == "sam":
+        from napari_metalseg.models.lora import merge_lora
+        from napari_metalseg.runs import export_full_model
+
+        export_full_model(plan.out, merge_lora(model))
+    yield ProgressEvent("done", total, total, metrics=keeper.last_metrics, message=str(plan.out))
+
+
+def _setup_event(model, report, plan: RunPlan) -> ProgressEvent:
+    from napari_metalseg.models.lora import count_parameters
+
+    config = plan.config
+    total_params, trainable_params = count_parameters(model)
+    return ProgressEvent(
+        "info",
+        message=f"{config.model} at {config.img_size}px, {config.finetune} fine-tuning: "
+        f"{trainable_params:,} of {total_params:,} parameters trainable on {plan.device}"
+        + (f"; {report.summary()}" if report is not None else "")
+        + (f"; budget {config.budget_s:g} s" if config.budget_s else ""),
+        metrics={"parameters": total_params, "trainable": trainable_params},
+    )
+
+
+def _sampler(model, plan: RunPlan, rng: np.random.Generator) -> CropSampler:
+    """Random crops of the training images; contrast-stretched first for a model that expects it (as the
+    predictor does for every micrograph it is given)."""
+    crops_from = plan.samples
+    if getattr(model, "contrast", None) == "image":
+        crops_from = [replace(s, image=normalize_contrast(s.image)) for s in plan.samples]
+    config = plan.config
+    seed = int(rng.integers(2**31))
+    return CropSampler(crops_from, config.img_size, len(plan.phases), seed=seed, augment=config.augment)
+
+
+def _optimizer_step(model, net, optimizer, params, batch: tuple, *, lr: float, plan: RunPlan, amp: bool) -> float:
+    """One AdamW step on ``batch`` at learning rate ``lr`` (bf16 autocast with ``amp``, gradients clipped to 1);
+    returns the loss."""
+    import torch
+
+    images, masks, ratios, boxes = batch
+    device = plan.device
+    x = model.preprocess(torch.from_numpy(images).to(device))
+    target = torch.from_numpy(masks).long().to(device)
+    r = torch.from_numpy(ratios).to(device) if ratios is not None else None
+    b = torch.from_numpy(boxes).to(device) if boxes is not None else None
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+        outputs = net(x, ratios=r, boxes=b)
+    loss = deep_supervision_loss(outputs, target, len(plan.phases))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _validate(
+    model, plan: RunPlan, keeper: RunKeeper, step: int, shown_total: int, loss_value: float
+) -> Iterator[ProgressEvent]:
+    """Validate after ``step`` (rank 0 only) and keep the model if it is the best."""
+    model.eval()
+    if plan.rank != 0:
+        return
+    evaluation = validate(model, plan.val_set or plan.samples, plan.phases, plan.device)
+    metrics = metrics_of(evaluation, plan.source)
+    keeper.validated(step, metrics)
+    yield ProgressEvent(
+        "validate",
+        step,
+        shown_total,
+        loss_value,
+        metrics,
+        message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}%",
+    )

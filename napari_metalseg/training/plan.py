@@ -1,0 +1,120 @@
+"""Setting up a training run: rank, device, seeds, the validation images and the provenance the run records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_metalseg.data.samples import Sample, holdout_pixels
+from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.spec import ModelSpec
+from napari_metalseg.phases import PhaseSet
+from napari_metalseg.training.config import TrainConfig, model_spec
+
+
+@dataclass(kw_only=True)
+class RunPlan:
+    """Everything a family's fit needs to know about one run, decided before any model is built.
+
+    Attributes
+    ----------
+    out : Path
+        The run directory.
+    config : TrainConfig
+    phases : PhaseSet
+    samples : list of Sample
+        The training images (their held-out pixels unlabelled when those validate).
+    val_set : list of Sample or None
+        The validation images (given, or the held-out pixels); ``None``: validate on ``samples``.
+    source : str
+        What validates: ``"val"``, ``"held-out pixels"`` or ``"train"``.
+    training : dict
+        The training settings and provenance the run's configuration records.
+    spec : ModelSpec
+        The model the run trains.
+    device : str
+        The resolved torch device.
+    rank, world : int
+        This process's rank and the number of processes (``torch.distributed``; 0 and 1 without it).
+    rng : numpy.random.Generator
+        Seeded by ``config.seed`` and the rank.
+    """
+
+    out: Path
+    config: TrainConfig
+    phases: PhaseSet
+    samples: list[Sample]
+    val_set: list[Sample] | None
+    source: str
+    training: dict
+    spec: ModelSpec
+    device: str
+    rank: int
+    world: int
+    rng: np.random.Generator
+
+
+def plan_run(
+    samples: list[Sample],
+    phases: PhaseSet,
+    out: str | Path,
+    config: TrainConfig,
+    val_samples: list[Sample] | None = None,
+) -> RunPlan:
+    """Plan a run of ``config``: seed torch and numpy, resolve the device, choose what validates.
+
+    Without ``val_samples``, ``config.holdout`` of the labelled pixels (whole 32 px squares) are set aside for
+    validation (:func:`~napari_metalseg.data.samples.holdout_pixels`); with ``holdout=0`` the training images
+    validate.
+
+    Raises
+    ------
+    MetalsegError
+        When there is nothing to train on.
+    """
+    import torch
+
+    from napari_metalseg.predict import resolve_device
+
+    if not samples:
+        raise MetalsegError("no labelled images to train on")
+    rank, world = _rank()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng([config.seed, rank])
+    spec = model_spec(config, phases)
+    val_set = val_samples if val_samples else None
+    source = "val"
+    training = dict(asdict(config)) | {
+        "train_images": [s.name for s in samples],
+        "val_images": [s.name for s in val_set or []],
+    }
+    if val_set is None and config.holdout > 0:
+        samples, held = holdout_pixels(samples, len(phases), config.holdout, seed=config.seed)
+        if held:
+            val_set, source = held, "held-out pixels"
+            training["val_images"] = f"{config.holdout:.0%} of the labelled pixels of the training images"
+    return RunPlan(
+        out=Path(out),
+        config=config,
+        phases=phases,
+        samples=samples,
+        val_set=val_set,
+        source=source if val_set else "train",
+        training=training,
+        spec=spec,
+        device=device,
+        rank=rank,
+        world=world,
+        rng=rng,
+    )
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -1,0 +1,29 @@
+"""Validation of a model in training: Dice per phase and magnification on whole (tiled) images."""
+
+from __future__ import annotations
+
+from napari_metalseg.data.samples import Sample
+from napari_metalseg.phases import PhaseSet, phase_fractions
+
+
+def validate(model, samples: list[Sample], phases: PhaseSet, device: str, ratios: bool = False):
+    """Evaluate ``model`` on whole images (tiled); with ``ratios`` each image gets its true phase fractions."""
+    from napari_metalseg.metrics import Evaluation
+    from napari_metalseg.predict import Predictor
+
+    predictor = Predictor(model, phases, device=device, cache_size=0)
+    evaluation = Evaluation(phases.names)
+    for s in samples:
+        r = phase_fractions(s.mask, len(phases)) if ratios else None
+        evaluation.add(s.name, predictor.predict(s.image, ratios=r).labels, s.mask, s.magnification)
+    return evaluation
+
+
+def metrics_of(evaluation, source: str) -> dict:
+    """The metrics a run records of an :class:`~napari_metalseg.metrics.Evaluation` on ``source`` images."""
+    return {
+        "source": source,
+        "mean_dice": evaluation.average,
+        "by_magnification": evaluation.by_magnification(),
+        "dice_per_phase": evaluation.dice_per_phase(),
+    }
