@@ -163,20 +163,6 @@ def test_triton_guard_then_peft_works():
     assert "ok" in proc.stdout
 
 
-def test_triton_guard_can_be_forced():
-    proc = _run_python(
-        """
-        import sys
-        from napari_metalseg.models.triton_guard import guard_triton
-        assert guard_triton() is True and sys.modules["triton"] is None
-        assert "torch" not in sys.modules  # forced: no CUDA probe needed
-        print("ok")
-    """,
-        METALSEG_NO_TRITON="1",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 _GL_SCRIPT = """
 import numpy as np
 import napari
