@@ -46,3 +46,17 @@ def test_refuses_a_bad_limit_by_name_and_value(limit):
     with pytest.raises(MetalsegError, match=r"threads .*: must be an integer at least 1"), torch_threads(limit):
         pass
     assert torch.get_num_threads() == before
+
+
+def test_threads_module_is_the_only_code_that_sets_torchs_thread_count():
+    from pathlib import Path
+
+    import napari_metalseg
+
+    root = Path(napari_metalseg.__file__).parent
+    setters = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "set_num_threads(" in path.read_text(encoding="utf-8")
+    ]
+    assert setters == ["threads.py"]
