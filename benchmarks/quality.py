@@ -81,6 +81,7 @@ RECIPES = {
     "unet3plus-128": {"model": "unet3plus", "img_size": 128, "batch_size": 8},
     "elunet-128": {"model": "elunet", "img_size": 128, "batch_size": 8},
     "elunet-w16": {"model": "elunet", "width": 16, "img_size": 256, "batch_size": 4},
+    "elunet-alone": {"model": "elunet", "pool_classical": False},
     "unet-w16": {"model": "unet", "width": 16},
     "unet-w24": {"model": "unet", "width": 24},
     "unet-w24-d3": {"model": "unet", "width": 24, "depth": 3},

@@ -6,7 +6,8 @@
                                path + sha256), training arguments, final metrics
     RUN/adapter.safetensors    torch families: only what was trained (LoRA, decoder, guidance encoders; the whole
                                network for U-Net3+ / ELU-Net), never a frozen SAM base
-    RUN/classifier.txt         the classical pixel classifier instead: our JSON header + LightGBM's text model
+    RUN/classifier.txt         the classical pixel classifier (our JSON header + LightGBM's text model): the whole
+                               model of a classical run, or the companion a CNN is pooled with (spec ``pooled``)
     RUN/metrics.json           history of validation metrics (optional)
     RUN/resume.pt              optimizer + step for ``--resume`` (our own file, read with weights_only=True)
 
@@ -192,7 +193,20 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         load_trainable_state_dict(model, state, source=str(adapter))
     except (RuntimeError, KeyError, ValueError) as exc:
         raise MetalsegError(f"{adapter}: does not fit the model in {CONFIG} ({exc})") from None
+    if config.spec.pooled:
+        model = pool_with_classifier(model, run_dir, config.spec.pooled)
     return model.to(device).eval(), config
+
+
+def pool_with_classifier(network, run_dir: str | Path, weight: float):
+    """The :class:`~napari_metalseg.models.pooled.PooledModel` of ``network`` and the run's :data:`CLASSIFIER`."""
+    from napari_metalseg.models.classical import load_classifier
+    from napari_metalseg.models.pooled import PooledModel
+
+    path = Path(run_dir) / CLASSIFIER
+    if not path.is_file():
+        raise MetalsegError(f"{run_dir}: {CLASSIFIER} is missing (the run pools its {network.kind} with it)")
+    return PooledModel(network=network, classifier=load_classifier(path), weight=weight)
 
 
 FULL_MODEL = "model_full.safetensors"

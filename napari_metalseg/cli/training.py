@@ -80,6 +80,12 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS
     is_flag=True,
     help="No bfloat16 autocast (default: bf16 on CUDA, and for the CNNs on CPUs with native bf16).",
 )
+@click.option(
+    "--pool-classical/--no-pool-classical",
+    default=None,
+    help="Also fit the classical pixel classifier on the same labels and pool its probabilities with the CNN's "
+    "(default for unet/unet3plus/elunet; docs/quality.md).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--export-full", is_flag=True, help="Also write a merged stand-alone model_full.safetensors.")
 @user_errors(model="--model")
@@ -106,6 +112,7 @@ def train(
     device: str,
     seed: int,
     fp32: bool,
+    pool_classical: bool | None,
     resume: bool,
     export_full: bool,
 ) -> None:
@@ -136,6 +143,7 @@ def train(
         device=device,
         seed=seed,
         bf16=False if fp32 else None,
+        pool_classical=pool_classical,
     )
     dataset = load_dataset(data)
     train_samples = load_samples(dataset.labelled_split("train"))

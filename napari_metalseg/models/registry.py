@@ -111,6 +111,13 @@ TRAIN_DEFAULTS: dict[str, dict] = {
 }
 """Batch size and learning rate of each family when none is given."""
 
+POOL_WEIGHT = 0.25
+"""Weight of the classical pixel classifier when a CNN is pooled with it (:mod:`.pooled`, the default for the CNNs):
+chosen on held-out micrographs and checked on others (docs/quality.md)."""
+
+POOLED_FAMILIES = ("cnn",)
+"""Families whose models are pooled with the classical classifier by default (``pool_classical``)."""
+
 CNN_DEFAULTS: dict[str, dict] = {
     "unet": {"width": 16, "depth": 4},
     "unet3plus": {"width": 8, "depth": 4},

@@ -26,7 +26,8 @@ class ModelSpec:
 
     ``kind`` is a model name of :data:`~napari_metalseg.models.registry.MODEL_KINDS`; ``width`` and ``depth`` apply to
     the CNNs (their defaults are filled in), ``options`` holds further family settings (e.g. ``deep_supervision``,
-    ``cgm`` for U-Net3+); ``finetune`` and the ``lora_*`` settings apply to SAM.
+    ``cgm`` for U-Net3+); ``finetune`` and the ``lora_*`` settings apply to SAM. ``pooled`` is the weight of the
+    classical pixel classifier trained with a CNN on the same labels (:mod:`.pooled`; 0: the CNN alone).
     """
 
     kind: str = "tiny"
@@ -43,6 +44,7 @@ class ModelSpec:
     width: int | None = None
     depth: int | None = None
     options: dict = field(default_factory=dict)
+    pooled: float = 0.0
 
     def __post_init__(self) -> None:
         if family_of(self.kind).name == "cnn":
@@ -105,7 +107,7 @@ class ModelSpec:
         return model.to(device), report
 
 
-_NOT_ARCHITECTURE = ("phases", "checkpoint", "checkpoint_sha256")
+_NOT_ARCHITECTURE = ("phases", "checkpoint", "checkpoint_sha256", "pooled")
 """:class:`ModelSpec` fields that are not reported by a built model (``spec_fields()``)."""
 
 

@@ -34,6 +34,7 @@ def _train_config(
         budget_s=row.budget_s if row.budget_s is not None else budget_s,
         device=device,
         seed=seed,
+        pool_classical=False,  # the study compares the networks themselves, as the paper does
         **extra,
     )
 

@@ -41,6 +41,7 @@ class RunKeeper:
         self.history: list[dict] = []
         self.best = -1.0
         self.last_metrics: dict = {}
+        self.pooled = None  # the PooledModel of a run pooled with the classical classifier: what validates
 
     def save(self, metrics: dict) -> None:
         """Write the model's trainable state, the run configuration with ``metrics`` and the history."""

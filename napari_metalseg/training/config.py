@@ -15,6 +15,9 @@ from napari_metalseg.models.registry import (
     DEFAULT_IMG_SIZE,
     DEFAULT_MODEL,
     FAMILIES,
+    MODEL_LABELS,
+    POOL_WEIGHT,
+    POOLED_FAMILIES,
     TRAIN_DEFAULTS,
     check_model_options,
     family_of,
@@ -61,6 +64,7 @@ class TrainConfig:
     ratio_noise: float = 0.05
     ratio_dropout: float = 0.25
     box_probability: float = 0.5
+    pool_classical: bool | None = None
 
     def __post_init__(self) -> None:
         needs_base = self.finetune in ("lora", "decoder") and not self.checkpoint
@@ -82,6 +86,13 @@ class TrainConfig:
         )
         if family.name != "sam":
             self.finetune = "full"
+        if self.pool_classical is None:
+            self.pool_classical = family.name in POOLED_FAMILIES
+        elif self.pool_classical and family.name not in POOLED_FAMILIES:
+            raise MetalsegError(
+                f"pool_classical: the {MODEL_LABELS[self.model]} is not pooled with the classical classifier "
+                f"(only the CNNs: {'/'.join(FAMILIES['cnn'].kinds)})"
+            )
         if family.name == "cnn" and self.steps is None and self.epochs is None and self.budget_s is None:
             self.budget_s = DEFAULT_BUDGET_S
         self.batch_size = TRAIN_DEFAULTS[family.name]["batch_size"] if self.batch_size is None else self.batch_size
@@ -146,6 +157,7 @@ def model_spec(config: TrainConfig, phases: PhaseSet) -> ModelSpec:
         checkpoint_sha256=sha256_file(config.checkpoint) if config.checkpoint else None,
         width=config.width,
         depth=config.depth,
+        pooled=POOL_WEIGHT if config.pool_classical else 0.0,
     )
 
 

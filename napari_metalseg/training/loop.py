@@ -17,6 +17,7 @@ from napari_metalseg.training.batches import make_batch
 from napari_metalseg.training.checkpoints import RunKeeper
 from napari_metalseg.training.config import use_bf16
 from napari_metalseg.training.losses import deep_supervision_loss
+from napari_metalseg.training.one_call import fit_companion
 from napari_metalseg.training.plan import RunPlan
 from napari_metalseg.training.schedule import Pace
 from napari_metalseg.training.validation import metrics_of, validate
@@ -50,7 +51,15 @@ def fit_gradient(
         yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
     sampler = _sampler(model, plan, rng)
     amp = use_bf16(config, plan.device)
-    pace = Pace(total=total, budget=config.budget_s, warmup=config.warmup, val_every=config.val_every, spent=spent)
+    budget = config.budget_s
+    if plan.spec.pooled:
+        from napari_metalseg.models.pooled import PooledModel
+
+        classifier, fit_seconds = yield from fit_companion(plan)
+        keeper.pooled = PooledModel(network=model, classifier=classifier, weight=plan.spec.pooled)
+        if budget is not None:  # the fit is part of the time the user gave; the network keeps at least half of it
+            budget = max(budget - fit_seconds, budget / 2)
+    pace = Pace(total=total, budget=budget, warmup=config.warmup, val_every=config.val_every, spent=spent)
     step = start
     while step < total:
         if stop is not None and stop():
@@ -147,7 +156,7 @@ def _validate(
     model.eval()
     if plan.rank != 0:
         return
-    evaluation = validate(model, plan.val_set or plan.samples, plan.phases, plan.device)
+    evaluation = validate(keeper.pooled or model, plan.val_set or plan.samples, plan.phases, plan.device)
     metrics = metrics_of(evaluation, plan.source)
     keeper.validated(step, metrics)
     yield ProgressEvent(

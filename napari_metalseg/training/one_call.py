@@ -5,13 +5,43 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from napari_metalseg.progress import ProgressEvent
+from napari_metalseg.progress import Job, ProgressEvent
+from napari_metalseg.runs import RESUME
 from napari_metalseg.training.plan import RunPlan
 from napari_metalseg.training.validation import metrics_of, validate
 
 CLASSICAL_FIT = {"n_estimators": 60, "num_leaves": 31, "learning_rate": 0.15, "max_pixels": 120_000}
 """LightGBM settings of a trained classical classifier: more and larger trees than the live preview's, which must
 refit within a second (docs/quality.md compares both)."""
+
+
+def fit_companion(plan: RunPlan) -> Job:
+    """Fit the classical pixel classifier a CNN is pooled with (spec ``pooled``) on the contrast-stretched training
+    images, write it as the run's classifier file and return it (a job: ``"info"`` events).
+
+    A resumed run keeps the classifier it already has.
+    """
+    from dataclasses import replace
+
+    from napari_metalseg.data.samples import normalize_contrast
+    from napari_metalseg.models.classical import fit_classifier, load_classifier, save_classifier
+    from napari_metalseg.models.cnn import MIN_PREDICT_SIZE
+    from napari_metalseg.models.registry import CLASSIFIER
+
+    path = plan.out / CLASSIFIER
+    if path.is_file() and (plan.out / RESUME).is_file():
+        return load_classifier(path), 0.0
+    t0 = time.perf_counter()
+    yield ProgressEvent("info", message=f"fitting the classical pixel classifier pooled with the {plan.config.model}")
+    stretched = [replace(s, image=normalize_contrast(s.image)) for s in plan.samples]
+    tile = max(plan.config.img_size, MIN_PREDICT_SIZE)  # the tile the pooled model predicts at
+    model = fit_classifier(stretched, len(plan.phases), tile_size=tile, seed=plan.config.seed, **CLASSICAL_FIT)
+    seconds = time.perf_counter() - t0
+    if plan.rank == 0:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        save_classifier(model, path)
+    yield ProgressEvent("info", message=f"classical pixel classifier fitted in {seconds:.1f} s")
+    return model, seconds
 
 
 def fit_once(plan: RunPlan) -> Iterator[ProgressEvent]:
