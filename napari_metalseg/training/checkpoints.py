@@ -41,7 +41,6 @@ class RunKeeper:
         self.history: list[dict] = []
         self.best = -1.0
         self.last_metrics: dict = {}
-        self.pooled = None  # the PooledModel of a run pooled with the classical classifier: what validates
 
     def save(self, metrics: dict) -> None:
         """Write the model's trainable state, the run configuration with ``metrics`` and the history."""
@@ -96,6 +95,18 @@ class RunKeeper:
         """On a stop request: save the current model unless a validated one is kept already."""
         if self.plan.val_set is None or not is_run(self.plan.out):
             self.save(self.last_metrics)
+
+    def record_final(self, metrics: dict) -> None:
+        """Record the metrics of the run's final model (the pooled one) in its configuration and history, keeping
+        the saved weights."""
+        from dataclasses import replace
+
+        from napari_metalseg.runs import read_run_config, write_run_config
+
+        self.last_metrics = metrics
+        self.history.append({"step": "final", **metrics})
+        if self.plan.rank == 0:
+            write_run_config(self.plan.out, replace(read_run_config(self.plan.out), metrics=metrics))
 
     def validated(self, step: int, metrics: dict) -> None:
         """Record a validation after ``step``; save the model if it is the one to keep."""

@@ -51,15 +51,9 @@ def fit_gradient(
         yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
     sampler = _sampler(model, plan, rng)
     amp = use_bf16(config, plan.device)
-    budget = config.budget_s
-    if plan.spec.pooled:
-        from napari_metalseg.models.pooled import PooledModel
-
-        classifier, fit_seconds = yield from fit_companion(plan)
-        keeper.pooled = PooledModel(network=model, classifier=classifier, weight=plan.spec.pooled)
-        if budget is not None:  # the fit is part of the time the user gave; the network keeps at least half of it
-            budget = max(budget - fit_seconds, budget / 2)
-    pace = Pace(total=total, budget=budget, warmup=config.warmup, val_every=config.val_every, spent=spent)
+    if plan.spec.pooled:  # fitted before the network's clock starts: the budget is the network's training time
+        yield from fit_companion(plan)
+    pace = Pace(total=total, budget=config.budget_s, warmup=config.warmup, val_every=config.val_every, spent=spent)
     step = start
     while step < total:
         if stop is not None and stop():
@@ -92,6 +86,8 @@ def fit_gradient(
         if last:
             total = step
             break
+    if plan.spec.pooled and plan.rank == 0 and keeper.best >= 0:
+        yield from _validate_pooled(plan, keeper, total)
     if export_full and plan.rank == 0 and family_of(config.model).name == "sam":
         from napari_metalseg.models.lora import merge_lora
         from napari_metalseg.runs import export_full_model
@@ -156,7 +152,7 @@ def _validate(
     model.eval()
     if plan.rank != 0:
         return
-    evaluation = validate(keeper.pooled or model, plan.val_set or plan.samples, plan.phases, plan.device)
+    evaluation = validate(model, plan.val_set or plan.samples, plan.phases, plan.device)
     metrics = metrics_of(evaluation, plan.source)
     keeper.validated(step, metrics)
     yield ProgressEvent(
@@ -166,4 +162,25 @@ def _validate(
         loss_value,
         metrics,
         message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}%",
+    )
+
+
+def _validate_pooled(plan: RunPlan, keeper: RunKeeper, total: int) -> Iterator[ProgressEvent]:
+    """Validate the kept network pooled with the classical classifier (what the run's model is) and record it.
+
+    During training the network is validated alone (cheap: the classifier's features would be recomputed every
+    time); the pooled model is validated once, at the end.
+    """
+    from napari_metalseg.runs import load_run
+
+    pooled, _ = load_run(plan.out, device=plan.device)
+    metrics = metrics_of(validate(pooled, plan.val_set or plan.samples, plan.phases, plan.device), plan.source)
+    metrics = metrics | {"network_mean_dice": keeper.best}
+    keeper.record_final(metrics)
+    yield ProgressEvent(
+        "validate",
+        total,
+        total,
+        metrics=metrics,
+        message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}% (pooled with the classical classifier)",
     )
