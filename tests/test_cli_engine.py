@@ -190,7 +190,9 @@ def test_demo_runs_end_to_end_with_the_default_model(tmp_path):
     out = tmp_path / "demo"
     result = _invoke("demo", "--out", out, "--budget-s", 2, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "classical pixel classifier" in result.output and f"{DEFAULT_MODEL} + true ratio" in result.output
+    assert "classical pixel classifier" in result.output
+    assert f"{DEFAULT_MODEL} + classical + true ratio" in result.output  # the default CNN, pooled
     config = json.loads((out / "run" / "config.json").read_text())
     assert config["model"]["kind"] == DEFAULT_MODEL and config["model"]["guidance"] == "ratio"
+    assert config["model"]["pooled"] > 0 and (out / "run" / "classifier.txt").is_file()
     assert (out / "fractions.csv").is_file() and (out / "classical" / "classifier.txt").is_file()

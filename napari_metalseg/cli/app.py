@@ -180,8 +180,9 @@ def demo(out: Path, budget_s: float, seed: int, device: str) -> None:
     val_samples = load_samples(dataset.labelled_split("val"))
     test_samples = load_samples(dataset.labelled_split("test"))
     config = TrainConfig(guidance="ratio", budget_s=budget_s, device=device, seed=seed)
+    name = f"{config.model} + classical" if config.pool_classical else config.model
     click.echo(
-        f"[2/4] training the default model ({config.model}, ratio guidance) for {budget_s:g} s into {run}, "
+        f"[2/4] training the default model ({name}, ratio guidance) for {budget_s:g} s into {run}, "
         "and the classical pixel classifier for comparison",
         err=True,
     )
@@ -200,10 +201,10 @@ def demo(out: Path, budget_s: float, seed: int, device: str) -> None:
         "classical pixel classifier": validate(
             Predictor.from_run(classical).model, test_samples, dataset.phases, "cpu"
         ).by_magnification(),
-        f"{config.model} (no guidance)": validate(
+        f"{name} (no guidance)": validate(
             predictor.model, test_samples, dataset.phases, predictor.device
         ).by_magnification(),
-        f"{config.model} + true ratio": validate(
+        f"{name} + true ratio": validate(
             predictor.model, test_samples, dataset.phases, predictor.device, ratios=True
         ).by_magnification(),
     }
