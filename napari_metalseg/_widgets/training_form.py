@@ -76,8 +76,9 @@ class HyperParameterBox(QGroupBox):
             self.model_combo.addItem(kind)
             self.model_combo.setItemData(self.model_combo.count() - 1, MODEL_LABELS[kind], Qt.ToolTipRole)
         self.model_combo.setToolTip(
-            "elunet (the CPU default) / unet3plus: the study's CNNs; classical: features + "
-            "boosted trees (seconds); tiny: compact SAM; vit_*: SAM from a checkpoint"
+            "elunet (the CPU default) / unet3plus: the study's CNNs, unet: a plain U-Net; each is pooled with the "
+            "classical pixel classifier fitted on the same strokes; classical: features + boosted trees (seconds); "
+            "tiny: compact SAM; vit_*: SAM from a checkpoint"
         )
         form.addRow("model", self.model_combo)
         self.checkpoint_edit = QLineEdit()
