@@ -59,3 +59,25 @@ def test_preview_needs_two_phases():
     strokes[10:20, 10:20] = 1
     with pytest.raises(MetalsegError, match="phase"):
         LivePreview(2).update(image, strokes)
+
+
+def test_large_micrographs_are_previewed_on_a_coarse_grid_and_upsampled():
+    from napari_metalseg.data.synth import synthesize_micrograph
+    from napari_metalseg.preview import COARSE_ABOVE, LivePreview, upsample_probabilities
+
+    coarse = np.random.default_rng(0).dirichlet((1, 1, 1), size=(5, 4)).transpose(2, 0, 1).astype(np.float32)
+    up = upsample_probabilities(coarse, (10, 7))
+    assert up.shape == (3, 10, 7)
+    np.testing.assert_allclose(up[:, ::2, ::2][:, :, :4], coarse[:, :, :4], atol=1e-6)  # exact at the samples
+    np.testing.assert_allclose(up[:, 1, 0], (coarse[:, 0, 0] + coarse[:, 1, 0]) / 2, atol=1e-6)  # halfway
+    np.testing.assert_allclose(up.sum(0), 1.0, atol=1e-5)
+
+    image, truth = synthesize_micrograph(640, seed=4)
+    assert image.size > COARSE_ABOVE
+    strokes = np.full(truth.shape, 255, np.uint8)
+    strokes[::9, ::9] = truth[::9, ::9]
+    preview = LivePreview(3).update(image.astype(np.float32), strokes)
+    assert preview.labels.shape == truth.shape and preview.probs.shape == (3, *truth.shape)
+    np.testing.assert_allclose(preview.probs.sum(0), 1.0, atol=1e-4)
+    unlabelled = strokes == 255
+    assert (preview.labels[unlabelled] == truth[unlabelled]).mean() > 0.7
