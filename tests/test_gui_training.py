@@ -412,3 +412,18 @@ def test_quantify_exports_csv_and_json(viewer, qtbot, tmp_path):
     assert summary[0]["n_fields"] == "1" and summary[0]["ferrite_ci95"] == ""  # one field: no CI
     data = json.loads(widget.export_json(tmp_path / "fractions.json").read_text())
     assert data["fields"][0]["fractions"]["martensite"] == pytest.approx(1 / 3)
+
+
+def test_the_pool_with_the_classical_classifier_is_a_field_for_the_cnns_only(viewer):
+    widget = _training_widget(viewer)
+    assert widget.model_combo.currentText() == "elunet"
+    assert widget.pool_check.isEnabled() and widget.pool_check.isChecked()
+    assert widget.config().pool_classical is True
+    widget.pool_check.setChecked(False)
+    assert widget.config().pool_classical is False
+    widget.model_combo.setCurrentText("unet3plus")  # another CNN: pooled again by default
+    assert widget.pool_check.isChecked() and widget.config().pool_classical is True
+    for kind in ("classical", "tiny"):
+        widget.model_combo.setCurrentText(kind)
+        assert not widget.pool_check.isEnabled() and not widget.pool_check.isChecked()
+        assert widget.config().pool_classical is False

@@ -109,6 +109,7 @@ class TrainingWidget(DockWidget):
         )
         self.budget, self.steps, self.batch_size, self.lr = hyper.budget, hyper.steps, hyper.batch_size, hyper.lr
         self.device_combo, self.out_edit, self.resume_check = hyper.device_combo, hyper.out_edit, hyper.resume_check
+        self.pool_check = hyper.pool_check
 
         row = QHBoxLayout()
         self.train_button = QPushButton("Train")

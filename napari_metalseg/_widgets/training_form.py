@@ -32,6 +32,7 @@ from napari_metalseg.models.registry import (
     DEFAULT_MODEL,
     MODEL_KINDS,
     MODEL_LABELS,
+    POOLED_FAMILIES,
     TRAIN_DEFAULTS,
     family_of,
 )
@@ -100,6 +101,14 @@ class HyperParameterBox(QGroupBox):
         self.guidance_combo = QComboBox()
         self.guidance_combo.addItems(TRAINING_GUIDANCE)
         form.addRow("guidance", self.guidance_combo)
+        self.pool_check = QCheckBox("pool with the classical pixel classifier")
+        self.pool_check.setChecked(True)
+        self.pool_check.setToolTip(
+            "Also fit the classical pixel classifier on the same strokes and average (geometrically) its phase "
+            "probabilities with the network's: better boundaries from strokes drawn inside the phases "
+            "(docs/quality.md). Only for the CNNs."
+        )
+        form.addRow("", self.pool_check)
         self.budget = QSpinBox()
         self.budget.setRange(0, 7 * 24 * 3600)
         self.budget.setSingleStep(30)
@@ -161,6 +170,9 @@ class HyperParameterBox(QGroupBox):
             widget.setEnabled(sam)
         for widget in (self.steps, self.batch_size, self.lr, self.budget):
             widget.setEnabled(family.gradient)
+        pooled = family.name in POOLED_FAMILIES
+        self.pool_check.setEnabled(pooled)
+        self.pool_check.setChecked(pooled)
         self.batch_size.setValue(TRAIN_DEFAULTS[family.name]["batch_size"])
         self.lr.setValue(TRAIN_DEFAULTS[family.name]["lr"])
         current = self.guidance_combo.currentText()
@@ -203,6 +215,7 @@ class HyperParameterBox(QGroupBox):
             batch_size=self.batch_size.value(),
             lr=self.lr.value(),
             device=self.device_combo.currentText(),
+            pool_classical=self.pool_check.isChecked() if family_of(kind).name in POOLED_FAMILIES else None,
         )
 
     def run_dir(self, dataset: Path | None) -> Path:
