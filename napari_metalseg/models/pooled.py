@@ -109,13 +109,9 @@ class PooledModel:
 
     # -- the model contract --------------------------------------------------------------------------------------
     def preprocess(self, gray: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) or (B, 1, H, W) contrast-stretched grey images in [0, 1] -> (B, 1, H, W) float, unchanged (each
-        member preprocesses in :meth:`embed`)."""
-        if gray.ndim == 3:
-            gray = gray[:, None]
-        if gray.ndim != 4 or gray.shape[1] != 1:
-            raise ValueError(f"preprocess expects (B, 1, H, W) or (B, H, W) grey images, got {tuple(gray.shape)}")
-        return gray if gray.is_floating_point() else gray.float()
+        """(B, H, W) or (B, 1, H, W) contrast-stretched grey images in [0, 1] -> (B, 1, H, W) float, intensities
+        unchanged: the classifier's preprocessing (the network's own runs in :meth:`embed`)."""
+        return self.classifier.preprocess(gray)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) images -> (B, 1 + F, H, W): the network's input, then the classifier's F features."""

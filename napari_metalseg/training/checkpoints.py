@@ -97,14 +97,13 @@ class RunKeeper:
             self.save(self.last_metrics)
 
     def record_final(self, metrics: dict) -> None:
-        """Record the metrics of the run's final model (the pooled one) in its configuration and history, keeping
-        the saved weights."""
+        """Record the metrics of the run's final model (the pooled one) in its configuration, keeping the saved
+        weights."""
         from dataclasses import replace
 
         from napari_metalseg.runs import read_run_config, write_run_config
 
         self.last_metrics = metrics
-        self.history.append({"step": "final", **metrics})
         if self.plan.rank == 0:
             write_run_config(self.plan.out, replace(read_run_config(self.plan.out), metrics=metrics))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from napari_metalseg.progress import Job, ProgressEvent
+from napari_metalseg.progress import ProgressEvent
 from napari_metalseg.runs import RESUME
 from napari_metalseg.training.plan import RunPlan
 from napari_metalseg.training.validation import metrics_of, validate
@@ -15,22 +15,22 @@ CLASSICAL_FIT = {"n_estimators": 60, "num_leaves": 31, "learning_rate": 0.15, "m
 refit within a second (docs/quality.md compares both)."""
 
 
-def fit_companion(plan: RunPlan) -> Job:
+def fit_companion(plan: RunPlan) -> Iterator[ProgressEvent]:
     """Fit the classical pixel classifier a CNN is pooled with (spec ``pooled``) on the contrast-stretched training
-    images, write it as the run's classifier file and return it (a job: ``"info"`` events).
+    images and write it as the run's classifier file (``"info"`` events; ``load_run`` pools the two).
 
     A resumed run keeps the classifier it already has.
     """
     from dataclasses import replace
 
     from napari_metalseg.data.samples import normalize_contrast
-    from napari_metalseg.models.classical import fit_classifier, load_classifier, save_classifier
+    from napari_metalseg.models.classical import fit_classifier, save_classifier
     from napari_metalseg.models.cnn import MIN_PREDICT_SIZE
     from napari_metalseg.models.registry import CLASSIFIER
 
     path = plan.out / CLASSIFIER
     if path.is_file() and (plan.out / RESUME).is_file():
-        return load_classifier(path), 0.0
+        return
     t0 = time.perf_counter()
     yield ProgressEvent("info", message=f"fitting the classical pixel classifier pooled with the {plan.config.model}")
     stretched = [replace(s, image=normalize_contrast(s.image)) for s in plan.samples]
@@ -40,8 +40,9 @@ def fit_companion(plan: RunPlan) -> Job:
     if plan.rank == 0:
         plan.out.mkdir(parents=True, exist_ok=True)
         save_classifier(model, path)
-    yield ProgressEvent("info", message=f"classical pixel classifier fitted in {seconds:.1f} s")
-    return model, seconds
+    yield ProgressEvent(
+        "info", metrics={"seconds": seconds}, message=f"classical pixel classifier fitted in {seconds:.1f} s"
+    )
 
 
 def fit_once(plan: RunPlan) -> Iterator[ProgressEvent]:
