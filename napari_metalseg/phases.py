@@ -24,6 +24,21 @@ UNLABELED = 255
 MAX_PHASES = 254
 
 DEFAULT_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#ee8866")
+KNOWN_COLORS = {
+    "ferrite": "#4477aa",
+    "matrix": "#4477aa",
+    "martensite": "#ee6677",
+    "bainite": "#ccbb44",
+    "pearlite": "#228833",
+    "austenite": "#66ccee",
+    "cementite": "#aa3377",
+    "pore": "#bbbbbb",
+    "pores": "#bbbbbb",
+    "inclusion": "#ee8866",
+}
+"""The colour of a phase named without one (case-insensitive): one colour per phase name wherever a phase set is
+made from names (the Model dock, the Training dock, the CLI, the synthetic data), so bainite is the same yellow
+everywhere. A ``phases.json`` file's own colours always win."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +64,20 @@ class PhaseSet:
             raise MetalsegError(f"duplicate phase names: {', '.join(dupes)}")
 
     @classmethod
-    def from_names(cls, names: Sequence[str], colors: Sequence[str] | None = None) -> PhaseSet:
-        """Build a phase set from names, with default colours where none are given."""
+    def from_names(cls, names: Sequence[str], colors: Sequence[str | None] | None = None) -> PhaseSet:
+        """Build a phase set from names; a phase without a given colour gets the colour of its name
+        (:data:`KNOWN_COLORS`), else the first default colour no other phase of the set uses."""
         colors = list(colors or [])
+        chosen = [
+            colors[i] if i < len(colors) and colors[i] else KNOWN_COLORS.get(str(n).strip().lower())
+            for i, n in enumerate(names)
+        ]
+        spare = [c for c in DEFAULT_COLORS if c not in chosen]
         phases = []
         for i, name in enumerate(names):
-            color = colors[i] if i < len(colors) else DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
+            color = chosen[i]
+            if color is None:
+                color = spare.pop(0) if spare else DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
             phases.append(Phase(str(name), _check_color(color, f"phase {name!r}")))
         return cls(tuple(phases))
 
@@ -108,9 +131,8 @@ class PhaseSet:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
                 raise MetalsegError(f"{source}: entry {i} needs a non-empty 'name'")
             names.append(entry["name"])
-            colors.append(
-                _check_color(entry.get("color", DEFAULT_COLORS[i % len(DEFAULT_COLORS)]), f"{source}: entry {i}")
-            )
+            color = entry.get("color")
+            colors.append(None if color is None else _check_color(color, f"{source}: entry {i}"))
         return cls.from_names(names, colors)
 
     def rgb(self) -> np.ndarray:

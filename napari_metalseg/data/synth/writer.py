@@ -23,7 +23,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import PhaseSet
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 
-DEFAULT_PHASES = PhaseSet.from_names(["ferrite", "martensite", "bainite"], ["#4477aa", "#ee6677", "#ccbb44"])
+DEFAULT_PHASES = PhaseSet.from_names(["ferrite", "martensite", "bainite"])
 DEFAULT_MAGNIFICATIONS = (2700, 3000, 5000)
 
 _DIRICHLET_CONCENTRATION = 30.0
