@@ -19,10 +19,11 @@ from scipy import ndimage
 import napari_metalseg._widgets  # noqa: F401  (blocks triton before any viewer exists)
 from napari_metalseg._widgets.boxes import MODE_OBJECT, BoxPromptWidget
 from napari_metalseg._widgets.features import ADAPTED_LAYER, BASE_LAYER, FeaturesWidget
-from napari_metalseg._widgets.layers import IMAGE_KEY, PHASE_LAYER, phases_of_layer, session_of, show_phase_map
+from napari_metalseg._widgets.layers import IMAGE_KEY, phases_of_layer, session_of, show_phase_map
 from napari_metalseg._widgets.model import ModelWidget
 from napari_metalseg._widgets.predict import RATIOS_KEY, PredictWidget
 from napari_metalseg._widgets.ratios import RatioWidget, rebalance
+from napari_metalseg._widgets.roles import PHASES, REFERENCE, find_layer, layer_name, role_metadata
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import PhaseSet
 
@@ -91,6 +92,9 @@ def predict(viewer, qtbot, probabilities: bool = False) -> Labels:
     assert widget.predict() is not None
     wait(qtbot, widget)
     return viewer.layers[PHASE_LAYER]
+
+
+PHASE_LAYER = f"{IMAGE} phases"
 
 
 # -- start-up ------------------------------------------------------------------------------------------------------
@@ -176,7 +180,7 @@ def test_predict_creates_coloured_phase_layer(loaded, qtbot):
     assert layer.metadata[IMAGE_KEY] == IMAGE and layer.metadata[RATIOS_KEY] is None
     expected = session.predictor.predict(np.asarray(image.data)).labels + 1
     assert np.array_equal(layer.data, expected)
-    probs = np.stack([loaded.layers[f"P({n})"].data for n in session.phases.names])
+    probs = np.stack([loaded.layers[f"{IMAGE} P({n})"].data for n in session.phases.names])
     assert np.allclose(probs.sum(0), 1.0, atol=1e-4)
 
 
@@ -187,7 +191,13 @@ def _empty_target(viewer) -> Labels:
     session = session_of(viewer)
     image = viewer.layers[IMAGE]
     return show_phase_map(
-        viewer, np.full(image.data.shape, 255, np.uint8), session.phases, scale=image.scale, translate=image.translate
+        viewer,
+        np.full(image.data.shape, 255, np.uint8),
+        session.phases,
+        layer_name(IMAGE, PHASES),
+        scale=image.scale,
+        translate=image.translate,
+        metadata=role_metadata(IMAGE, PHASES),
     )
 
 
@@ -203,7 +213,6 @@ def test_box_writes_inside_only_as_one_undo_step(loaded, qtbot):
     target = _empty_target(loaded)
     widget = dock(loaded, "Box prompts")
     widget.image.set_layer(IMAGE)
-    widget.target.set_layer(PHASE_LAYER)
     history = len(raw(target)._undo_history)
     _draw_box(loaded, qtbot, widget, ((100, 120), (220, 260)))
     assert widget.last_box == (120, 100, 260, 220)
@@ -223,7 +232,6 @@ def test_object_mode_assigns_one_phase_to_one_region(loaded, qtbot):
     target = _empty_target(loaded)
     widget = dock(loaded, "Box prompts")
     widget.image.set_layer(IMAGE)
-    widget.target.set_layer(PHASE_LAYER)
     widget.set_mode(MODE_OBJECT, "bainite")
     _draw_box(loaded, qtbot, widget, ((200, 200), (330, 330)))
     data = np.asarray(target.data)
@@ -275,7 +283,8 @@ def test_ratio_sliders_stay_normalised_and_rerun_only_the_decoder(loaded, qtbot)
 def test_ratios_estimated_from_labels(loaded):
     widget = dock(loaded, "Phase ratios")
     widget.live.setChecked(False)
-    widget.labels.set_layer("ground truth")
+    widget.labels.set_layer(f"{IMAGE} ground truth")
+    assert find_layer(loaded, IMAGE, REFERENCE).name == f"{IMAGE} ground truth"
     widget.estimate_from_labels()
     assert widget.last_error is None
     assert np.allclose(widget.ratios, [0.55, 0.30, 0.15], atol=0.01)

@@ -27,18 +27,18 @@ def _strokes(layer, mask, phase: int, rows, step: int = 3) -> None:
 
 
 def test_painting_shows_a_preview_that_follows_the_strokes(viewer, qtbot):
-    from napari_metalseg._widgets.pairing import find_labels_layer
+    from napari_metalseg._widgets.roles import ANNOTATIONS, find_layer
     from napari_metalseg._widgets.training import TrainingWidget
     from napari_metalseg.data.synth import synthesize_micrograph
 
     image, mask = synthesize_micrograph(192, fractions=(0.6, 0.4), magnification=3000, seed=2)
     image_layer = viewer.add_image(image, name="steel")
-    labels = viewer.add_labels(np.zeros(image.shape, np.uint8), name="steel labels")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
     assert isinstance(widget, TrainingWidget) and widget.preview_check.isChecked()
     widget.phases_edit.setText("ferrite, martensite")
-    widget.select_pair("steel", "steel labels")
-    assert widget.preview.labels.name == "steel labels"
+    widget.select_image("steel")
+    labels = widget.data.new_annotations()  # the dock's "New annotations layer" button
+    assert widget.preview.labels.name == "steel annotations"
 
     _strokes(labels, mask, 0, rows=range(10, 180, 40))
     qtbot.waitUntil(lambda: "paint at least two phases" in widget.status.text(), timeout=10_000)
@@ -56,8 +56,8 @@ def test_painting_shows_a_preview_that_follows_the_strokes(viewer, qtbot):
     assert accuracy > 0.75, accuracy
     assert "live preview" in widget.status.text() and "held-out" in widget.status.text()
     # the preview is never taken for the annotations
-    assert find_labels_layer(viewer, image_layer).name == "steel labels"
-    assert viewer.layers.selection.active.name == "steel labels"
+    assert find_layer(viewer, image_layer, ANNOTATIONS).name == "steel annotations"
+    assert viewer.layers.selection.active.name == "steel annotations"
 
     updates = widget.preview.updates
     _strokes(labels, mask, 1, rows=range(4, 190, 8), step=2)
@@ -75,10 +75,10 @@ def test_painting_shows_a_preview_that_follows_the_strokes(viewer, qtbot):
 def test_preview_can_be_switched_off(viewer, qtbot):
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     viewer.add_image(image, name="a")
-    labels = viewer.add_labels(np.zeros((64, 64), np.uint8), name="a labels")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
     widget.phases_edit.setText("ferrite, martensite")
-    widget.select_pair("a", "a labels")
+    widget.select_image("a")
+    labels = widget.data.new_annotations()
     widget.preview_check.setChecked(False)
     labels.brush_size = 5
     for y in range(5, 60, 10):
@@ -93,10 +93,10 @@ def test_a_trained_model_is_compared_with_the_preview(viewer, qtbot, tmp_path):
 
     image, mask = synthesize_micrograph(160, fractions=(0.6, 0.4), magnification=3000, seed=4)
     viewer.add_image(image, name="steel")
-    labels = viewer.add_labels(np.zeros(image.shape, np.uint8), name="steel labels")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
     widget.phases_edit.setText("ferrite, martensite")
-    widget.select_pair("steel", "steel labels")
+    widget.select_image("steel")
+    labels = widget.data.new_annotations()
     _strokes(labels, mask, 0, rows=range(5, 160, 12))
     _strokes(labels, mask, 1, rows=range(8, 160, 6))
     qtbot.waitUntil(lambda: widget.preview.updates >= 1 and widget.preview.worker is None, timeout=60_000)

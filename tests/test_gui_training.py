@@ -41,8 +41,9 @@ def _micrograph(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _add_annotated(viewer, name: str = "steel", size: int = 96, seed: int = 0, uint8: bool = False):
-    """An image layer and a partially annotated Labels layer ``"<name> labels"`` (the right third unlabeled)."""
+    """A micrograph layer and its ``"<name> annotations"`` layer, partially annotated (the right third unlabeled)."""
     from napari_metalseg._widgets.layers import MICROGRAPH_KEY
+    from napari_metalseg._widgets.roles import annotations_layer
 
     image, mask = _micrograph(size, seed)
     data = (image * 255 + 0.5).astype(np.uint8) if uint8 else image
@@ -51,7 +52,8 @@ def _add_annotated(viewer, name: str = "steel", size: int = 96, seed: int = 0, u
     )
     labels = mask_to_labels(mask)
     labels[:, 2 * size // 3 :] = 0
-    labels_layer = viewer.add_labels(labels, name=f"{name} labels")
+    labels_layer = annotations_layer(viewer, image_layer, PHASES, create=True)
+    labels_layer.data = labels
     return image_layer, labels_layer
 
 
@@ -84,28 +86,41 @@ def test_widgets_open_from_the_manifest(viewer):
     assert training.session is session_of(viewer) is quantify.session
 
 
-def test_pairing_rule(viewer):
-    from napari_metalseg._widgets.layers import IMAGE_KEY, show_phase_map
-    from napari_metalseg._widgets.pairing import training_pairs
+def test_training_data_is_the_annotations_layer_of_each_micrograph(viewer):
+    """Finding 1: a hidden ground-truth layer or a Labels layer the user made is never used silently; the dock says
+    what it will train on and refuses with one line when nothing is painted."""
+    from napari_metalseg._widgets.layers import labels_layer_kwargs
+    from napari_metalseg._widgets.roles import REFERENCE, role_metadata
     from napari_metalseg._widgets.training import ALL_IMAGES
 
-    _add_annotated(viewer, "a", seed=0)
-    _add_annotated(viewer, "b", seed=1)
-    viewer.layers["b labels"].name = "b mask"  # as the reader names a dataset's masks
-    viewer.add_image(np.zeros((50, 50), np.float32), name="c")
-    show_phase_map(viewer, np.zeros((50, 50), np.uint8), PHASES, metadata={IMAGE_KEY: "c"})  # its prediction
-    viewer.add_image(np.zeros((40, 40), np.float32), name="lonely")
-    viewer.add_labels(np.zeros((96, 96), np.uint8), name="scratch")
-    pairs = [(i.name, lab.name) for i, lab in training_pairs(viewer)]
-    assert pairs == [("a", "a labels"), ("b", "b mask"), ("c", "phases")]
+    image, truth = _micrograph()
+    viewer.add_image(image, name="steel")
+    reference = labels_layer_kwargs(PHASES, "ground truth", metadata=role_metadata("steel", REFERENCE))
+    viewer.add_labels(mask_to_labels(truth), visible=False, **reference)  # a sample's hidden reference
+    user_made = viewer.add_labels(np.zeros((96, 96), np.uint8), name="steel - Labels")  # napari's new-layer button
     widget = _training_widget(viewer)
-    widget.select_pair("b")
-    assert widget.labels_combo.currentText() == "b mask"  # pre-selected by the rule
-    widget.select_pair(ALL_IMAGES)
-    assert [lab.name for _, lab in widget.pairs()] == ["a labels", "b mask", "phases"]
-    widget.select_pair("lonely")
-    with pytest.raises(MetalsegError, match="has shape"):
-        widget.pairs()  # whatever the combo holds, a Labels layer of another size is refused
+    widget.phases_edit.setText("ferrite, martensite")
+    widget.select_image("steel")
+    assert widget.data.adopt_combo.findText("steel - Labels") >= 0  # offered for adoption, not used
+    assert widget.data.inputs() == []
+    widget.start_training()
+    assert isinstance(widget.last_error, MetalsegError) and "nothing to train on" in str(widget.last_error)
+    assert "\n" not in str(widget.last_error) and not widget.running
+
+    adopted = widget.data.adopt("steel - Labels")
+    assert adopted.name == "steel annotations" and adopted.metadata["metalseg_role"] == "annotations"
+    assert list(adopted.features["phase"]) == ["unlabeled", "ferrite", "martensite"]
+    strokes = np.zeros((96, 96), np.uint8)
+    strokes[10:20, 10:30] = 1
+    strokes[60:70, 50:55] = 2
+    user_made.data_setitem(np.nonzero(strokes), strokes[strokes > 0])
+    summary = widget.data.update_summary()
+    assert "200 px" not in summary and "250 labelled px (ferrite 200, martensite 50)" in summary
+    assert "'steel annotations'" in summary
+    (item,) = widget.data.inputs()
+    np.testing.assert_array_equal(item.mask(PHASES), labels_to_mask(strokes, 2))
+    widget.select_image(ALL_IMAGES)
+    assert [(i.name, lab.name) for i, lab in widget.pairs()] == [("steel", "steel annotations")]
 
 
 def _train_from_layers(viewer, qtbot, tmp_path):
@@ -115,7 +130,7 @@ def _train_from_layers(viewer, qtbot, tmp_path):
     _, labels_layer = _add_annotated(viewer)
     drawn = np.array(labels_layer.data)
     widget = _training_widget(viewer)
-    widget.select_pair("steel", "steel labels")
+    widget.select_image("steel")
     out = tmp_path / "run"
     _quick_settings(widget, out, steps=30)
 
@@ -149,14 +164,14 @@ def test_training_from_layers_installs_the_model_and_keeps_the_annotations(viewe
     assert session.model is not None and session.predictor is not None
     assert session.run_dir == out and session.phases.names == PHASES.names
     assert (out / "adapter.safetensors").is_file() and (out / "config.json").is_file()
-    phases_layer = viewer.layers["phases"]
+    phases_layer = viewer.layers["steel phases"]
     assert phases_layer.data.shape == (96, 96)
     assert set(np.unique(phases_layer.data)) <= {1, 2}
     # the annotations were autosaved and never touched
     saved = labels_to_mask(drawn)
     from napari_metalseg.data.dataset import read_mask
 
-    np.testing.assert_array_equal(read_mask(out / "autosave" / "steel labels.png"), saved)
+    np.testing.assert_array_equal(read_mask(out / "autosave" / "steel annotations.png"), saved)
     np.testing.assert_array_equal(labels_layer.data, drawn)
 
 
@@ -223,12 +238,13 @@ def test_add_to_training_set_writes_image_mask_and_metadata(viewer, tmp_path):
     image_a, labels_a = _add_annotated(viewer, "field A", uint8=True)
     widget = _training_widget(viewer)
     widget.phases_edit.setText("ferrite, martensite")
-    widget.select_pair("field A", "field A labels")
-    assert widget.add_to_training_set() == ["field A"]
+    widget.select_image("field A")
+    (line,) = widget.add_to_training_set()
+    assert line == "'field A' from 'field A annotations' (6,144 labelled px)"
 
     _, labels_b = _add_annotated(viewer, "field B", seed=3)
-    widget.select_pair("field B", "field B labels")
-    assert widget.add_to_training_set() == ["field B"]
+    widget.select_image("field B")
+    assert widget.add_to_training_set()[0].startswith("'field B' from 'field B annotations'")
 
     dataset = load_dataset(root, require_masks=True)
     assert dataset.phases.names == PHASES.names
@@ -245,7 +261,7 @@ def test_add_to_training_set_writes_image_mask_and_metadata(viewer, tmp_path):
     # a correction re-added replaces only that mask
     labels_a.data[:5, :5] = 2
     labels_a.refresh()
-    widget.select_pair("field A", "field A labels")
+    widget.select_image("field A")
     widget.add_to_training_set()
     dataset = load_dataset(root, require_masks=True)
     assert (dataset.item("field A").read_mask()[:5, :5] == 1).all()
@@ -259,7 +275,7 @@ def test_retrain_from_the_dataset_closes_the_loop(viewer, qtbot, tmp_path):
     _add_annotated(viewer, "field A")
     widget = _training_widget(viewer)
     widget.phases_edit.setText("ferrite, martensite")
-    widget.select_pair("field A", "field A labels")
+    widget.select_image("field A")
     widget.add_to_training_set()
     widget.source.setCurrentIndex(1)  # dataset folder
     _quick_settings(widget, tmp_path / "retrained", steps=6)
@@ -301,7 +317,7 @@ def test_failed_training_keeps_what_was_drawn(viewer, qtbot, tmp_path, monkeypat
     out = tmp_path / "failing"
     _quick_settings(widget, out, steps=123)
     widget.start_training()
-    assert (out / "autosave" / "steel labels.png").is_file()  # saved before the run starts
+    assert (out / "autosave" / "steel annotations.png").is_file()  # saved before the run starts
     # the user keeps annotating while the worker runs, then training fails
     labels_layer.data[10:30, 10:30] = 2
     labels_layer.refresh()
@@ -311,7 +327,7 @@ def test_failed_training_keeps_what_was_drawn(viewer, qtbot, tmp_path, monkeypat
 
     assert isinstance(widget.last_error, MetalsegError)
     assert "disk full" in widget.status.text()
-    np.testing.assert_array_equal(read_mask(out / "autosave" / "steel labels.png"), labels_to_mask(drawn))
+    np.testing.assert_array_equal(read_mask(out / "autosave" / "steel annotations.png"), labels_to_mask(drawn))
     assert PhaseSet.load(out / "autosave" / "phases.json").names == PHASES.names
     assert widget.autosaved_to == out / "autosave"
     np.testing.assert_array_equal(labels_layer.data, drawn)  # the layer itself is untouched
@@ -326,24 +342,33 @@ def _quantify_widget(viewer):
     return widget
 
 
-def _known_layer(viewer, name: str = "phases"):
-    """Left half label 1 (ferrite), top-right quarter label 2 (martensite), bottom-right quarter unlabeled."""
-    from napari_metalseg._widgets.layers import IMAGE_KEY, UNITS, show_phase_map
+def _known_layer(viewer, image: str = "steel"):
+    """The ``<image> phases`` layer of a 40 x 40 micrograph: left half label 1 (ferrite), top-right quarter label 2
+    (martensite), bottom-right quarter unlabeled."""
+    from napari_metalseg._widgets.layers import UNITS, show_phase_map
+    from napari_metalseg._widgets.roles import PHASES as ROLE
+    from napari_metalseg._widgets.roles import layer_name, role_metadata
 
     labels = np.zeros((40, 40), np.uint8)
     labels[:, :20] = 1
     labels[:20, 20:] = 2
-    if "steel" not in viewer.layers:
-        viewer.add_image(np.zeros((40, 40), np.float32), name="steel", scale=(0.5, 0.5), units=UNITS)
+    if image not in viewer.layers:
+        viewer.add_image(np.zeros((40, 40), np.float32), name=image, scale=(0.5, 0.5), units=UNITS)
     return show_phase_map(
-        viewer, labels, PHASES, name=name, labels=True, scale=(0.5, 0.5), metadata={IMAGE_KEY: "steel"}
+        viewer,
+        labels,
+        PHASES,
+        layer_name(image, ROLE),
+        labels=True,
+        scale=(0.5, 0.5),
+        metadata=role_metadata(image, ROLE),
     )
 
 
 def test_quantify_shows_exact_fractions_and_follows_corrections(viewer, qtbot):
     layer = _known_layer(viewer)
     widget = _quantify_widget(viewer)
-    widget.select_layer("phases")
+    widget.select_layer("steel")
     qtbot.waitUntil(lambda: widget.report is not None, timeout=10_000)
     field = widget.report.fields[0]
     assert field.fractions == {"ferrite": 800 / 1200, "martensite": 400 / 1200}
@@ -365,12 +390,13 @@ def test_quantify_shows_exact_fractions_and_follows_corrections(viewer, qtbot):
     layer.paint((0, 39), 1)
     qtbot.waitUntil(lambda: widget.report.fields[0].pixels["ferrite"] == 801, timeout=10_000)
 
-    # two phase layers: the CI and its error bars appear
-    second = _known_layer(viewer, "phases 2")
+    # two micrographs: the CI and its error bars appear
+    second = _known_layer(viewer, "steel 2")
     second.data[:, :] = 1
     second.refresh()
-    widget.select_layer("all phase layers")
+    widget.select_layer("all micrographs")
     qtbot.waitUntil(lambda: widget.report is not None and len(widget.report.fields) == 2, timeout=10_000)
+    assert [f.image for f in widget.report.fields] == ["steel", "steel 2"]
     assert widget.cell(0, "95 % CI").startswith("± ")
     assert all(e is not None for e in widget.bars.errors)
 
@@ -378,7 +404,7 @@ def test_quantify_shows_exact_fractions_and_follows_corrections(viewer, qtbot):
 def test_quantify_exports_csv_and_json(viewer, qtbot, tmp_path):
     _known_layer(viewer)
     widget = _quantify_widget(viewer)
-    widget.select_layer("phases")
+    widget.select_layer("steel")
     qtbot.waitUntil(lambda: widget.report is not None, timeout=10_000)
     path = widget.export_csv(tmp_path / "fractions.csv")
     with open(path, newline="") as fh:
@@ -405,7 +431,7 @@ def test_quantify_exports_csv_and_json(viewer, qtbot, tmp_path):
         "grid_spacing_px",
     ]
     assert list(rows[0]) == expected
-    assert rows[0]["image"] == "phases" and float(rows[0]["ferrite_fraction"]) == pytest.approx(2 / 3)
+    assert rows[0]["image"] == "steel" and float(rows[0]["ferrite_fraction"]) == pytest.approx(2 / 3)
     assert rows[0]["length_unit"] == "um" and rows[0]["pixel_size_um"] == "0.5"
     with open(tmp_path / "fractions_samples.csv", newline="") as fh:
         summary = list(csv.DictReader(fh))

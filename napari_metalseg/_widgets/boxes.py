@@ -1,9 +1,10 @@
 """The Box prompts dock widget: draw a rectangle, get phases (or one corrected object) inside it only.
 
-Draw rectangles on the ``box prompts`` Shapes layer. Each new rectangle runs the model with the box as prompt
-(the :class:`~napari_metalseg.predict.Predictor` box path: the encoder runs once per box window and is cached,
-ratio guidance applies) and writes into the target Labels layer **only inside the box**, as **one undo step**
-(``Ctrl+Z`` on the Labels layer restores the box exactly). Two modes:
+Draw rectangles on the micrograph's ``<image> boxes`` Shapes layer (:mod:`.roles`). Each new rectangle runs the model
+with the box as prompt (the :class:`~napari_metalseg.predict.Predictor` box path: the encoder runs once per box window
+and is cached, ratio guidance applies) and writes into the micrograph's ``<image> phases`` layer **only inside the
+box**, as **one undo step** (``Ctrl+Z`` on the phases layer restores the box exactly). What a box changed counts as
+the user's correction (:mod:`.edits`): a later prediction or ratio change keeps it. Two modes:
 
 ``predict phases in box``
     every pixel of the box gets the predicted phase.
@@ -33,18 +34,20 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metalseg._widgets.base import DockWidget
-from napari_metalseg._widgets.layers import (
-    BOX_LAYER,
-    IMAGE_KEY,
-    PHASE_LAYER,
-    image_of_layer,
-    image_transform,
-    is_micrograph_layer,
-    phases_of_layer,
-    show_phase_map,
-)
+from napari_metalseg._widgets.edits import show_edits, watch_edits
+from napari_metalseg._widgets.layers import image_of_layer, image_transform, phases_of_layer, show_phase_map
 from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg._widgets.predict import effective_ratios
+from napari_metalseg._widgets.roles import (
+    BOXES,
+    PHASES,
+    find_layer,
+    image_of,
+    is_2d_image,
+    layer_name,
+    role_metadata,
+    role_of,
+)
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, mask_to_labels
 from napari_metalseg.prompts import object_in_box
@@ -89,8 +92,7 @@ class BoxPromptWidget(DockWidget):
         self._queue: deque = deque()
         self._shapes_connected: set[int] = set()
 
-        self.image = LayerPicker(napari_viewer, Image, accept=is_micrograph_layer)
-        self.target = LayerPicker(napari_viewer, Labels, prefer=PHASE_LAYER)
+        self.image = LayerPicker(napari_viewer, Image, accept=is_2d_image)
         self.mode_group = QButtonGroup(self)
         self.mode_buttons = {}
         for i, mode in enumerate(MODES):
@@ -100,14 +102,13 @@ class BoxPromptWidget(DockWidget):
         self.mode_buttons[MODE_PREDICT].setChecked(True)
         self.phase = QComboBox()
         self.draw_button = QPushButton("Draw boxes")
-        self.draw_button.setToolTip(f"Select the '{BOX_LAYER}' shapes layer in rectangle mode")
+        self.draw_button.setToolTip("Select the micrograph's '<image> boxes' shapes layer in rectangle mode")
         self.clear_button = QPushButton("Clear boxes")
         self.status = QLabel("Draw a rectangle over the micrograph.")
         self.status.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("Micrograph", self.image)
-        form.addRow("Write into", self.target)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         for button in self.mode_buttons.values():
@@ -158,28 +159,31 @@ class BoxPromptWidget(DockWidget):
 
     def _watch(self, layer) -> None:
         key = id(getattr(layer, "__wrapped__", layer))  # plugin widgets see proxies of the layers
-        if isinstance(layer, Shapes) and layer.name == BOX_LAYER and key not in self._shapes_connected:
+        if isinstance(layer, Shapes) and role_of(layer) == BOXES and key not in self._shapes_connected:
             self._shapes_connected.add(key)
             layer.events.data.connect(partial(self._on_shapes_data, layer))
 
     # -- boxes -------------------------------------------------------------------------------------------------
     def shapes_layer(self, create: bool = True) -> Shapes | None:
-        """The ``box prompts`` layer (created over the chosen micrograph when missing)."""
-        if BOX_LAYER in self.viewer.layers and isinstance(self.viewer.layers[BOX_LAYER], Shapes):
-            return self.viewer.layers[BOX_LAYER]
-        if not create:
-            return None
+        """The chosen micrograph's ``<image> boxes`` layer (created over it when missing)."""
         image = self.image.layer()
-        transform = image_transform(image) if image is not None else {}
-        width = max(1.0, max(image.data.shape[:2]) / 250) if image is not None else 2.0
+        if image is None:
+            if create:
+                raise MetalsegError("no micrograph: open an image first")
+            return None
+        layer = find_layer(self.viewer, image, BOXES)
+        if layer is not None or not create:
+            return layer
+        width = max(1.0, max(image.data.shape[:2]) / 250)
         layer = self.viewer.add_shapes(
             ndim=2,
-            name=BOX_LAYER,
+            name=layer_name(image.name, BOXES),
+            metadata=role_metadata(image.name, BOXES),
             shape_type="rectangle",
             edge_color="#ffd700",
             face_color="transparent",
             edge_width=width,
-            **transform,
+            **image_transform(image),
         )
         self._watch(layer)
         return layer
@@ -221,18 +225,19 @@ class BoxPromptWidget(DockWidget):
         return self.worker
 
     def _target_layer(self, image_layer: Image, shape: tuple[int, int]) -> Labels:
+        """The micrograph's ``<image> phases`` layer (created empty when it was not predicted yet)."""
         phases = self.session.phases
-        target = self.target.layer()
+        target = find_layer(self.viewer, image_layer, PHASES)
         if target is None:
             target = show_phase_map(
                 self.viewer,
                 np.full(shape, UNLABELED, np.uint8),
                 phases,
-                PHASE_LAYER,
+                layer_name(image_layer.name, PHASES),
                 **image_transform(image_layer),
-                metadata={IMAGE_KEY: image_layer.name},
+                metadata=role_metadata(image_layer.name, PHASES),
             )
-            self.target.set_layer(target.name)
+            watch_edits(self.viewer, target)
         if tuple(target.data.shape) != tuple(shape):
             raise MetalsegError(
                 f"labels layer {target.name!r} has shape {tuple(target.data.shape)} but the "
@@ -249,7 +254,7 @@ class BoxPromptWidget(DockWidget):
         session = self.session
         if session.predictor is None:
             raise MetalsegError("no model yet: open a trained run in the Model widget first")
-        image_layer = self.image.layer()
+        image_layer = image_of(self.viewer, shapes_layer) or self.image.layer()
         if image_layer is None:
             raise MetalsegError("no micrograph layer: open an image first")
         image = image_of_layer(image_layer)
@@ -284,6 +289,7 @@ class BoxPromptWidget(DockWidget):
         with target.block_history():
             target.data_setitem((ys + y0, xs + x0), values.astype(dtype))
         changed = np.asarray(target.data[y0:y1, x0:x1]) != before
+        show_edits(self.viewer, target)
         self.last_box = box
         self.last_change = changed
         what = (
@@ -293,6 +299,6 @@ class BoxPromptWidget(DockWidget):
         )
         self.status.setText(
             f"box x {x0}..{x1}, y {y0}..{y1}: {what}; {int(changed.sum())} px changed "
-            "(Ctrl+Z on the labels layer undoes it)"
+            f"(Ctrl+Z on '{target.name}' undoes it; kept through new predictions)"
         )
         return int(changed.sum())

@@ -9,10 +9,10 @@ Layer conventions (the only place they are written down in code):
 * A micrograph is an ``Image`` layer whose ``scale`` is the pixel size in micrometres (``units`` ``um``) when the
   file states it, so napari's scale bar is right; ``metadata["metalseg_micrograph"]`` holds
   :meth:`~napari_metalseg.io.Micrograph.info`.
-* Layers derived from an image (phases, probabilities, box prompts, features) share its scale and translate and
-  name it in ``metadata["metalseg_image"]``.
+* Layers derived from an image (phases, probabilities, box prompts, features) share its scale and translate,
+  name it in ``metadata["metalseg_image"]`` and say their role (:mod:`.roles`).
 
-The pairing of micrographs with their annotation layers is in :mod:`.pairing`, the layer combo box in
+Which layer is which of a micrograph (annotations, phases, ...) is in :mod:`.roles`, the layer combo box in
 :mod:`.picker`, running jobs and reporting errors in :mod:`.base`.
 
 Nothing here imports torch.
@@ -40,10 +40,6 @@ PREVIEW_KEY = "metalseg_preview"
 """Layer metadata key marking the live-preview layers (never training data)."""
 DERIVED_KEY = "metalseg_derived"
 """``Image.metadata`` key set on images the plugin computes (probabilities, feature maps): not micrographs."""
-PHASE_LAYER = "phases"
-"""Name of the layer whole-image predictions go to."""
-BOX_LAYER = "box prompts"
-"""Name of the Shapes layer of box prompts."""
 UNITS = ("um", "um")
 LABELS_OPACITY = 0.6
 
@@ -113,7 +109,7 @@ def show_phase_map(
     viewer,
     data,
     phases: PhaseSet,
-    name: str = PHASE_LAYER,
+    name: str,
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
     *,
@@ -121,7 +117,7 @@ def show_phase_map(
     labels: bool = False,
     metadata: dict | None = None,
 ) -> Labels:
-    """Add or update the Labels layer ``name`` showing a phase map.
+    """Add or update the Labels layer ``name`` showing a phase map; pixels the user edited in it are kept.
 
     Parameters
     ----------
@@ -131,18 +127,21 @@ def show_phase_map(
         ``labels=True``, napari labels (``k + 1``, 0 unlabeled).
     phases : PhaseSet
     name : str
-        Layer name; an existing Labels layer of the same shape is updated in place (its undo history restarts).
+        Layer name (a micrograph's layers: :func:`~.roles.layer_name`); an existing Labels layer of the same shape
+        is updated in place, keeping the user's corrections (:func:`~.edits.write_phases`).
     scale, translate, units : optional
         Those of the micrograph the map belongs to (see :func:`image_transform`).
     labels : bool
         ``data`` already holds napari labels.
     metadata : dict, optional
-        Extra layer metadata (e.g. ``{IMAGE_KEY: image_layer.name}``).
+        Extra layer metadata (e.g. :func:`~.roles.role_metadata`).
 
     Returns
     -------
     napari.layers.Labels
     """
+    from .edits import mark_written, write_phases
+
     if hasattr(data, "labels") and hasattr(data, "probs"):  # a PhaseMap
         array = mask_to_labels(data.labels)
     else:
@@ -152,9 +151,7 @@ def show_phase_map(
     kwargs = labels_layer_kwargs(phases, name, scale, translate, metadata, units)
     layer = viewer.layers[name] if name in viewer.layers else None
     if isinstance(layer, Labels) and layer.data.shape == array.shape:
-        if _has_user_edits(layer):
-            keep_user_edits(viewer, layer)
-        layer.data = array
+        write_phases(layer, array)
         layer.colormap = kwargs["colormap"]
         layer.features = kwargs["features"]
         layer.metadata = {**layer.metadata, **kwargs["metadata"]}
@@ -164,54 +161,15 @@ def show_phase_map(
             layer.translate = kwargs["translate"]
         if "units" in kwargs:
             layer.units = kwargs["units"]
-        layer.metadata = {**layer.metadata, WRITTEN_KEY: _fingerprint(array)}
         return layer
-    if isinstance(layer, Labels):  # the phase map of an image of another size: replaced, user edits kept aside
-        if _has_user_edits(layer):
-            keep_user_edits(viewer, layer)
-        viewer.layers.remove(layer)
-    kwargs["metadata"] = {**kwargs["metadata"], WRITTEN_KEY: _fingerprint(array)}
-    return viewer.add_labels(array, **kwargs)
-
-
-WRITTEN_KEY = "metalseg_written"
-"""Layer metadata: fingerprint of the phase map the plugin last wrote (tells whether the user edited it since)."""
-
-
-def _fingerprint(array: np.ndarray) -> str:
-    import hashlib
-
-    arr = np.ascontiguousarray(array)
-    return hashlib.sha1(arr.data).hexdigest() + str(arr.shape)
-
-
-def _has_user_edits(layer: Labels) -> bool:
-    """True when the layer holds labels the plugin did not write (painted corrections, the user's own layer)."""
-    data = np.asarray(layer.data)
-    return bool(data.any()) and layer.metadata.get(WRITTEN_KEY) != _fingerprint(data)
-
-
-def keep_user_edits(viewer, layer: Labels) -> Labels:
-    """Copy a phase layer the user has edited into a hidden ``<name> (your edits)`` layer before it is replaced.
-
-    A new prediction (a ratio slider move, Predict again) writes into the ``phases`` layer; corrections painted
-    there since the last prediction would otherwise be lost. Nothing the user drew is ever lost.
-    """
-    from napari.utils.notifications import show_info
-
-    name = f"{layer.name} (your edits)"
-    copy = viewer.add_labels(
-        np.array(layer.data, copy=True),
-        name=name,
-        scale=layer.scale,
-        translate=layer.translate,
-        colormap=layer.colormap,
-        features=layer.features,
-        visible=False,
-        metadata={k: v for k, v in layer.metadata.items() if k != WRITTEN_KEY},
-    )
-    show_info(f"your corrections in '{layer.name}' were kept in the layer '{copy.name}'")
-    return copy
+    if isinstance(layer, Labels):
+        raise MetalsegError(
+            f"layer {name!r} has shape {tuple(layer.data.shape)}, the new phase map {array.shape}: "
+            "rename or remove that layer first (it is kept as it is)"
+        )
+    layer = viewer.add_labels(array, **kwargs)
+    mark_written(layer)
+    return layer
 
 
 def session_of(viewer):
@@ -281,56 +239,6 @@ def image_transform(layer: Layer) -> dict[str, tuple]:
 def is_micrograph_layer(layer: Layer) -> bool:
     """An Image layer the user can segment (not one the plugin computed, such as feature maps)."""
     return isinstance(layer, Image) and not layer.metadata.get(DERIVED_KEY)
-
-
-def show_probabilities(
-    viewer,
-    phase_map,
-    phases: PhaseSet,
-    scale: Sequence[float] | None = None,
-    translate: Sequence[float] | None = None,
-    units: Sequence | None = None,
-    image_name: str | None = None,
-) -> list[Image]:
-    """Add or update one probability layer per phase (``P(<phase>)``, phase colour, additive, hidden at first).
-
-    Returns
-    -------
-    list of napari.layers.Image
-    """
-    from napari.utils.colormaps import Colormap
-
-    out = []
-    for k, phase in enumerate(phases.phases):
-        name = f"P({phase.name})"
-        prob = np.asarray(phase_map.probs[k], np.float32)
-        meta = {DERIVED_KEY: "probability", IMAGE_KEY: image_name, PHASES_KEY: phases.to_json()}
-        rgb = [int(phase.color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
-        cmap = Colormap([[0, 0, 0, 1], [*rgb, 1]], name=f"metalseg_{phase.name}")
-        layer = viewer.layers[name] if name in viewer.layers else None
-        if isinstance(layer, Image) and layer.data.shape == prob.shape:
-            layer.data = prob
-            layer.metadata = {**layer.metadata, **meta}
-        else:
-            if layer is not None:
-                viewer.layers.remove(layer)
-            kwargs: dict[str, Any] = {
-                "name": name,
-                "colormap": cmap,
-                "blending": "additive",
-                "contrast_limits": (0.0, 1.0),
-                "visible": False,
-                "metadata": meta,
-            }
-            if scale is not None:
-                kwargs["scale"] = tuple(scale)
-            if translate is not None:
-                kwargs["translate"] = tuple(translate)
-            if units is not None:
-                kwargs["units"] = tuple(units)
-            layer = viewer.add_image(prob, **kwargs)
-        out.append(layer)
-    return out
 
 
 def phase_legend_html(phases: PhaseSet, values: Sequence[float] | None = None) -> str:

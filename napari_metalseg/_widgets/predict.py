@@ -1,33 +1,45 @@
-"""The Predict dock widget: whole-image (tiled) prediction of a micrograph layer into the ``phases`` Labels layer.
+"""The Predict dock widget: whole-image (tiled) prediction of a micrograph into its ``<image> phases`` layer.
 
-The image encoder runs once per image (its embedding is cached by the session's
-:class:`~napari_metalseg.predict.Predictor`), so the Phase ratios widget reruns only the decoder.
+Each micrograph has its own layers (:mod:`.roles`): ``<image> phases`` (the prediction, with the user's corrections,
+which a new prediction keeps: :mod:`.edits`), optionally ``<image> P(<phase>)`` and ``<image> uncertainty``.
+Predicting a second micrograph never touches the first one's layers. The image encoder runs once per image (its
+embedding is cached by the session's :class:`~napari_metalseg.predict.Predictor`), so the Phase ratios widget reruns
+only the decoder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from napari.layers import Image
+import numpy as np
+from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout
 
 from napari_metalseg._widgets.base import DockWidget
+from napari_metalseg._widgets.edits import edited_pixels, forget_edits, show_edits, watch_edits
 from napari_metalseg._widgets.layers import (
-    IMAGE_KEY,
-    PHASE_LAYER,
     image_of_layer,
     image_transform,
     is_micrograph_layer,
     phase_legend_html,
     show_phase_map,
-    show_probabilities,
 )
 from napari_metalseg._widgets.picker import LayerPicker
+from napari_metalseg._widgets.roles import (
+    PHASES,
+    PROBABILITY,
+    UNCERTAINTY,
+    find_layer,
+    layer_name,
+    role_metadata,
+    show_image_layer,
+)
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.phases import PhaseSet
 
 RATIOS_KEY = "metalseg_ratios"
-"""``metadata`` key of the phases layer: the ratio guidance it was predicted with (None = none)."""
+"""``metadata`` key of a phases layer: the ratio guidance it was predicted with (None = none)."""
 
 
 def effective_ratios(session) -> list[float] | None:
@@ -38,16 +50,61 @@ def effective_ratios(session) -> list[float] | None:
     return session.ratios
 
 
+def show_prediction(
+    viewer,
+    image: Image,
+    phase_map,
+    phases: PhaseSet,
+    *,
+    probabilities: bool = False,
+    uncertainty: bool = False,
+    metadata: dict | None = None,
+) -> Labels:
+    """Show a prediction of a micrograph in its ``<image> phases`` layer (the user's corrections kept and outlined)
+    and, when asked, its ``<image> P(<phase>)`` and ``<image> uncertainty`` layers.
+
+    Returns
+    -------
+    napari.layers.Labels
+        The phases layer.
+    """
+    from napari.utils.colormaps import Colormap
+
+    layer = show_phase_map(
+        viewer,
+        phase_map,
+        phases,
+        layer_name(image.name, PHASES),
+        **image_transform(image),
+        metadata={**role_metadata(image.name, PHASES), **(metadata or {})},
+    )
+    watch_edits(viewer, layer)
+    show_edits(viewer, layer)
+    if probabilities:
+        for k, phase in enumerate(phases.phases):
+            rgb = [int(phase.color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+            cmap = Colormap([[0, 0, 0, 1], [*rgb, 1]], name=f"metalseg_{phase.name}")
+            prob = np.asarray(phase_map.probs[k], np.float32)
+            show_image_layer(viewer, image, PROBABILITY, prob, phase.name, colormap=cmap, blending="additive")
+    if uncertainty and len(phases) >= 2:
+        from napari_metalseg.preview import uncertainty_map
+
+        unsure = uncertainty_map(np.asarray(phase_map.probs, np.float32))
+        show_image_layer(viewer, image, UNCERTAINTY, unsure, colormap="magma", blending="additive", opacity=0.6)
+    return layer
+
+
 def start_prediction(
     dock: DockWidget,
     image_layer: Image,
     *,
     probabilities: bool = False,
+    uncertainty: bool = False,
     desc: str = "predicting phases",
     on_done: Callable | None = None,
     on_finish: Callable | None = None,
 ):
-    """Predict a whole micrograph layer with the session's model, as a job of ``dock``, and show it in ``phases``.
+    """Predict a whole micrograph layer with the session's model, as a job of ``dock``, into ``<image> phases``.
 
     Parameters
     ----------
@@ -55,8 +112,8 @@ def start_prediction(
         Runs the job (:meth:`~napari_metalseg._widgets.base.JobRunner.start_job`; errors go to its ``last_error``
         and a notification).
     image_layer : napari.layers.Image
-    probabilities : bool
-        Also add/update one ``P(<phase>)`` layer per phase.
+    probabilities, uncertainty : bool
+        Also add/update the ``<image> P(<phase>)`` layers / the ``<image> uncertainty`` layer.
     desc : str
         Progress bar text.
     on_done : callable, optional
@@ -76,21 +133,26 @@ def start_prediction(
     viewer, session = dock.viewer, dock.session
     predictor = session.predictor
     if predictor is None:
-        raise MetalsegError("no model yet: open a trained run in the Model widget first")
+        raise MetalsegError("no model yet: build one or open a trained run in the Model dock first")
     if image_layer is None:
-        raise MetalsegError("no micrograph layer: open an image first (File > Open, or File > Open Sample)")
+        raise MetalsegError("no micrograph: open an image first (File > Open, or File > Open Sample)")
     image = image_of_layer(image_layer)
     ratios = effective_ratios(session)
     phases = session.phases
-    transform = image_transform(image_layer)
-    name = image_layer.name
 
     def done(phase_map) -> None:
-        meta = {IMAGE_KEY: name, RATIOS_KEY: None if ratios is None else [float(r) for r in ratios]}
-        layer = show_phase_map(viewer, phase_map, phases, PHASE_LAYER, **transform, metadata=meta)
-        if probabilities:
-            show_probabilities(viewer, phase_map, phases, **transform, image_name=name)
-            viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
+        if image_layer not in viewer.layers:
+            return
+        meta = {RATIOS_KEY: None if ratios is None else [float(r) for r in ratios]}
+        layer = show_prediction(
+            viewer,
+            image_layer,
+            phase_map,
+            phases,
+            probabilities=probabilities,
+            uncertainty=uncertainty,
+            metadata=meta,
+        )
         if on_done is not None:
             on_done(phase_map, layer)
 
@@ -98,7 +160,7 @@ def start_prediction(
 
 
 class PredictWidget(DockWidget):
-    """Dock widget: predict the phases of a whole micrograph (tiled) into the ``phases`` layer.
+    """Dock widget: predict the phases of a whole micrograph (tiled) into its ``<image> phases`` layer.
 
     Parameters
     ----------
@@ -110,11 +172,17 @@ class PredictWidget(DockWidget):
         self.last_result = None
 
         self.image = LayerPicker(napari_viewer, Image, accept=is_micrograph_layer)
-        self.probabilities = QCheckBox("also show probability layers P(phase)")
+        self.probabilities = QCheckBox("probability layers P(phase)")
+        self.uncertainty = QCheckBox("uncertainty layer (where to correct)")
         self.guidance = QLabel()
         self.guidance.setWordWrap(True)
         self.guidance.setTextFormat(Qt.TextFormat.RichText)
         self.button = QPushButton("Predict whole image")
+        self.forget_button = QPushButton("Forget my corrections")
+        self.forget_button.setToolTip(
+            "Your corrections in '<image> phases' are kept through every new prediction (outlined in "
+            "'<image> edits'); this hands them back to the model."
+        )
         self.result = QLabel()
         self.result.setWordWrap(True)
         self.result.setTextFormat(Qt.TextFormat.RichText)
@@ -125,11 +193,15 @@ class PredictWidget(DockWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.probabilities)
+        layout.addWidget(self.uncertainty)
         layout.addWidget(self.button)
+        layout.addWidget(self.forget_button)
         layout.addWidget(self.result)
         layout.addStretch(1)
 
         self.button.clicked.connect(self.predict)
+        self.forget_button.clicked.connect(self.forget_corrections)
+        self.image.currentIndexChanged.connect(lambda *_: self._show_fractions())
         self.session.model_changed.connect(self._update)
         self.session.ratios_changed.connect(self._update)
         self._update()
@@ -138,13 +210,32 @@ class PredictWidget(DockWidget):
         session = self.session
         self.button.setEnabled(session.model is not None and not self.busy)
         if session.model is None:
-            self.guidance.setText("<i>load a model first (Model widget)</i>")
+            self.guidance.setText("<i>build or open a model first (Model dock)</i>")
         elif getattr(session.model, "guidance", "none") == "none":
             self.guidance.setText("none (the model was trained without ratio guidance)")
         elif session.ratios is None:
-            self.guidance.setText("none (set phase ratios in the Phase ratios widget)")
+            self.guidance.setText("none (set phase ratios in the Phase ratios dock)")
         else:
             self.guidance.setText(f"ratios {phase_legend_html(session.phases, session.ratios)}")
+
+    def phases_layer(self) -> Labels | None:
+        """The ``<image> phases`` layer of the chosen micrograph (None: not predicted yet)."""
+        image = self.image.layer()
+        return None if image is None else find_layer(self.viewer, image, PHASES)
+
+    def _show_fractions(self) -> None:
+        """Show the area fractions of the chosen micrograph's phases layer (nothing when it has none)."""
+        from napari_metalseg._widgets.layers import phase_fractions_of_layer, phases_of_layer
+
+        image, layer = self.image.layer(), self.phases_layer()
+        phases = phases_of_layer(layer)
+        fractions = None if layer is None or phases is None else phase_fractions_of_layer(layer, len(phases))
+        if fractions is None:
+            self.result.setText("")
+            return
+        edited = int(edited_pixels(layer).sum())
+        note = f"; {edited:,} px corrected by you (kept)" if edited else ""
+        self.result.setText(f"<b>{image.name}</b>: {phase_legend_html(phases, fractions)}{note}")
 
     def predict(self):
         """Start the prediction of the chosen micrograph; returns the worker (None on bad input or busy)."""
@@ -156,17 +247,33 @@ class PredictWidget(DockWidget):
                 self,
                 self.image.layer(),
                 probabilities=self.probabilities.isChecked(),
+                uncertainty=self.uncertainty.isChecked(),
                 on_done=self._done,
                 on_finish=self._update,
             )
         except MetalsegError as exc:
+            self.result.setText("")
             self._failed(exc)
             return None
         self._update()
         return self.worker
 
+    def _failed(self, exc: BaseException) -> None:
+        self.result.setText("")
+        super()._failed(exc)
+
+    def forget_corrections(self) -> int:
+        """Let the next prediction overwrite the corrections of the chosen micrograph; returns their pixel count."""
+        layer = self.phases_layer()
+        if layer is None:
+            return 0
+        count = forget_edits(layer)
+        show_edits(self.viewer, layer)
+        self._show_fractions()
+        return count
+
     def _done(self, phase_map, layer) -> None:
         self.last_result = phase_map
-        fractions = phase_map.fractions()
-        self.result.setText(f"<b>Area fractions</b>: {phase_legend_html(self.session.phases, fractions)}")
+        self.image.set_layer(layer.metadata.get("metalseg_image", self.image.currentText()))
+        self._show_fractions()
         self.viewer.layers.selection.active = layer

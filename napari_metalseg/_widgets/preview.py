@@ -17,7 +17,8 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import phase_pixel_counts
 
 from .base import JobRunner
-from .layers import IMAGE_KEY, PREVIEW_KEY, image_of_layer, image_transform, mask_of_layer, show_phase_map
+from .layers import PREVIEW_KEY, image_of_layer, image_transform, mask_of_layer, show_phase_map
+from .roles import PREVIEW, UNCERTAINTY, layer_name, role_metadata, show_image_layer
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari.layers import Image, Labels
@@ -26,8 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEBOUNCE_MS = 400
 """Quiet time after the last stroke before the preview refits."""
-PREVIEW_SUFFIX = " preview"
-UNCERTAINTY_SUFFIX = " uncertainty"
 
 
 class LivePreviewController(QObject, JobRunner):
@@ -123,30 +122,16 @@ class LivePreviewController(QObject, JobRunner):
         self.updates += 1
         if image not in self.viewer.layers:
             return
-        transform = image_transform(image)
         show_phase_map(
             self.viewer,
             preview.labels,
             phases,
-            name=image.name + PREVIEW_SUFFIX,
-            **transform,
-            metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True},
+            layer_name(image.name, PREVIEW),
+            **image_transform(image),
+            metadata={**role_metadata(image.name, PREVIEW), PREVIEW_KEY: True},
         )
-        name = image.name + UNCERTAINTY_SUFFIX
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = preview.uncertainty
-        else:
-            self.viewer.add_image(
-                preview.uncertainty,
-                name=name,
-                colormap="magma",
-                opacity=0.5,
-                contrast_limits=(0, 1),
-                blending="additive",
-                visible=False,
-                metadata={IMAGE_KEY: image.name, PREVIEW_KEY: True},
-                **transform,
-            )
+        name = layer_name(image.name, UNCERTAINTY)
+        show_image_layer(self.viewer, image, UNCERTAINTY, preview.uncertainty, colormap="magma", blending="additive")
         if self.labels is not None and self.labels in self.viewer.layers:
             self.viewer.layers.selection.active = self.labels  # keep painting where the user paints
         seconds = sum(preview.seconds.values())

@@ -1,6 +1,7 @@
-"""The Quantify dock widget: phase fractions of the open phase Labels layers, live while you correct them.
+"""The Quantify dock widget: phase fractions of the open micrographs, live while you correct them.
 
-For the chosen Labels layer (or every phase Labels layer: "all phase layers", one field each) the widget shows a
+For the chosen micrograph (its ``<image> phases`` layer, :mod:`.roles`), a Labels layer that belongs to no
+micrograph, or every micrograph ("all micrographs": one field per micrograph, its phases layer) the widget shows a
 table (phase, area fraction, 95 % CI over the fields, islands, mean island area and equivalent circle diameter), a
 bar chart of the fractions (with 95 % CI error bars when there are two fields or more) and exports the report as
 CSV or JSON. Every number comes from the engine (:func:`napari_metalseg.quantify.quantify_mask` and
@@ -12,7 +13,7 @@ Live update: painting, filling, erasing or replacing a Labels layer's data re-qu
 Physical units: island sizes are in um^2 / um when the micrograph's pixel size is known
 (:func:`.calibration.layer_calibration`: from the image layer's ``metadata["metalseg_micrograph"]["pixel_size_um"]``
 or else its ``scale`` when its ``units`` are a length; the plugin's reader sets both); otherwise in px^2 / px. The
-image of a Labels layer is found by the plugin's pairing rule (:func:`.pairing.image_for_labels`). The table is
+micrograph of a phases layer is the one it names (:func:`.roles.image_of`). The table is
 :mod:`.quantify_table`.
 """
 
@@ -39,10 +40,10 @@ from napari_metalseg.progress import Job, ProgressEvent
 
 from .base import DockWidget, report_error
 from .calibration import layer_calibration, scale_um
-from .layers import PHASE_LAYER, phases_of_layer
-from .pairing import image_for_labels
+from .layers import phases_of_layer
 from .plots import FractionBars
 from .quantify_table import COLUMNS, FractionTable
+from .roles import PHASES, find_layer, image_of, micrographs, role_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -54,7 +55,7 @@ __all__ = ["ALL_LAYERS", "COLUMNS", "QuantifyWidget", "measure_job"]
 
 log = logging.getLogger(__name__)
 
-ALL_LAYERS = "all phase layers"
+ALL_LAYERS = "all micrographs"
 DEBOUNCE_MS = 300
 LABEL_EVENTS = ("data", "set_data", "paint", "labels_update", "metadata")
 
@@ -185,29 +186,46 @@ class QuantifyWidget(DockWidget):
         if self.live_check.isChecked():
             self.schedule_update()
 
-    def _refresh_layers(self, event: Any = None) -> None:
+    def _choices(self) -> list[tuple[str, str]]:
+        """``(text, layer name)`` of the combo: each micrograph with a phases layer, then other Labels layers that
+        belong to no micrograph (e.g. a mask the user opened)."""
         from napari.layers import Labels
 
+        items = []
+        for image in micrographs(self.viewer):
+            layer = find_layer(self.viewer, image, PHASES)
+            if layer is not None:
+                items.append((image.name, layer.name))
+        for layer in reversed(list(self.viewer.layers)):
+            if isinstance(layer, Labels) and role_of(layer) is None and np.ndim(layer.data) == 2:
+                items.append((f"{layer.name} (labels layer)", layer.name))
+        return items
+
+    def _refresh_layers(self, event: Any = None) -> None:
         try:
             current = self.layer_combo.currentText()
         except RuntimeError:  # the widget is being deleted
             return
-        names = [lay.name for lay in reversed(list(self.viewer.layers)) if isinstance(lay, Labels)]
+        items = self._choices()
+        texts = [text for text, _ in items]
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
-        self.layer_combo.addItems([*names, ALL_LAYERS])
-        if current in names or current == ALL_LAYERS:
+        for text, name in items:
+            self.layer_combo.addItem(text, name)
+        self.layer_combo.addItem(ALL_LAYERS, ALL_LAYERS)
+        if current in texts or current == ALL_LAYERS:
             self.layer_combo.setCurrentText(current)
-        elif PHASE_LAYER in names:
-            self.layer_combo.setCurrentText(PHASE_LAYER)
         self.layer_combo.blockSignals(False)
         if self.layer_combo.currentText() != current:
             self.schedule_update()
 
     def select_layer(self, name: str) -> None:
-        """Quantify the Labels layer ``name`` (or :data:`ALL_LAYERS`)."""
+        """Quantify a micrograph (its phases layer), a Labels layer by name, or :data:`ALL_LAYERS`."""
         self._refresh_layers()
-        self.layer_combo.setCurrentText(name)
+        index = self.layer_combo.findText(name)
+        if index < 0:
+            index = self.layer_combo.findData(name)
+        self.layer_combo.setCurrentIndex(index)
         self.schedule_update()
 
     def schedule_update(self, *_: Any) -> None:
@@ -226,13 +244,13 @@ class QuantifyWidget(DockWidget):
         return phases
 
     def _layers(self) -> list[Labels]:
+        """The phase layers to measure: one per micrograph for :data:`ALL_LAYERS` (its ``<image> phases``)."""
         from napari.layers import Labels
 
-        choice = self.layer_combo.currentText()
+        choice = self.layer_combo.currentData()
         if choice == ALL_LAYERS:
-            labels = [lay for lay in self.viewer.layers if isinstance(lay, Labels) and np.ndim(lay.data) == 2]
-            tagged = [lay for lay in labels if phases_of_layer(lay) is not None]
-            return tagged or labels
+            found = [find_layer(self.viewer, image, PHASES) for image in micrographs(self.viewer)]
+            return [layer for layer in found if layer is not None]
         if choice and choice in self.viewer.layers and isinstance(self.viewer.layers[choice], Labels):
             return [self.viewer.layers[choice]]
         return []
@@ -261,13 +279,12 @@ class QuantifyWidget(DockWidget):
             if not (mask != UNLABELED).any():
                 notes.append(f"{layer.name}: nothing labelled yet")
                 continue
-            image = image_for_labels(self.viewer, layer)
+            image = image_of(self.viewer, layer)
             magnification, pixel_size = layer_calibration(image) if image is not None else (None, None)
             if pixel_size is None:
                 pixel_size = scale_um(layer)
-            fields.append(
-                {"mask": mask, "name": layer.name, "pixel_size_um": pixel_size, "magnification": magnification}
-            )
+            name = image.name if image is not None else layer.name
+            fields.append({"mask": mask, "name": name, "pixel_size_um": pixel_size, "magnification": magnification})
         return fields, phases, notes
 
     def update_now(self) -> None:
@@ -323,7 +340,7 @@ class QuantifyWidget(DockWidget):
             if summary.n_fields < 2:
                 notes = [
                     *notes,
-                    "95 % CI needs two fields or more: choose 'all phase layers' with several phase layers open",
+                    "95 % CI needs two fields or more: choose 'all micrographs' with several micrographs predicted",
                 ]
             notes = [*notes, *summary.warnings[:2]] if summary.n_fields >= 2 else notes
         self.note.setText("\n".join(notes))

@@ -2,9 +2,10 @@
 
 The sliders always sum to 1: moving one rescales the others proportionally (:func:`rebalance`). Every change
 sets :meth:`Session.set_ratios <napari_metalseg._widgets.session.Session.set_ratios>` and, after a 150 ms pause
-(debounce), re-predicts the micrograph shown in the ``phases`` layer. The image embedding is cached, so only the
-light decoder reruns. "No guidance" predicts without ratios; "estimate from labels" reads the phase fractions of a
-Labels layer (e.g. a corrected or a reference annotation).
+(debounce), re-predicts the chosen micrograph into its ``<image> phases`` layer (when it has been predicted), keeping
+the user's corrections there (:mod:`.edits`). The image embedding is cached, so only the light decoder reruns.
+"No guidance" predicts without ratios; "estimate from labels" reads the phase fractions of a Labels layer
+(e.g. a corrected or a reference annotation).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -25,15 +26,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metalseg._widgets.base import DockWidget
-from napari_metalseg._widgets.layers import (
-    IMAGE_KEY,
-    PHASE_LAYER,
-    is_micrograph_layer,
-    phase_fractions_of_layer,
-    phase_legend_html,
-)
+from napari_metalseg._widgets.layers import phase_fractions_of_layer, phase_legend_html
 from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg._widgets.predict import start_prediction
+from napari_metalseg._widgets.roles import PHASES, find_layer, is_2d_image
 from napari_metalseg.errors import MetalsegError
 
 SLIDER_STEPS = 1000
@@ -76,9 +72,11 @@ class RatioWidget(DockWidget):
         self._pending = False
 
         self.none = QCheckBox("no guidance")
-        self.live = QCheckBox("update the phases layer live")
+        self.live = QCheckBox("update the micrograph's phases live")
         self.live.setChecked(True)
-        self.labels = LayerPicker(napari_viewer, Labels, prefer=PHASE_LAYER)
+        self.image = LayerPicker(napari_viewer, Image, accept=is_2d_image)
+        self.image.setToolTip("The micrograph whose '<image> phases' layer follows the sliders (once predicted).")
+        self.labels = LayerPicker(napari_viewer, Labels)
         self.estimate_button = QPushButton("Estimate from labels")
         self.note = QLabel()
         self.note.setWordWrap(True)
@@ -92,6 +90,10 @@ class RatioWidget(DockWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.note)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Micrograph"))
+        row.addWidget(self.image, 1)
+        layout.addLayout(row)
         layout.addLayout(self._grid)
         layout.addWidget(self.none)
         layout.addWidget(self.live)
@@ -226,18 +228,16 @@ class RatioWidget(DockWidget):
             self.timer.start()
 
     def rerun(self):
-        """Re-predict the micrograph of the ``phases`` layer with the current ratios (decoder only)."""
+        """Re-predict the chosen micrograph with the current ratios (decoder only), when it has been predicted."""
         if self.worker is not None:
             self._pending = True
             return None
         self._pending = False
-        if PHASE_LAYER not in self.viewer.layers:
+        image = self.image.layer()
+        if image is None or self.session.predictor is None:
             return None
-        image_name = self.viewer.layers[PHASE_LAYER].metadata.get(IMAGE_KEY)
-        if not image_name or image_name not in self.viewer.layers:
-            return None
-        image = self.viewer.layers[image_name]
-        if not is_micrograph_layer(image) or self.session.predictor is None:
+        if find_layer(self.viewer, image, PHASES) is None:
+            self.result.setText(f"{image.name}: not predicted yet (Predict dock); the sliders apply from then on")
             return None
         try:
             start_prediction(self, image, desc="phase ratios", on_done=self._shown, on_finish=self._finished)
@@ -248,7 +248,8 @@ class RatioWidget(DockWidget):
     def _shown(self, phase_map, layer) -> None:
         guide = "no guidance" if self.session.ratios is None else "guided"
         self.result.setText(
-            f"<b>Predicted</b> ({guide}): {phase_legend_html(self.session.phases, phase_map.fractions())}"
+            f"<b>{self.image.currentText()}</b> ({guide}): "
+            f"{phase_legend_html(self.session.phases, phase_map.fractions())}"
         )
 
     def _finished(self) -> None:

@@ -35,6 +35,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import PhaseSet
 
 from .layers import (
+    DERIVED_KEY,
     IMAGE_KEY,
     PHASES_KEY,
     image_transform,
@@ -180,6 +181,30 @@ def annotations_layer(
     )
     kwargs["opacity"] = 0.8
     return viewer.add_labels(data, **kwargs)
+
+
+def show_image_layer(
+    viewer: napari.Viewer, image: Image, role: str, data: np.ndarray, phase: str | None = None, **kwargs: Any
+) -> Image:
+    """Add or update a float image layer of ``role`` derived from ``image`` (probability, uncertainty), in [0, 1],
+    hidden when it is new; ``kwargs`` go to ``viewer.add_image``."""
+    from napari.layers import Image
+
+    layer = find_layer(viewer, image, role, phase)
+    if isinstance(layer, Image) and layer.data.shape == data.shape:
+        layer.data = data
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return viewer.add_image(
+        data,
+        name=layer_name(image.name, role, phase),
+        contrast_limits=(0.0, 1.0),
+        visible=False,
+        metadata={**role_metadata(image.name, role, phase), DERIVED_KEY: role},
+        **image_transform(image),
+        **kwargs,
+    )
 
 
 def adopt_annotations(viewer: napari.Viewer, image: Image, labels: Labels, phases: PhaseSet) -> Labels:

@@ -16,8 +16,10 @@ ZEISS_NOTE = (
 
 
 def synthetic_micrograph() -> list[tuple]:
-    """A 512 px synthetic ferrite/martensite/bainite micrograph at 3000x and its exact phase mask."""
-    from napari_metalseg._widgets.layers import IMAGE_KEY, UNITS, labels_layer_kwargs
+    """A 512 px synthetic ferrite/martensite/bainite micrograph at 3000x and its exact phase mask (a hidden
+    reference layer: never training data, never quantified as a field)."""
+    from napari_metalseg._widgets.layers import UNITS, labels_layer_kwargs
+    from napari_metalseg._widgets.roles import REFERENCE, role_metadata
     from napari_metalseg.data.synth import DEFAULT_PHASES, pixel_size_for, synthesize_micrograph
 
     image, mask = synthesize_micrograph(SYNTH_SIZE, SYNTH_FRACTIONS, SYNTH_MAGNIFICATION, seed=SYNTH_SEED)
@@ -41,7 +43,9 @@ def synthetic_micrograph() -> list[tuple]:
     }
     from napari_metalseg.phases import mask_to_labels
 
-    truth_kwargs = labels_layer_kwargs(DEFAULT_PHASES, "ground truth", scale=(px, px), metadata={IMAGE_KEY: name})
+    truth_kwargs = labels_layer_kwargs(
+        DEFAULT_PHASES, f"{name} ground truth", scale=(px, px), metadata=role_metadata(name, REFERENCE)
+    )
     truth_kwargs["visible"] = False
     return [(image, image_kwargs, "image"), (mask_to_labels(mask), truth_kwargs, "labels")]
 

@@ -1,8 +1,9 @@
 """The Training dock widget: train (or LoRA-adapt) a model on the open annotations or a dataset folder, in a
 background job, with a live loss / Dice plot, a Stop button and an "Add to training set" button.
 
-Which layers are training data: the "Training data" group (:mod:`.training_data`) by the plugin's pairing rule
-(:mod:`.pairing`); the model and hyper-parameters: :mod:`.training_form`; the job: :mod:`.training_job`; what is
+Which layers are training data: the "Training data" group (:mod:`.training_data`): each micrograph's
+``<image> annotations`` layer and the corrections in its ``<image> phases`` layer (:mod:`.roles`), stated before a run
+starts; the model and hyper-parameters: :mod:`.training_form`; the job: :mod:`.training_job`; what is
 shown when a run ends: :mod:`.training_result`; writing the training set: :mod:`napari_metalseg.data.training_set`.
 
 Labels are partial annotations: label 0 is unlabeled (ignored by the loss), label ``k + 1`` is phase ``k``
@@ -24,7 +25,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from napari_metalseg.data.training_set import AUTOSAVE, TrainingItem, autosave_labels, training_mask
+from napari_metalseg.data.training_set import AUTOSAVE, TrainingItem, autosave_labels, safe_name, training_mask
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import PhaseSet
 from napari_metalseg.progress import ProgressEvent
@@ -34,7 +35,16 @@ from .calibration import layer_calibration
 from .layers import image_of_layer
 from .plots import LivePlot
 from .preview import LivePreviewController
-from .training_data import ALL_IMAGES, SOURCES, TrainingDataBox, dataset_samples, layer_samples
+from .roles import ANNOTATIONS, PHASES, find_layer, micrographs
+from .training_data import (
+    ALL_IMAGES,
+    SOURCES,
+    TrainingDataBox,
+    dataset_samples,
+    describe,
+    layer_samples,
+    nothing_to_train,
+)
 from .training_form import RUNS_ENV, HyperParameterBox, runs_parent
 from .training_job import TrainingResult, training_job
 from .training_result import compare_with_preview, result_message, show_trained_prediction
@@ -60,7 +70,7 @@ class TrainingWidget(DockWidget):
     ----------
     data : TrainingDataBox
         The training data fields (their widgets are also attributes of the dock: ``source``, ``image_combo``,
-        ``labels_combo``, ``dataset_edit``, ``phases_edit``).
+        ``dataset_edit``, ``phases_edit``).
     hyper : HyperParameterBox
         The model and hyper-parameter fields (also attributes of the dock: ``model_combo``, ``steps``, ...).
     plot : LivePlot
@@ -79,7 +89,6 @@ class TrainingWidget(DockWidget):
         self._autosave_layers: list[Any] = []
         self._autosave_dir: Path | None = None
         self._autosave_phases: PhaseSet | None = None
-        self._protected: set[str] = set()
         self._predict_layer: Any = None
         self._compare_strokes: str | None = None
         self.events: list[ProgressEvent] = []
@@ -99,7 +108,7 @@ class TrainingWidget(DockWidget):
         layout.addWidget(self.hyper)
         # the fields, as attributes of the dock (scripts and tests set them)
         data, hyper = self.data, self.hyper
-        self.source, self.image_combo, self.labels_combo = data.source, data.image_combo, data.labels_combo
+        self.source, self.image_combo = data.source, data.image_combo
         self.dataset_edit, self.phases_edit = data.dataset_edit, data.phases_edit
         self.model_combo, self.checkpoint_edit, self.img_size = hyper.model_combo, hyper.checkpoint_edit, hyper.img_size
         self.finetune_combo, self.lora_rank, self.guidance_combo = (
@@ -146,17 +155,17 @@ class TrainingWidget(DockWidget):
         self.data.pair_changed.connect(self._watch_preview)
 
     def _watch_preview(self) -> None:
-        """Point the live preview at the selected image and its annotation layer."""
+        """Point the live preview at the selected micrograph and its annotations layer."""
         labels = self.data.selected_labels()
         self.preview.watch(self.data.selected_image() if labels is not None else None, labels)
 
     # -- the training data (see TrainingDataBox) ---------------------------------------------------------
-    def select_pair(self, image: str, labels: str | None = None) -> None:
-        """Choose the training image layer (or :data:`ALL_IMAGES`) and, optionally, its Labels layer by name."""
-        self.data.select_pair(image, labels)
+    def select_image(self, image: str) -> None:
+        """Choose the micrograph to train on by name (or :data:`ALL_IMAGES`)."""
+        self.data.select_image(image)
 
     def pairs(self) -> list[tuple[Image, Labels]]:
-        """The (image, labels) layer pairs used as training data (see :mod:`.pairing`)."""
+        """(micrograph, annotations layer) of the chosen micrograph(s) (see :mod:`.roles`)."""
         return self.data.pairs()
 
     def phase_set(self) -> PhaseSet:
@@ -204,7 +213,9 @@ class TrainingWidget(DockWidget):
 
         data = self.data
         use_layers, use_dataset = data.uses_layers, data.uses_dataset
-        pairs = data.pairs() if use_layers else []
+        inputs = data.inputs() if use_layers else []
+        if use_layers and not use_dataset and not inputs:
+            raise MetalsegError(nothing_to_train(inputs))
         dataset = data.dataset_dir(ask=True) if use_dataset else None
         if use_dataset and dataset is None:
             raise MetalsegError("choose the dataset folder to train on")
@@ -212,14 +223,15 @@ class TrainingWidget(DockWidget):
         config = self.hyper.config()
         out = self.hyper.run_dir(dataset)
         # nothing drawn is lost: the annotations go to disk before anything can fail
-        self._autosave_layers = [labels for _, labels in pairs]
+        self._autosave_layers = [item.annotations for item in inputs if item.annotations is not None]
         self._autosave_dir = out
         self._autosave_phases = phases
         if self._autosave_layers:
             self._autosave()
         samples, val_samples = [], []
         if use_layers:
-            samples = layer_samples(pairs, phases)
+            samples = layer_samples(inputs, phases)
+            self.status.setText(describe(inputs, phases))
         if use_dataset:
             train, val_samples, dataset_phases = dataset_samples(dataset, phases)
             samples += train
@@ -228,9 +240,8 @@ class TrainingWidget(DockWidget):
                 self.phases_edit.setText(", ".join(phases.names))
         if not samples:
             raise MetalsegError("no labelled images to train on")
-        current = data.current_image(pairs)
+        current = data.current_image(inputs)
         image = None if current is None else np.array(image_of_layer(current), dtype=np.float32)
-        self._protected = {labels.name for _, labels in pairs}
         self._predict_layer = current
         self._stop_requested = False
         self.events = []
@@ -243,7 +254,8 @@ class TrainingWidget(DockWidget):
         total = config.total_steps(samples)
         total = 0 if total == UNTIL_BUDGET else total  # a time budget: the number of steps is learnt on the way
         self.plot.reset(total, title=f"{config.model} · {out.name}")
-        self.status.setText(f"training on {len(samples)} image(s) → {out}")
+        used = data.update_summary() if use_layers else f"{len(samples)} dataset image(s)"
+        self.status.setText(f"training → {out}; {used}")
         job = training_job(
             samples,
             phases,
@@ -309,7 +321,7 @@ class TrainingWidget(DockWidget):
             return
         self.session.set_model(result.model, result.phases, result.run_dir, result.device)
         layer = self._predict_layer
-        show_trained_prediction(self.viewer, result, layer, self._protected)
+        show_trained_prediction(self.viewer, result, layer)
         message = result_message(result)
         message += compare_with_preview(self.viewer, result, layer, self.preview.last, self._compare_strokes)
         what = "stopped" if result.last.kind == "stopped" else "finished"
@@ -347,46 +359,71 @@ class TrainingWidget(DockWidget):
         from napari.utils.notifications import show_error, show_info
 
         try:
-            names = self.add_to_training_set()
+            lines = self.add_to_training_set()
         except MetalsegError as exc:
             self.status.setText(f"error: {exc}")
             show_error(str(exc))
             return
-        if names:
-            message = f"added {', '.join(names)} to {self.session.dataset_dir}"
+        if lines:
+            message = f"added to {self.session.dataset_dir}: " + "; ".join(lines)
             self.status.setText(message)
             show_info(message)
 
     def add_to_training_set(self) -> list[str]:
-        """Save the image(s) and their labels into the dataset folder (split ``train``); returns the names written.
+        """Save the chosen micrograph(s) and their labels into the dataset folder (split ``train``).
 
-        Partial labels are fine (0 = unlabeled). An image already in the dataset under the same name keeps its
-        file and gets the new mask; other images of the dataset are untouched
+        The mask written is what the user sees: the micrograph's ``<image> phases`` layer (the prediction with the
+        user's corrections) with the ``<image> annotations`` strokes over it; without a phases layer, the
+        annotations alone (partial labels are fine, 0 = unlabeled). An image already in the dataset under the same
+        name keeps its file and gets the new mask; other images of the dataset are untouched
         (:func:`napari_metalseg.data.training_set.add_to_training_set`).
+
+        Returns
+        -------
+        list of str
+            One line per micrograph written: which layers, how many labelled pixels.
         """
         from napari.utils.notifications import show_warning
 
         from napari_metalseg.data.training_set import add_to_training_set
+        from napari_metalseg.phases import UNLABELED
 
-        pairs = self.data.pairs()
+        image = self.data.selected_image()
+        images = [image] if image is not None else micrographs(self.viewer)
+        sources = []
+        for im in images:
+            layers = [find_layer(self.viewer, im, role) for role in (PHASES, ANNOTATIONS)]
+            layers = [layer for layer in layers if layer is not None]
+            if layers:
+                sources.append((im, layers))
+        if not sources:
+            raise MetalsegError(
+                "nothing to add: the micrograph has no '<image> phases' or '<image> annotations' layer yet"
+            )
         root = self.data.dataset_dir(ask=True)
         if root is None:
             return []
         phases = self.data.phase_set()
-        items, labels_of = [], {}
-        for image_layer, labels_layer in pairs:
-            magnification, pixel_size = layer_calibration(image_layer)
+        items, described = [], {}
+        for im, layers in sources:
+            mask = np.full(np.shape(layers[0].data), UNLABELED, np.uint8)
+            for layer in layers:  # the phases layer first, the strokes over it
+                values = training_mask(layer.data, phases, layer.name)
+                labelled = values != UNLABELED
+                mask[labelled] = values[labelled]
+            magnification, pixel_size = layer_calibration(im)
             items.append(
                 TrainingItem(
-                    name=image_layer.name,
-                    image=np.asarray(image_layer.data),
-                    mask=training_mask(labels_layer.data, phases, labels_layer.name),
+                    name=im.name,
+                    image=np.asarray(im.data),
+                    mask=mask,
                     magnification=magnification,
                     pixel_size_um=pixel_size,
                 )
             )
-            labels_of[image_layer.name] = labels_layer.name
+            what = " + ".join(f"'{layer.name}'" for layer in layers)
+            described[im.name] = f"'{im.name}' from {what} ({int((mask != UNLABELED).sum()):,} labelled px)"
         update = add_to_training_set(root, phases, items)
         for item in update.unlabelled:
-            show_warning(f"{labels_of[item.name]!r} has no labels yet; {item.name!r} not added")
-        return update.written
+            show_warning(f"{described[item.name]}: nothing labelled yet; not added")
+        return [described[item.name] for item in items if safe_name(item.name) in update.written]

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .layers import IMAGE_KEY, PHASE_LAYER, image_transform, show_phase_map
-from .preview import PREVIEW_SUFFIX
+from .roles import PREVIEW, find_layer
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_metalseg.preview import Preview
@@ -20,17 +19,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .training_job import TrainingResult
 
 
-def show_trained_prediction(viewer, result: TrainingResult, image: Any, protected: set[str]) -> None:
-    """Show the trained model's prediction of ``image`` in ``phases`` (in ``phases (<run>)`` when the ``phases`` layer
-    was training data: annotations are never overwritten)."""
+def show_trained_prediction(viewer, result: TrainingResult, image: Any) -> None:
+    """Show the trained model's prediction of ``image`` in its ``<image> phases`` layer (the user's corrections there
+    are kept: :mod:`.edits`; the annotations are another layer and never written)."""
+    from .predict import show_prediction
+
     if result.phase_map is None or image is None or image not in viewer.layers:
         return
-    name = PHASE_LAYER
-    if name in protected:
-        name = f"{PHASE_LAYER} ({result.run_dir.name})"
-    show_phase_map(
-        viewer, result.phase_map, result.phases, name=name, **image_transform(image), metadata={IMAGE_KEY: image.name}
-    )
+    show_prediction(viewer, image, result.phase_map, result.phases)
 
 
 def result_message(result: TrainingResult) -> str:
@@ -59,8 +55,8 @@ def compare_with_preview(
         Content key of the strokes the run was trained and validated on when the comparison is like for like (one
         micrograph, the trainer's default held-out split, no validation images), else None.
     """
-    name = f"{getattr(image, 'name', '')}{PREVIEW_SUFFIX}"
-    if preview is None or image is None or name not in viewer.layers:
+    layer = None if image is None else find_layer(viewer, image, PREVIEW)
+    if preview is None or layer is None:
         return ""
     metrics = result.metrics or {}
     best = metrics.get("mean_dice")
@@ -73,7 +69,7 @@ def compare_with_preview(
     if not comparable or not isinstance(best, float) or not math.isfinite(best):
         return "; not compared with the live preview (other strokes or other validation data)"
     if best >= preview.score:
-        viewer.layers[name].visible = False
+        layer.visible = False
         return f"; it replaces the live preview ({best:.1f} % vs {preview.score:.1f} % on held-out strokes)"
     return (
         f"; the live preview is still better on held-out strokes ({preview.score:.1f} % vs {best:.1f} %): "
