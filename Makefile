@@ -15,9 +15,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# The GUI extra brings PyQt6 (the package itself forces no Qt binding).
 # torch/torchvision pinned to the known-good pair in constraints.txt, so the project install cannot pull another build.
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	$(PIP) install --quiet -c constraints.txt -e ".[test,gui]"
 	touch $(STAMP)
 
 setup: $(STAMP) sysdeps

@@ -125,3 +125,61 @@ def test_module_entry_point_runs_the_cli():
         [sys.executable, "-m", "napari_metalseg.cli", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "synth" in result.stdout and "quantify" in result.stdout
+
+
+NO_QT = """
+import sys
+
+
+class NoQt:
+    # a server without Qt: no binding, nor anything of napari's GUI stack
+    BLOCKED = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "superqt", "magicgui", "vispy", "pytestqt")
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.BLOCKED:
+            raise ImportError(f"No module named {name!r} (no Qt on this server)")
+        return None
+
+
+sys.meta_path.insert(0, NoQt())
+from napari_metalseg.cli import main
+
+main(prog_name="metalseg")
+"""
+
+
+def test_the_cli_works_on_a_server_without_qt(tmp_path, trained_run):
+    """The package forces no Qt binding: every command but `gui` runs where neither Qt nor napari can be imported."""
+
+    def metalseg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", NO_QT, *args], capture_output=True, text=True, timeout=240, cwd=Path.cwd()
+        )
+
+    assert metalseg("--help").returncode == 0
+    data, out = tmp_path / "ds", tmp_path / "predicted"
+    synth = metalseg("synth", "--out", str(data), "--n", "2", "--size", "64")
+    assert synth.returncode == 0, synth.stderr
+    image = sorted((data / "images").iterdir())[0]
+    info = metalseg("info", str(image))
+    assert info.returncode == 0 and json.loads(info.stdout)["shape"] == [64, 64], info.stderr
+    predicted = metalseg("predict", "--model", str(trained_run[0]), "--input", str(image), "--out", str(out))
+    assert predicted.returncode == 0, predicted.stderr
+    assert (out / "masks" / f"{image.stem}.png").is_file()
+    quantified = metalseg("quantify", "--masks", str(out), "--plot", str(tmp_path / "fractions.png"))
+    assert quantified.returncode == 0, quantified.stderr
+    assert (tmp_path / "fractions.png").stat().st_size > 1000
+    gui = metalseg("gui")
+    assert gui.returncode == 2 and "Traceback" not in gui.stderr, gui.stderr
+    (line,) = gui.stderr.strip().splitlines()
+    assert line.startswith("error: no Qt binding for napari") and "napari-metalseg[gui]" in line
+
+
+def test_gui_refuses_a_file_the_reader_does_not_take_in_one_line(tmp_path):
+    scan = tmp_path / "scan.czi"
+    scan.write_bytes(b"x")
+    for path, reason in ((scan, "unsupported file type '.czi'"), (tmp_path / "gone.tif", "no such file or folder")):
+        result = CliRunner().invoke(main, ["gui", "--image", str(path)])
+        assert result.exit_code == 2
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith(f"error: {path}: {reason}"), line

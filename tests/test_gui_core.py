@@ -364,7 +364,8 @@ def test_reader_opens_a_dataset_and_declines_other_paths(synth_dataset, tmp_path
     assert masks[0][1]["metadata"]["metalseg_phases"] == synth_dataset.phases.to_json()
     (tmp_path / "notes.txt").write_text("hello")
     assert get_reader(str(tmp_path / "notes.txt")) is None
-    assert get_reader(str(tmp_path)) is None
+    with pytest.raises(MetalsegError, match="neither micrographs nor a metalseg dataset"):
+        get_reader(str(tmp_path))(str(tmp_path))  # a folder is taken, and refused with the reason
 
 
 # -- triton guard ----------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ def test_manifest_is_valid_and_registered():
     contributions = manifest.contributions
     assert contributions.readers and contributions.writers and len(contributions.sample_data) == 2
     assert {w.display_name for w in contributions.widgets} == {
+        "MetalSeg",
         "Model",
         "Predict",
         "Box prompts",
@@ -37,7 +38,7 @@ def test_npe2_validate_command():
 def test_widget_modules_import_without_torch():
     code = (
         "import sys, importlib; [importlib.import_module('napari_metalseg._widgets.' + m) for m in "
-        "('model', 'predict', 'boxes', 'ratios', 'features', 'training', 'quantify', 'reader', 'writer')]; "
+        "('main', 'model', 'predict', 'boxes', 'ratios', 'features', 'training', 'quantify', 'reader', 'writer')]; "
         "heavy = [m for m in ('torch', 'segment_anything', 'peft') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

@@ -1,15 +1,17 @@
-"""The napari reader's decision, without a viewer: from names alone (suffix, dataset layout), reading deferred to the
-function it returns. Reading real files into layers is tested in test_gui_core.py."""
+"""The napari reader's decision, without a viewer: from names alone (suffix, folder), reading deferred to the function
+it returns, which says why it refuses a path. Reading real files into layers is tested in test_gui_core.py, what the
+user sees of a refusal in test_gui_refusals.py."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 import napari_metalseg
-from napari_metalseg._widgets.reader import get_reader, is_dataset_folder, read_paths
+from napari_metalseg._widgets.reader import folder_refusal, get_reader, is_dataset_folder, name_refusal, read_paths
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io import MICROGRAPH_SUFFIXES
 
@@ -46,12 +48,49 @@ def test_missing_file_and_empty_list_are_declined(tmp_path):
 def test_dataset_folder_is_recognised_by_its_layout_only(tmp_path):
     root = tmp_path / "ds"
     (root / "images").mkdir(parents=True)
-    assert not is_dataset_folder(root) and get_reader(str(root)) is None
+    assert not is_dataset_folder(root)
     (root / "phases.json").write_text("not json")  # contents are checked when reading, not when deciding
     assert is_dataset_folder(root) and get_reader(str(root)) is read_paths
     with pytest.raises(MetalsegError, match="phases.json"):
         read_paths(str(root))
-    assert get_reader(str(tmp_path)) is None  # a folder that merely contains a dataset
+
+
+def test_every_folder_is_taken_and_a_refused_one_says_why(tmp_path):
+    """Declining a folder would let napari say only that the reader "refused the file": the reader takes it and its
+    reading says what is wrong, in one line naming the folder."""
+    cases = {
+        "empty": ([], "the folder is empty"),
+        "no_images": (["phases.json"], "dataset folder without images/"),
+        "no_phases": (["images/"], "dataset folder without phases.json"),
+        "shots": (["a.tif", "b.png", "notes.txt"], "a folder of 2 micrograph file(s), not a metalseg dataset"),
+        "other": (["notes.txt", "sub/"], "neither micrographs nor a metalseg dataset"),
+    }
+    for name, (entries, reason) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry in entries:
+            if entry.endswith("/"):
+                (folder / entry).mkdir()
+            else:
+                (folder / entry).write_bytes(b"x")
+        assert get_reader(str(folder)) is read_paths, name
+        assert folder_refusal(folder).startswith(f"{folder}: {reason}"), folder_refusal(folder)
+        with pytest.raises(MetalsegError, match=re.escape(f"{folder}: {reason}")):
+            read_paths(str(folder))
+
+
+def test_paths_declined_by_name_say_why(tmp_path):
+    store = tmp_path / "cells.zarr"
+    store.mkdir()
+    (tmp_path / "scan.czi").write_bytes(b"x")
+    assert name_refusal(tmp_path / "gone.tif") == f"{tmp_path / 'gone.tif'}: no such file or folder"
+    assert "unsupported file type '.czi'; metalseg reads .tif" in name_refusal(tmp_path / "scan.czi")
+    assert "a zarr store" in name_refusal(store)
+    assert "a URL" in name_refusal("https://example.org/field.tif")
+    (tmp_path / "field.TIF").write_bytes(b"x")  # the name is all that is judged
+    assert name_refusal(tmp_path) is None and name_refusal(tmp_path / "field.TIF") is None
+    for path in (store, "https://example.org/field.tif"):
+        assert get_reader(str(path)) is None
 
 
 def test_a_list_is_accepted_only_when_every_path_is(tmp_path):

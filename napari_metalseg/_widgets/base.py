@@ -6,6 +6,11 @@ around it: the worker, the napari progress bar, the busy state, the error report
 cancellation (:meth:`JobRunner.cancel`: ``worker.quit()``; the job stops at its next event and is closed in the worker
 thread, so its ``finally`` blocks run there). Every dock (:class:`DockWidget`) and the live preview controller run
 their background work this way.
+
+Every dock fits a laptop screen: :class:`DockWidget` moves the layout a dock builds into a scroll area once the dock's
+``__init__`` has run (so a dock's minimum height is a few lines, whatever its form holds), and shows the last error
+of bad input or of a job in full in its error line (word-wrapped, selectable) below that scroll area, besides the
+napari notification.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
-from qtpy.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from napari_metalseg._widgets.session import get_session
 from napari_metalseg.errors import MetalsegError
@@ -24,9 +30,14 @@ from napari_metalseg.progress import Job, ProgressEvent
 log = logging.getLogger(__name__)
 
 
+MIN_LINES = 4
+"""A dock's scroll area is at least this many text lines high (its minimum height: the rest scrolls)."""
+
+
 def report_error(exc: BaseException) -> None:
-    """Show an error: a :class:`MetalsegError` (bad input) as a one-line notification, anything else as a
-    notification with its traceback available (a bug)."""
+    """Show an error as a napari notification: a :class:`MetalsegError` (bad input) with its whole message, anything
+    else with its traceback available (a bug). A dock also shows it in its error line (:meth:`DockWidget.show_error`).
+    """
     from napari.utils.notifications import notification_manager, show_error
 
     if isinstance(exc, MetalsegError):
@@ -226,6 +237,10 @@ class JobRunner:
 class DockWidget(QWidget, JobRunner):
     """A dock widget bound to one viewer, running its background work with :meth:`~JobRunner.start_job`.
 
+    A subclass builds its form with a layout on ``self`` in its ``__init__``, as any Qt widget; once the outermost
+    ``__init__`` returns, that layout moves into a scroll area (:meth:`_wrap_in_scroll_area`), with the dock's error
+    line below it.
+
     Attributes
     ----------
     viewer : napari.Viewer
@@ -235,19 +250,92 @@ class DockWidget(QWidget, JobRunner):
     worker : GeneratorWorker or None
         The worker of the job this dock is running, if any.
     last_error : BaseException or None
-        The last error shown to the user (kept for tests and the status line).
+        The last error shown to the user (kept for tests and the status line); setting it to None (a new action
+        starts) clears the error line.
+    error_line : QLabel
+        The last error's whole message (word-wrapped, selectable); hidden while there is none.
+    scroll : QScrollArea
+        The scroll area holding the dock's form.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _then_wrap(init, cls)
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
         self.worker = None
-        self.last_error: BaseException | None = None
+        self.scroll: QScrollArea | None = None
+        self.error_line = QLabel()
+        self.error_line.setObjectName("metalseg_error_line")
+        self.error_line.setWordWrap(True)
+        self.error_line.setTextFormat(Qt.TextFormat.PlainText)
+        self.error_line.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_line.setStyleSheet("color: #ff6b6b;")
+        self.error_line.hide()
+        self._last_error: BaseException | None = None
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The last error shown to the user; setting None clears the error line."""
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, exc: BaseException | None) -> None:
+        self._last_error = exc
+        if exc is None:
+            self.error_line.clear()
+            self.error_line.hide()
+
+    def show_error(self, exc: BaseException) -> None:
+        """Show ``exc`` in the error line, its whole message (the type first when it is not a MetalsegError)."""
+        text = str(exc) if isinstance(exc, MetalsegError) else f"{type(exc).__name__}: {exc}"
+        self.error_line.setText(f"error: {text}")
+        self.error_line.show()
+
+    def _job_failed(self, exc: BaseException) -> None:
+        self.last_error = exc
+        self.show_error(exc)
+        report_error(exc)
 
     def _failed(self, exc: BaseException) -> None:
         """Keep and report an error of bad input or of a job."""
         self._job_failed(exc)
+
+    def _wrap_in_scroll_area(self) -> None:
+        """Move the layout the dock built into a scroll area, with the error line below it (once)."""
+        if self.scroll is not None:
+            return
+        body = QWidget()
+        body.setObjectName("metalseg_dock_body")
+        if self.layout() is not None:
+            body.setLayout(self.layout())  # Qt takes the layout off this widget, with the widgets it holds
+        scroll = QScrollArea()
+        scroll.setWidget(body)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setMinimumHeight(MIN_LINES * self.fontMetrics().height())
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.error_line)
+        self.scroll = scroll
+
+
+def _then_wrap(init: Callable, cls: type) -> Callable:
+    """``init`` of ``cls``, then, when ``cls`` is the most derived class defining ``__init__``, the scroll area."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if next(k for k in type(self).__mro__ if "__init__" in k.__dict__) is cls:
+            self._wrap_in_scroll_area()
+
+    return __init__
 
 
 def browse_row(edit: QLineEdit, browse) -> QWidget:

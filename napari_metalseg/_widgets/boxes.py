@@ -22,6 +22,7 @@ from functools import partial
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
+from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -75,6 +76,17 @@ def box_from_vertices(
     if y1 - y0 < 2 or x1 - x0 < 2:
         raise MetalsegError("the box is outside the micrograph or smaller than 2 x 2 pixels; draw it over the image")
     return x0, y0, x1, y1
+
+
+def remove_shape(layer: Shapes, vertices: np.ndarray) -> bool:
+    """Remove the last shape of ``layer`` with these vertices (a refused box); False when there is none."""
+    vertices = np.asarray(vertices, float)
+    for index in range(len(layer.data) - 1, -1, -1):
+        data = np.asarray(layer.data[index], float)
+        if data.shape == vertices.shape and np.allclose(data, vertices):
+            layer.remove([index])
+            return True
+    return False
 
 
 class BoxPromptWidget(DockWidget):
@@ -221,8 +233,15 @@ class BoxPromptWidget(DockWidget):
             try:
                 self._start(vertices, shapes_layer)
             except MetalsegError as exc:
-                self._failed(exc)
+                self._refuse(vertices, shapes_layer, exc)
         return self.worker
+
+    def _refuse(self, vertices: np.ndarray, shapes_layer: Shapes, exc: MetalsegError) -> None:
+        """A box that cannot be used: one error line, its rectangle removed, the last box's result text cleared."""
+        self.status.setText("")
+        self._failed(exc)
+        # later: the rectangle is being added (this runs in the layer's data event)
+        QTimer.singleShot(0, partial(remove_shape, shapes_layer, vertices))
 
     def _target_layer(self, image_layer: Image, shape: tuple[int, int]) -> Labels:
         """The micrograph's ``<image> phases`` layer (created empty when it was not predicted yet)."""

@@ -8,10 +8,12 @@
 * A dataset folder (``images/`` + ``phases.json``) -> one Image layer per image and a ``"<name> mask"`` Labels
   layer per mask; only the first pair is visible.
 
-:func:`get_reader` decides from names alone (the file suffix; ``images/`` + ``phases.json`` for a folder), as napari's
-own readers do, and returns a function that reads when napari calls it; anything else gives ``None`` so napari can try
-other readers. A file that has a micrograph suffix but cannot be read raises
-:class:`~napari_metalseg.errors.MetalsegError` naming the file when napari reads it.
+:func:`get_reader` decides from names alone, as napari's own readers do, and returns a function that reads when napari
+calls it: it takes every local file with a micrograph suffix and every folder (but a zarr store), so that a file it
+cannot read is refused *when read*, with one :class:`~napari_metalseg.errors.MetalsegError` line naming the file and
+what is wrong (a stack of images, a damaged TIFF, an empty folder, a dataset without ``images/`` ...), which napari
+shows; declining in :func:`get_reader` would only let napari say that the reader "refused the file". Other paths (other
+suffixes, URLs, zarr stores) give ``None`` so napari can try other readers; :func:`name_refusal` says why.
 """
 
 from __future__ import annotations
@@ -30,20 +32,22 @@ MASK_SUFFIX = " mask"
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """npe2 reader hook: :func:`read_paths` when every path looks readable, else ``None``.
+    """npe2 reader hook: :func:`read_paths` when the reader takes every path by its name, else ``None``.
 
-    Only names are looked at (nothing is opened): a file with a micrograph suffix
-    (:data:`~napari_metalseg.io.MICROGRAPH_SUFFIXES`, which covers mask PNGs) or a dataset folder
-    (:func:`is_dataset_folder`).
+    Only names are looked at (nothing is opened, see :func:`name_refusal`): a local file with a micrograph suffix
+    (:data:`~napari_metalseg.io.MICROGRAPH_SUFFIXES`, which covers mask PNGs) or a folder (but a zarr store). Whether
+    it can be read is found out by :func:`read_paths`, which raises one line saying why not.
     """
     paths = _as_paths(path)
-    if not paths or not all(_looks_readable(p) for p in paths):
+    if not paths or any(name_refusal(p) is not None for p in paths):
         return None
     return read_paths
 
 
 def read_paths(path: str | list[str]) -> list[LayerData]:
     """The reader function :func:`get_reader` returns: the layer-data tuples of every path (see :func:`read_path`).
+
+    Every path is read before any layer is returned, so a refused path adds no layer.
 
     Raises
     ------
@@ -53,6 +57,37 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
     return [layer for p in _as_paths(path) for layer in read_path(p)]
 
 
+def name_refusal(path: str | Path) -> str | None:
+    """Why the reader does not take ``path`` by its name, in one line naming it; None when it takes it.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A file or folder (nothing is opened).
+
+    Returns
+    -------
+    str or None
+        The reason: a URL, a missing path, a zarr store, or a file suffix metalseg does not read.
+    """
+    from napari_metalseg.io import MICROGRAPH_SUFFIXES
+
+    text = str(path)
+    if "://" in text:
+        return f"{text}: a URL; metalseg opens local files and folders"
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: no such file or folder"
+    if path.is_dir():
+        if path.suffix.lower() == ".zarr" or any((path / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")):
+            return f"{path}: a zarr store; metalseg opens micrograph files and dataset folders"
+        return None
+    if path.suffix.lower() not in MICROGRAPH_SUFFIXES:
+        kind = f"'{path.suffix}'" if path.suffix else "without a suffix"
+        return f"{path}: unsupported file type {kind}; metalseg reads {', '.join(MICROGRAPH_SUFFIXES)}"
+    return None
+
+
 def is_dataset_folder(path: str | Path) -> bool:
     """Whether ``path`` is laid out as a metalseg dataset (an ``images/`` folder and ``phases.json``), by names only;
     :func:`~napari_metalseg.data.dataset.load_dataset` validates the contents."""
@@ -60,16 +95,44 @@ def is_dataset_folder(path: str | Path) -> bool:
     return (path / "images").is_dir() and (path / "phases.json").is_file()
 
 
-def _as_paths(path: str | Path | list[str]) -> list[Path]:
-    return [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+def folder_refusal(path: str | Path) -> str | None:
+    """Why a folder is not a metalseg dataset, in one line naming it; None when it is laid out as one.
 
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A folder.
 
-def _looks_readable(path: Path) -> bool:
+    Returns
+    -------
+    str or None
+        The reason: empty, a dataset without ``images/`` or without ``phases.json``, a folder of micrographs, or
+        anything else.
+    """
     from napari_metalseg.io import MICROGRAPH_SUFFIXES
 
-    if path.is_dir():
-        return is_dataset_folder(path)
-    return path.suffix.lower() in MICROGRAPH_SUFFIXES and path.is_file()
+    path = Path(path)
+    if is_dataset_folder(path):
+        return None
+    want = "metalseg opens a micrograph file or a dataset folder (images/ and phases.json)"
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return f"{path}: the folder is empty; {want}"
+    if (path / "phases.json").is_file():
+        return f"{path}: dataset folder without images/ (phases.json is there, the micrographs go in images/)"
+    if (path / "images").is_dir():
+        return f"{path}: dataset folder without phases.json (the phase names and colours of its masks)"
+    micrographs = [p for p in entries if p.is_file() and p.suffix.lower() in MICROGRAPH_SUFFIXES]
+    if micrographs:
+        return (
+            f"{path}: a folder of {len(micrographs)} micrograph file(s), not a metalseg dataset "
+            "(images/ and phases.json); open the files themselves"
+        )
+    return f"{path}: neither micrographs nor a metalseg dataset; {want}"
+
+
+def _as_paths(path: str | Path | list[str]) -> list[Path]:
+    return [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
 
 
 def read_path(path: str | Path) -> list[LayerData]:
@@ -81,10 +144,13 @@ def read_path(path: str | Path) -> list[LayerData]:
         When the path is none of the above or cannot be read.
     """
     path = Path(path)
-    if path.is_dir():
-        if is_dataset_folder(path):
+    refusal = name_refusal(path)
+    if refusal is None and path.is_dir():
+        refusal = folder_refusal(path)
+        if refusal is None:
             return read_dataset(path)
-        raise MetalsegError(f"{path}: not a metalseg dataset (needs images/ and phases.json)")
+    if refusal is not None:
+        raise MetalsegError(refusal)
     phases_file = mask_phases_file(path)
     if phases_file is not None:
         mask_layer = _read_mask_file(path, phases_file)

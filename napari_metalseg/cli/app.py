@@ -45,19 +45,6 @@ def benchmark(
         atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
 
 
-GUI_DOCKS = (
-    ("Model", False),
-    ("Predict", True),
-    ("Phase ratios", True),
-    ("Box prompts", True),
-    ("Encoder features", True),
-    ("Training", True),
-    ("Quantify", True),
-)
-"""The plugin's dock widgets in the order ``metalseg gui`` opens them, and whether each joins the tab group of the
-one before (one tab group keeps the window within a 1000 px high screen)."""
-
-
 @click.command()
 @click.option(
     "--image",
@@ -79,40 +66,39 @@ one before (one tab group keeps the window within a 1000 px high screen)."""
 )
 @user_errors
 def gui(image: Path | None, run: Path | None, screenshot: Path | None) -> None:
-    """Open napari with the metalseg widgets docked (needs a display; see `make run`)."""
+    """Open napari with the MetalSeg dock, every metalseg widget as a tab (needs a display; see `make run`)."""
     import os
     import time
 
     import napari_metalseg._widgets  # noqa: F401  (blocks triton before napari creates a GL context)
 
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise MetalsegError(
-            "no display: run `metalseg gui` on a desktop, or under xvfb-run; `metalseg demo` runs without one"
-        )
-    if image is not None and not image.exists():
-        raise MetalsegError(f"{image}: no such file or folder")
+    _require_qt()
+    if image is not None:
+        from napari_metalseg._widgets.reader import name_refusal
+
+        if (refusal := name_refusal(image)) is not None:
+            raise MetalsegError(refusal)
     if run is not None:
         from napari_metalseg.runs import require_run
 
         require_run(run)
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise MetalsegError(
+            "no display: run `metalseg gui` on a desktop, or under xvfb-run; `metalseg demo` runs without one"
+        )
     import napari
-
-    if screenshot is not None:  # keep napari's one-time PyQt5 deprecation toast out of documentation screenshots
-        import napari._qt.qt_main_window as qt_main_window
-
-        qt_main_window.SHOW_QT_WARNING = False
     from qtpy.QtCore import QTimer
+
+    from napari_metalseg._widgets.main import MAIN_WIDGET
 
     viewer = napari.Viewer(title="napari-metalseg")
     viewer.window.set_geometry(0, 0, 1600, 1000)
-    widgets, docks = {}, {}
-    for name, tabify in GUI_DOCKS:
-        try:
-            docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-metalseg", name, tabify=tabify)
-        except Exception as exc:  # noqa: BLE001 - one broken widget must not keep the others from opening
-            click.echo(f"warning: the {name!r} widget could not be opened ({type(exc).__name__}: {exc})", err=True)
-    if "Predict" in docks:
-        QTimer.singleShot(0, docks["Predict"].raise_)
+    _, main = viewer.window.add_plugin_dock_widget("napari-metalseg", MAIN_WIDGET)
+    for name, error in main.failed.items():
+        click.echo(f"warning: the {name!r} widget could not be opened ({error})", err=True)
+    widgets = main.sections
+    if "Predict" in widgets:
+        main.show_section("Predict")
     if image is not None:
         viewer.open(str(image), plugin="napari-metalseg")
     else:
@@ -144,6 +130,16 @@ def gui(image: Path | None, run: Path | None, screenshot: Path | None) -> None:
 
         QTimer.singleShot(500, shoot)
     napari.run()
+
+
+def _require_qt() -> None:
+    """Raise one clear line when no Qt binding is installed (the package forces none; the CLI needs none)."""
+    try:
+        import qtpy  # noqa: F401  (raises when it finds no binding)
+    except ImportError as exc:
+        raise MetalsegError(
+            f"no Qt binding for napari ({exc}): install one, e.g. pip install 'napari-metalseg[gui]' (PyQt6)"
+        ) from None
 
 
 @click.command()
