@@ -15,7 +15,8 @@ import tifffile
 from napari.layers import Labels
 
 import napari_metalseg._widgets  # noqa: F401  (blocks triton before any viewer exists)
-from napari_metalseg._widgets.layers import PHASE_LAYER, session_of, show_phase_map
+from napari_metalseg._widgets.layers import session_of, show_phase_map
+from napari_metalseg._widgets.roles import PHASES, layer_name, role_metadata
 from napari_metalseg.errors import MetalsegError
 
 pytestmark = pytest.mark.gui
@@ -171,12 +172,17 @@ def test_a_box_outside_the_image_is_refused_and_its_rectangle_removed(loaded, qt
     image = loaded.layers[IMAGE]
     session = session_of(loaded)
     target = show_phase_map(
-        loaded, np.zeros(image.data.shape, np.uint8), session.phases, scale=image.scale, translate=image.translate
+        loaded,
+        np.zeros(image.data.shape, np.uint8),
+        session.phases,
+        layer_name(IMAGE, PHASES),
+        scale=image.scale,
+        translate=image.translate,
+        metadata=role_metadata(IMAGE, PHASES),
     )
-    assert isinstance(target, Labels) and target.name == PHASE_LAYER
+    assert isinstance(target, Labels)
     widget = dock(loaded, "Box prompts")
     widget.image.set_layer(IMAGE)
-    widget.target.set_layer(PHASE_LAYER)
     shapes = widget.activate()
     good = np.array([[100, 120], [100, 260], [220, 260], [220, 120]], float)
     shapes.add(good, shape_type="rectangle")

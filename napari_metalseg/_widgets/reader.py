@@ -5,8 +5,9 @@
   micrograph's metadata in ``layer.metadata["metalseg_micrograph"]``.
 * A mask PNG with a ``phases.json`` beside it (what :mod:`.writer` saves) or in the dataset folder above a
   ``masks/`` folder -> a coloured phase Labels layer.
-* A dataset folder (``images/`` + ``phases.json``) -> one Image layer per image and a ``"<name> mask"`` Labels
-  layer per mask; only the first pair is visible.
+* A dataset folder (``images/`` + ``phases.json``) -> one Image layer per image and its mask as that micrograph's
+  annotations (a ``"<name> annotations"`` Labels layer, :mod:`.roles`: what the Training dock trains on and what you
+  correct); only the first pair is visible.
 
 :func:`get_reader` decides from names alone, as napari's own readers do, and returns a function that reads when napari
 calls it: it takes every local file with a micrograph suffix and every folder (but a zarr store), so that a file it
@@ -27,8 +28,6 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, PhaseSet
 
 LayerData = tuple
-MASK_SUFFIX = " mask"
-"""A dataset mask layer is named ``<image name> mask``."""
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -206,7 +205,8 @@ def _read_mask_file(path: Path, phases_file: Path) -> LayerData | None:
 def read_dataset(root: str | Path) -> list[LayerData]:
     """Image and mask layers of every item of a dataset folder (validated by
     :func:`~napari_metalseg.data.dataset.load_dataset`)."""
-    from napari_metalseg._widgets.layers import IMAGE_KEY, labels_layer_kwargs
+    from napari_metalseg._widgets.layers import labels_layer_kwargs
+    from napari_metalseg._widgets.roles import ANNOTATIONS, layer_name, role_metadata
     from napari_metalseg.data.dataset import load_dataset
     from napari_metalseg.phases import mask_to_labels
 
@@ -220,9 +220,9 @@ def read_dataset(root: str | Path) -> list[LayerData]:
         if mask is not None:
             kwargs = labels_layer_kwargs(
                 dataset.phases,
-                f"{item.name}{MASK_SUFFIX}",
+                layer_name(item.name, ANNOTATIONS),
                 scale=image[1].get("scale"),
-                metadata={IMAGE_KEY: item.name, "metalseg_dataset": str(dataset.root)},
+                metadata={**role_metadata(item.name, ANNOTATIONS), "metalseg_dataset": str(dataset.root)},
             )
             kwargs["visible"] = i == 0
             layers.append((mask_to_labels(mask), kwargs, "labels"))
