@@ -16,7 +16,8 @@ from napari.layers import Labels
 
 import napari_metalseg._widgets  # noqa: F401  (blocks triton before any viewer exists)
 from napari_metalseg._widgets.layers import session_of, show_phase_map
-from napari_metalseg._widgets.roles import PHASES, layer_name, role_metadata
+from napari_metalseg._widgets.roles import PHASES as PHASES_ROLE
+from napari_metalseg._widgets.roles import layer_name, role_metadata
 from napari_metalseg.errors import MetalsegError
 
 pytestmark = pytest.mark.gui
@@ -175,10 +176,10 @@ def test_a_box_outside_the_image_is_refused_and_its_rectangle_removed(loaded, qt
         loaded,
         np.zeros(image.data.shape, np.uint8),
         session.phases,
-        layer_name(IMAGE, PHASES),
+        layer_name(IMAGE, PHASES_ROLE),
         scale=image.scale,
         translate=image.translate,
-        metadata=role_metadata(IMAGE, PHASES),
+        metadata=role_metadata(IMAGE, PHASES_ROLE),
     )
     assert isinstance(target, Labels)
     widget = dock(loaded, "Box prompts")
