@@ -84,15 +84,17 @@ def train(
     stop : callable, optional
         Polled every step; when it returns True the run saves and ends with a ``"stopped"`` event.
     resume : bool
-        Continue from the run's resume state when it exists.
+        Continue from the run's resume state when it exists (not with ``config.init_from``, which starts a new run
+        from the weights of another run).
     export_full : bool
         Also write ``model_full.safetensors``: LoRA merged into the base, a stand-alone model.
 
     Yields
     ------
     ProgressEvent
-        ``"info"`` (set-up), ``"train"`` (every step: loss, lr), ``"validate"`` (Dice per phase and
-        magnification), then ``"done"`` or ``"stopped"`` with the run directory in ``message``.
+        ``"info"`` (set-up, the run it is initialised from), ``"train"`` (every step: loss, lr), ``"validate"``
+        (Dice per phase and magnification), then ``"done"`` or ``"stopped"`` (``step``: the optimizer steps done,
+        as the run's configuration records them) with the run directory in ``message``.
 
     Returns
     -------
@@ -102,10 +104,17 @@ def train(
     Raises
     ------
     MetalsegError
-        Without training images, or when the loss diverges (the last good run is kept).
+        Without training images, when the loss diverges (the last good run is kept), or when ``config.init_from``
+        is not a run of the model to train (or goes with ``resume``).
     """
+    from napari_metalseg.errors import MetalsegError
     from napari_metalseg.training.plan import plan_run
 
+    if resume and config.init_from is not None:
+        raise MetalsegError(
+            f"init_from {config.init_from}: does not go with resume (resume continues the interrupted run in {out}; "
+            "init_from starts a new run from the weights of another one): choose one"
+        )
     plan = plan_run(samples, phases, out, config, val_samples)
     if family_of(config.model).gradient:
         from napari_metalseg.training.loop import fit_gradient
