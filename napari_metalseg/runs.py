@@ -110,7 +110,8 @@ class RunConfig:
             done = self.steps_done
             text = f"{done} optimizer step{'s' if done != 1 else ''}"
             if training.get(TRAIN_SECONDS) is not None:
-                text += f" in {float(training[TRAIN_SECONDS]):.0f} s"
+                seconds = float(training[TRAIN_SECONDS])
+                text += f" in {seconds:.1f} s" if seconds < 10 else f" in {seconds:.0f} s"
             ended = training.get(ENDED)
             if ended in ENDINGS and ended != "steps":
                 text += f" ({ENDINGS[ended]})"

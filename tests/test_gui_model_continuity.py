@@ -99,19 +99,20 @@ def test_the_model_built_in_the_model_dock_is_the_one_trained(viewer, qtbot, tmp
     Model dock's summary and form both say ratio."""
     _annotated_micrograph(viewer)
     model_dock = _build_model(viewer, qtbot, "ratio")
-    built = session_of(viewer).spec
+    built = session_of(viewer).model.spec_fields()
     training = _dock(viewer, "Training")
     _train(training, qtbot, tmp_path / "run", steps=3)
 
     run = read_run_config(tmp_path / "run")
     assert (run.spec.kind, run.spec.img_size, run.spec.guidance) == ("tiny", 64, "ratio")
-    assert run.spec.differences(built) == []  # the very model of the Model dock: kind, size, guidance, phases
-    assert not run.training.get("init_from")  # it was built, never trained: nothing to start from but itself
-    session = session_of(viewer)
-    assert session.run_dir == tmp_path / "run" and session.spec == run.spec and session.model.guidance == "ratio"
     assert "<b>Guidance</b>: ratio" in model_dock.info.text()
     assert model_dock.guidance.currentText() == "ratio" and model_dock.img_size.value() == 64
     assert model_dock.run_dir.text() == str(tmp_path / "run")
+    # the very model of the Model dock: kind, size, guidance, fine-tuning, LoRA and phases
+    assert {k: getattr(run.spec, k) for k in built} == built and run.spec.phase_set.names == PHASES.names
+    assert not run.training.get("init_from")  # it was built, never trained: nothing to start from but itself
+    session = session_of(viewer)
+    assert session.run_dir == tmp_path / "run" and session.spec == run.spec and session.model.guidance == "ratio"
 
     # the Training dock shows the model it continues from, read-only, with a note
     assert not training.model_combo.isEnabled() and training.model_combo.currentText() == "tiny"
@@ -124,7 +125,7 @@ def test_the_model_built_in_the_model_dock_is_the_one_trained(viewer, qtbot, tmp
     note = training.hyper.continue_note.text()
     assert note.startswith("training continues from the model in the Model dock: tiny at 64 px")
     assert "guidance ratio" in note and str(tmp_path / "run") in note
-    assert training.hyper.fresh_check.isVisible() and not training.hyper.fresh_check.isChecked()
+    assert not training.hyper.fresh_check.isHidden() and not training.hyper.fresh_check.isChecked()
 
 
 def test_retraining_continues_from_the_current_model_unless_start_fresh(viewer, qtbot, tmp_path):
@@ -140,7 +141,7 @@ def test_retraining_continues_from_the_current_model_unless_start_fresh(viewer, 
 
     _train(training, qtbot, tmp_path / "second", steps=2, lr=1e-6)
     second = read_run_config(tmp_path / "second")
-    assert second.training["init_from"]["run"] == str((tmp_path / "first").resolve())
+    assert (second.training.get("init_from") or {}).get("run") == str((tmp_path / "first").resolve())
     assert second.spec.differences(first.spec) == []
     # two steps at lr 1e-6 from the first run's weights: still those weights, and the same validation score
     assert _max_difference(_weights(tmp_path / "first"), _weights(tmp_path / "second")) < 1e-4
@@ -150,7 +151,7 @@ def test_retraining_continues_from_the_current_model_unless_start_fresh(viewer, 
 
     training.hyper.fresh_check.setChecked(True)
     assert training.model_combo.isEnabled() and training.img_size.isEnabled()
-    assert not training.hyper.continue_note.isVisible()
+    assert training.hyper.continue_note.isHidden()
     _train(training, qtbot, tmp_path / "fresh", steps=2, lr=1e-6)
     fresh = read_run_config(tmp_path / "fresh")
     assert not fresh.training.get("init_from") and fresh.spec.differences(first.spec) == []
@@ -178,22 +179,24 @@ def test_a_stopped_run_reports_the_steps_it_did(viewer, qtbot, tmp_path):
     training.request_stop()
     qtbot.waitUntil(lambda: not training.running, timeout=WAIT_MS)
     assert training.last_error is None, training.last_error
+    # as the Training dock installed it: the Model dock says the steps done
+    installed = _dock(viewer, "Model").info.text()
     stopped = [e for e in training.events if e.kind == "stopped"]
     assert len(stopped) == 1
     k = stopped[0].step
     assert k == max(e.step for e in training.events if e.kind == "train") and 3 <= k < 10_000
 
-    assert read_run_config(out).steps_done == k
     assert f"training stopped at step {k}" in training.status.text()
-    assert f"({k} optimizer steps in " in training.status.text()
     model_dock = _dock(viewer, "Model")
-    assert f"<b>Trained</b>: {k} optimizer steps in " in model_dock.info.text()
-    assert "10000" not in model_dock.info.text() and "10,000" not in model_dock.info.text()
-    assert model_dock.load_run(out, device="cpu") is not None
+    assert model_dock.load_run(out, device="cpu") is not None  # the run, as the Model dock loads it
     qtbot.waitUntil(lambda: not model_dock.busy, timeout=WAIT_MS)
     assert model_dock.last_error is None, model_dock.last_error
     text = model_dock.info.text()
-    assert f"<b>Trained</b>: {k} optimizer steps in " in text and "(stopped)" in text and "10000" not in text
+    assert "10000" not in text and "10,000" not in text  # the planned steps are not what was trained
+    assert f"<b>Trained</b>: {k} optimizer steps in " in text and "(stopped)" in text
+    assert read_run_config(out).steps_done == k
+    assert f"({k} optimizer steps in " in training.status.text()
+    assert f"<b>Trained</b>: {k} optimizer steps in " in installed and "10000" not in installed
 
 
 def test_annotations_of_other_phases_than_the_model_are_one_clear_error(viewer, qtbot, tmp_path):

@@ -3,7 +3,9 @@
 The model is built in a worker (torch, segment_anything and peft are imported there, never at plugin start-up)
 and installed with :meth:`~napari_metalseg._widgets.session.Session.set_model`, which every other widget
 listens to. The widget shows the phases (coloured), the parameter counts (total / trainable), the guidance mode,
-the run directory and, for a checkpoint, what the loader did with each tensor.
+the run directory, how the run was trained (the optimizer steps it actually did) and, for a checkpoint, what the
+loader did with each tensor. Its form follows the session's model, also one the Training dock installed, so that the
+form never says another model than the summary.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 :func:`train` is a job (:mod:`napari_metalseg.progress`): a generator of
 :class:`~napari_metalseg.progress.ProgressEvent` that returns the run directory. It honours a cooperative stop
 request and a wall-clock budget, validates periodically, keeps the best validated model in the run directory
-(atomically) and can resume. It trains every family of :mod:`napari_metalseg.models.registry` the same way: the
+(atomically), records the steps it actually did, can resume, and can start from the weights of another run
+(``TrainConfig.init_from``). It trains every family of :mod:`napari_metalseg.models.registry` the same way: the
 gradient families (SAM, the CNNs) through one loop, the classical pixel classifier through its one-call fit.
 It is ready for ``torch.distributed``: no global state, sampling seeded per rank, only rank 0 validates and writes.
 
