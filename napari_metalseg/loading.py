@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.spec import ModelSpec
 from napari_metalseg.phases import PhaseSet
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 
@@ -120,7 +121,10 @@ class ModelResult:
     report : str
         What the checkpoint loader did with each tensor (empty without a checkpoint).
     notes : list of str
-        One-line facts worth showing (steps trained, validation Dice, base checkpoint, "untrained").
+        One-line facts worth showing (validation Dice, base checkpoint, "untrained"); how a run was trained is its
+        configuration's :meth:`~napari_metalseg.runs.RunConfig.training_summary`.
+    spec : ModelSpec or None
+        What the model is (the run's spec; for a built model, its architecture, phases and base checkpoint).
     """
 
     model: object
@@ -129,6 +133,7 @@ class ModelResult:
     run_dir: Path | None = None
     report: str = ""
     notes: list[str] = field(default_factory=list)
+    spec: ModelSpec | None = None
 
 
 def load_model_job(request: ModelRequest) -> Job[ModelResult]:
@@ -157,13 +162,15 @@ def load_model_job(request: ModelRequest) -> Job[ModelResult]:
 
         model, config = load_run(request.run_dir, device=device)
         spec = config.spec
-        notes = [f"trained: {config.training.get('steps', '?')} steps"]
+        notes = []
         metrics = dict(config.metrics)
         if "mean_dice" in metrics:
             notes.append(f"validation mean Dice {float(metrics['mean_dice']):.1f}%")
         if spec.checkpoint:
             notes.append(f"base checkpoint {spec.checkpoint}")
-        return ModelResult(model=model, phases=spec.phase_set, device=device, run_dir=request.run_dir, notes=notes)
+        return ModelResult(
+            model=model, phases=spec.phase_set, device=device, run_dir=request.run_dir, notes=notes, spec=spec
+        )
     from napari_metalseg.models.phase_sam import build_phase_sam
 
     model, report = build_phase_sam(
@@ -175,8 +182,15 @@ def load_model_job(request: ModelRequest) -> Job[ModelResult]:
     )
     model = model.to(device).eval()
     notes = ["untrained decoder: train it (Training widget or `metalseg train`) before trusting predictions"]
+    checkpoint = str(request.checkpoint.resolve()) if request.checkpoint is not None else None
+    spec = ModelSpec(**model.spec_fields(), phases=request.phases.to_json(), checkpoint=checkpoint)
     return ModelResult(
-        model=model, phases=request.phases, device=device, report=report.summary() if report else "", notes=notes
+        model=model,
+        phases=request.phases,
+        device=device,
+        report=report.summary() if report else "",
+        notes=notes,
+        spec=spec,
     )
 
 

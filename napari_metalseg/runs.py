@@ -3,7 +3,8 @@
 ::
 
     RUN/config.json            model spec (kind, img size, phases, fine-tune mode, LoRA, guidance, base checkpoint
-                               path + sha256), training arguments, final metrics
+                               path + sha256), training arguments and provenance (the steps and seconds actually
+                               trained, how the run ended, the run it was initialised from), final metrics
     RUN/adapter.safetensors    torch families: only what was trained (LoRA, decoder, guidance encoders; the whole
                                network for U-Net3+ / ELU-Net), never a frozen SAM base
     RUN/classifier.txt         the classical pixel classifier (our JSON header + LightGBM's text model): the whole
@@ -32,6 +33,18 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 RESUME = "resume.pt"
 FORMAT_VERSION = 1
+
+STEPS_DONE = "steps_done"
+"""Training provenance key: the optimizer steps the run did (``steps`` is what it planned)."""
+TRAIN_SECONDS = "train_seconds"
+"""Training provenance key: seconds of training (the resumed part included)."""
+KEPT_STEP = "kept_step"
+"""Training provenance key: the step after which the kept weights were saved."""
+ENDED = "ended"
+"""Training provenance key: how the run ended, one of :data:`ENDINGS`."""
+ENDINGS = {"steps": "its steps done", "budget": "time budget spent", "stopped": "stopped"}
+INIT_FROM = "init_from"
+"""Training provenance key: ``{"run": path, "weights_sha256": ...}`` of the run whose weights initialised this one."""
 
 
 def is_run(path: str | Path) -> bool:
@@ -76,6 +89,39 @@ class RunConfig:
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def steps_done(self) -> int | None:
+        """The optimizer steps the run actually did (its resumed part included; 1 for a one-call fit), whatever it
+        planned (``training["steps"]``); None for a run that did not record them (written before they were)."""
+        done = self.training.get(STEPS_DONE)
+        return None if done is None else int(done)
+
+    def training_summary(self) -> str:
+        """How the run was trained, in one line for the user: ``"352 optimizer steps in 41 s (stopped); the kept
+        model is from step 300 (best validation)"``, ``"fitted in 3.1 s"`` for the classical classifier."""
+        training = self.training
+        if self.spec.family == "classical":
+            seconds = training.get("fit_seconds")
+            text = "fitted on the labelled pixels" + (f" in {float(seconds):.1f} s" if seconds is not None else "")
+        elif self.steps_done is None:
+            text = "steps not recorded (a run written by an older version)"
+        else:
+            done = self.steps_done
+            text = f"{done} optimizer step{'s' if done != 1 else ''}"
+            if training.get(TRAIN_SECONDS) is not None:
+                seconds = float(training[TRAIN_SECONDS])
+                text += f" in {seconds:.1f} s" if seconds < 10 else f" in {seconds:.0f} s"
+            ended = training.get(ENDED)
+            if ended in ENDINGS and ended != "steps":
+                text += f" ({ENDINGS[ended]})"
+            kept = training.get(KEPT_STEP)
+            if kept is not None and int(kept) != done:
+                text += f"; the kept model is from step {int(kept)} (best validation)"
+        source = training.get(INIT_FROM)
+        if isinstance(source, Mapping) and source.get("run"):
+            text += f"; continued from {source['run']}"
+        return text
 
 
 def write_run_config(run_dir: str | Path, config: RunConfig) -> Path:
@@ -167,11 +213,6 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     config : RunConfig
         The run's configuration (:func:`read_run_config`).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from napari_metalseg.models.lora import load_trainable_state_dict
-
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     if config.spec.family == "classical":
@@ -181,21 +222,54 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         if not path.is_file():
             raise MetalsegError(f"{run_dir}: {CLASSIFIER} is missing")
         return load_classifier(path), config
-    adapter = run_dir / ADAPTER
+    model, _ = config.spec.build("cpu")
+    load_run_weights(model, run_dir)
+    if config.spec.pooled:
+        model = pool_with_classifier(model, run_dir, config.spec.pooled)
+    return model.to(device).eval(), config
+
+
+def weights_file(run_dir: str | Path, spec: ModelSpec) -> Path:
+    """The file of a run that holds its trained weights: :data:`ADAPTER`, or :data:`CLASSIFIER` for the classical
+    family."""
+    return Path(run_dir) / (CLASSIFIER if spec.family == "classical" else ADAPTER)
+
+
+def load_run_weights(model, run_dir: str | Path) -> None:
+    """Load the run's trained weights (:data:`ADAPTER`) into ``model``, a freshly built model of the run's spec (the
+    network of a pooled run); :func:`load_run` and a run initialised from another one both load them here.
+
+    Raises
+    ------
+    MetalsegError
+        The file is missing, corrupt, or does not fit ``model``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from napari_metalseg.models.lora import load_trainable_state_dict
+
+    adapter = Path(run_dir) / ADAPTER
     if not adapter.is_file():
         raise MetalsegError(f"{run_dir}: {ADAPTER} is missing")
     try:
         state = load_file(str(adapter))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MetalsegError(f"{adapter}: corrupt adapter file ({exc})") from None
-    model, _ = config.spec.build("cpu")
     try:
         load_trainable_state_dict(model, state, source=str(adapter))
     except (RuntimeError, KeyError, ValueError) as exc:
         raise MetalsegError(f"{adapter}: does not fit the model in {CONFIG} ({exc})") from None
-    if config.spec.pooled:
-        model = pool_with_classifier(model, run_dir, config.spec.pooled)
-    return model.to(device).eval(), config
+
+
+def update_training(run_dir: str | Path, **provenance: Any) -> RunConfig:
+    """Add ``provenance`` to the training record of a run's :data:`CONFIG` (atomically; the weights are kept)."""
+    from dataclasses import replace
+
+    config = read_run_config(run_dir)
+    config = replace(config, training={**config.training, **provenance})
+    write_run_config(run_dir, config)
+    return config
 
 
 def pool_with_classifier(network, run_dir: str | Path, weight: float):

@@ -152,7 +152,7 @@ def test_a_refused_stack_changes_nothing(loaded, qtbot, tmp_path):
     assert predict.predict() is not None
     wait(qtbot, predict)
     fractions = predict.result.text()
-    assert "Area fractions" in fractions
+    assert fractions.startswith(f"<b>{IMAGE}</b>") and "ferrite" in fractions
     layers = {layer.name: np.asarray(layer.data).copy() for layer in loaded.layers}
     active = loaded.layers.selection.active.name
     model = session_of(loaded).model

@@ -3,11 +3,14 @@
 The model is built in a worker (torch, segment_anything and peft are imported there, never at plugin start-up)
 and installed with :meth:`~napari_metalseg._widgets.session.Session.set_model`, which every other widget
 listens to. The widget shows the phases (coloured), the parameter counts (total / trainable), the guidance mode,
-the run directory and, for a checkpoint, what the loader did with each tensor.
+the run directory, how the run was trained (the optimizer steps it actually did) and, for a checkpoint, what the
+loader did with each tensor. Its form follows the session's model, also one the Training dock installed, so that the
+form never says another model than the summary.
 """
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 from qtpy.QtCore import Qt
@@ -205,11 +208,37 @@ class ModelWidget(DockWidget):
         self._report = result.report
         self._notes = result.notes
         self._built = result.model
-        self.session.set_model(result.model, result.phases, run_dir=result.run_dir, device=result.device)
+        self.session.set_model(
+            result.model, result.phases, run_dir=result.run_dir, device=result.device, spec=result.spec
+        )
+
+    def show_spec(self) -> None:
+        """Fill the form with the session's model (its run, or the kind, size, phases and guidance it was built
+        with), so that the form never says another model than the summary (the Training dock may have installed
+        it)."""
+        session, spec = self.session, self.session.spec
+        if spec is None:
+            return
+        if session.run_dir is not None:
+            self.source.setCurrentText(SOURCE_RUN)
+            self.run_dir.setText(str(session.run_dir))
+        elif spec.checkpoint:
+            self.source.setCurrentText(SOURCE_CHECKPOINT)
+            self.checkpoint.setText(spec.checkpoint)
+        elif spec.kind == "tiny":
+            self.source.setCurrentText(SOURCE_TINY)
+        if spec.kind in CHECKPOINT_KINDS:
+            self.kind.setCurrentText(spec.kind)  # resets the input size to the kind's default: set after
+        self.img_size.setValue(spec.img_size)
+        if spec.guidance in GUIDANCE_MODES:
+            self.guidance.setCurrentText(spec.guidance)
+        if session.phases is not None:
+            self.phases.setText(",".join(session.phases.names))
 
     def refresh(self) -> None:
-        """Show what the session's model is."""
+        """Show what the session's model is (summary and form)."""
         session = self.session
+        self.show_spec()
         if session.model is None:
             self.info.setText(
                 "<i>No model yet.</i> Open a trained run, or build one from a SAM checkpoint "
@@ -231,6 +260,9 @@ class ModelWidget(DockWidget):
             f"<b>Guidance</b>: {getattr(model, 'guidance', 'none')}",
             f"<b>Parameters</b>: {total:,} total / {trainable:,} trainable ({share:.1f}%)",
             f"<b>Run</b>: {session.run_dir if session.run_dir else '<i>not trained / not saved</i>'}",
+            f"<b>Trained</b>: {escape(session.run_config.training_summary())}"
+            if session.run_config is not None
+            else "<b>Trained</b>: <i>not yet</i>",
             f"<b>Device</b>: {session.device}",
         ]
         ours = model is self._built

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from qtpy.QtCore import QObject, Signal
 
+from napari_metalseg.models.spec import ModelSpec
 from napari_metalseg.phases import PhaseSet
+from napari_metalseg.runs import RunConfig, read_run_config
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -27,8 +29,13 @@ class Session(QObject):
     predictor : Predictor or None
         Wraps ``model``; holds the embedding cache so ratio/box changes only rerun the decoder.
     phases : PhaseSet or None
+    spec : ModelSpec or None
+        What the model is (kind, size, guidance, phases, ...): the Training dock trains this model further
+        (:mod:`.training_form`), and the Model dock's form and summary show it.
     run_dir : Path or None
         The run directory the model came from (None for an untrained model).
+    run_config : RunConfig or None
+        That run's configuration (its training provenance: the steps actually done, ...).
     device : str
     ratios : list of float or None
         The current phase-ratio guidance (set by the Phase ratios widget; None = no guidance).
@@ -44,18 +51,48 @@ class Session(QObject):
         self.model = None
         self.predictor = None
         self.phases: PhaseSet | None = None
+        self.spec: ModelSpec | None = None
         self.run_dir: Path | None = None
+        self.run_config: RunConfig | None = None
         self.device = "cpu"
         self.ratios: list[float] | None = None
         self.dataset_dir: Path | None = None
 
-    def set_model(self, model, phases: PhaseSet, run_dir: str | Path | None = None, device: str = "cpu") -> None:
-        """Install a model (GUI thread) and tell every widget."""
+    def set_model(
+        self,
+        model,
+        phases: PhaseSet,
+        run_dir: str | Path | None = None,
+        device: str = "cpu",
+        spec: ModelSpec | None = None,
+    ) -> None:
+        """Install a model (GUI thread) and tell every widget.
+
+        Parameters
+        ----------
+        model
+            The model.
+        phases : PhaseSet
+        run_dir : path, optional
+            The run it was loaded from (its configuration is read here: the spec and the training provenance).
+        device : str
+        spec : ModelSpec, optional
+            What the model is; by default the run's, else what the model reports (``model.spec_fields()``).
+
+        Raises
+        ------
+        MetalsegError
+            An unreadable run configuration.
+        """
         from napari_metalseg.predict import Predictor
 
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.run_config = read_run_config(self.run_dir) if self.run_dir is not None else None
+        if spec is None:
+            spec = self.run_config.spec if self.run_config is not None else spec_of_model(model, phases)
+        self.spec = spec
         self.model = model
         self.phases = phases
-        self.run_dir = Path(run_dir) if run_dir else None
         self.device = device
         self.predictor = Predictor(model, phases, device=device)
         if self.ratios is not None and len(self.ratios) != len(phases):
@@ -65,6 +102,15 @@ class Session(QObject):
     def set_ratios(self, ratios: list[float] | None) -> None:
         self.ratios = None if ratios is None else [float(r) for r in ratios]
         self.ratios_changed.emit()
+
+
+def spec_of_model(model, phases: PhaseSet) -> ModelSpec | None:
+    """The :class:`~napari_metalseg.models.spec.ModelSpec` a model reports (``spec_fields()``) with ``phases``; None
+    for a model that does not describe itself."""
+    fields = getattr(model, "spec_fields", None)
+    if fields is None:
+        return None
+    return ModelSpec(**fields(), phases=phases.to_json())
 
 
 def get_session(viewer) -> Session:

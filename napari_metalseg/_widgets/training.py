@@ -103,7 +103,7 @@ class TrainingWidget(DockWidget):
     def _build(self) -> None:
         layout = QVBoxLayout(self)
         self.data = TrainingDataBox(self.viewer, self.session)
-        self.hyper = HyperParameterBox()
+        self.hyper = HyperParameterBox(session=self.session)
         layout.addWidget(self.data)
         layout.addWidget(self.hyper)
         # the fields, as attributes of the dock (scripts and tests set them)
@@ -219,8 +219,8 @@ class TrainingWidget(DockWidget):
         dataset = data.dataset_dir(ask=True) if use_dataset else None
         if use_dataset and dataset is None:
             raise MetalsegError("choose the dataset folder to train on")
-        phases = data.phase_set() if use_layers else None
-        config = self.hyper.config()
+        config = self.hyper.config()  # the session's model unless "start fresh" (then the fields')
+        phases = self.hyper.run_phases(data.phase_set()) if use_layers else self.hyper.run_phases(None)
         out = self.hyper.run_dir(dataset)
         # nothing drawn is lost: the annotations go to disk before anything can fail
         self._autosave_layers = [item.annotations for item in inputs if item.annotations is not None]

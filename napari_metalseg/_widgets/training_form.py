@@ -1,5 +1,9 @@
 """The "Model and hyper-parameters" group of the Training dock: the fields of a training run and its run folder.
 
+One model per viewer: when the session holds a model (the Model dock's, or the last one trained), training continues
+from it (same kind, phases, guidance and size; from its run's weights when it has a run) unless "start fresh" is
+ticked.
+
 :meth:`HyperParameterBox.config` turns the fields into a validated :class:`~napari_metalseg.training.TrainConfig`,
 :meth:`HyperParameterBox.run_dir` chooses the run folder (a new one in ``~/metalseg-runs``, or next to the dataset,
 unless the user names one).
@@ -20,6 +24,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
+    QLabel,
     QLineEdit,
     QSpinBox,
 )
@@ -36,8 +41,10 @@ from napari_metalseg.models.registry import (
     TRAIN_DEFAULTS,
     family_of,
 )
+from napari_metalseg.models.spec import ModelSpec
+from napari_metalseg.phases import PhaseSet
 
-from .base import browse_row
+from .base import browse_row, while_alive
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_metalseg.training import TrainConfig
@@ -66,12 +73,63 @@ def new_run_dir(dataset: Path | None) -> Path:
     return out
 
 
-class HyperParameterBox(QGroupBox):
-    """The model, its hyper-parameters, the device and the run folder of a training run."""
+def training_guidances(kind: str, encoder: str | None = None) -> list[str]:
+    """The training guidances (:data:`~napari_metalseg.models.options.TRAINING_GUIDANCE`) a model ``kind`` accepts;
+    with ``encoder``, only those of that guidance module (``"ratio"``: ``ratio`` and ``ratio+box``)."""
+    family = family_of(kind)
+    allowed = [
+        g
+        for g in TRAINING_GUIDANCE
+        if ("box" not in g or family.boxes) and g.split("+")[0] in (*family.guidance, "box")
+    ]
+    if encoder is not None:
+        allowed = [g for g in allowed if (g.split("+")[0] if g != "box" else "none") == encoder]
+    return allowed
 
-    def __init__(self, parent=None) -> None:
+
+def describe_spec(spec: ModelSpec) -> str:
+    """``"tiny at 64 px, guidance ratio, phases ferrite, martensite"`` (the CNN's width and depth, the SAM fine-tuning
+    and the pool with the classical classifier when they apply)."""
+    parts = [f"{spec.kind} at {spec.img_size} px"]
+    if spec.family == "cnn":
+        parts.append(f"width {spec.width}, depth {spec.depth}")
+    if spec.family == "sam" and spec.checkpoint:
+        parts.append(f"{spec.finetune} fine-tuning of {Path(spec.checkpoint).name}")
+    parts.append(f"guidance {spec.guidance}")
+    if spec.pooled:
+        parts.append("pooled with the classical pixel classifier")
+    parts.append(f"phases {', '.join(p['name'] for p in spec.phases)}")
+    return ", ".join(parts)
+
+
+class HyperParameterBox(QGroupBox):
+    """The model, its hyper-parameters, the device and the run folder of a training run.
+
+    With a ``session`` that holds a model (the Model dock's, or the last one trained), training continues from that
+    model: its kind, size, guidance, width and depth, fine-tuning and checkpoint are shown read-only with a note,
+    and :meth:`config` trains that model (initialised from its run, or the same architecture from scratch when it
+    was built and never trained). "start fresh" unlocks the fields and trains a new model.
+
+    Parameters
+    ----------
+    session : Session, optional
+        The viewer's session (:mod:`.session`).
+    """
+
+    def __init__(self, parent=None, *, session=None) -> None:
         super().__init__("Model and hyper-parameters", parent)
+        self.session = session
         form = QFormLayout(self)
+        self.continue_note = QLabel()
+        self.continue_note.setWordWrap(True)
+        self.continue_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow(self.continue_note)
+        self.fresh_check = QCheckBox("start fresh (train a new model, not the one in the Model dock)")
+        self.fresh_check.setToolTip(
+            "Off: training continues from the model in the Model dock (its weights when it was trained; the same "
+            "model, phases and guidance). On: the fields below choose a new model, trained from scratch."
+        )
+        form.addRow(self.fresh_check)
         self.model_combo = QComboBox()
         for kind in MODEL_KINDS:
             self.model_combo.addItem(kind)
@@ -148,6 +206,10 @@ class HyperParameterBox(QGroupBox):
         self.model_combo.currentTextChanged.connect(self._model_changed)
         self.model_combo.setCurrentText(DEFAULT_MODEL)
         self._model_changed(DEFAULT_MODEL)
+        self.fresh_check.toggled.connect(self._fresh_toggled)
+        if session is not None:
+            session.model_changed.connect(self.follow_session)
+        self.follow_session()
 
     def _browse_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -165,27 +227,84 @@ class HyperParameterBox(QGroupBox):
         """Defaults and enabled fields of the chosen model's family; the guidance modes it accepts."""
         family = family_of(kind)
         self.img_size.setValue(DEFAULT_IMG_SIZE[kind])
-        sam = family.name == "sam"
-        for widget in (self.checkpoint_edit, self.finetune_combo, self.lora_rank):
-            widget.setEnabled(sam)
-        for widget in (self.steps, self.batch_size, self.lr, self.budget):
-            widget.setEnabled(family.gradient)
-        pooled = family.name in POOLED_FAMILIES
-        self.pool_check.setEnabled(pooled)
-        self.pool_check.setChecked(pooled)
+        self.pool_check.setChecked(family.name in POOLED_FAMILIES)
         self.batch_size.setValue(TRAIN_DEFAULTS[family.name]["batch_size"])
         self.lr.setValue(TRAIN_DEFAULTS[family.name]["lr"])
+        self._update_fields()
+
+    def _update_fields(self) -> None:
+        """Which fields are editable (the family's; none of the model's while training continues from the session's
+        model) and the guidances offered (while continuing: those of the model's guidance module)."""
+        kind = self.model_combo.currentText()
+        family = family_of(kind)
+        spec = self.continued_spec
+        locked = spec is not None
+        sam = family.name == "sam"
+        for widget in (self.checkpoint_edit, self.finetune_combo, self.lora_rank):
+            widget.setEnabled(sam and not locked)
+        for widget in (self.steps, self.batch_size, self.lr, self.budget):
+            widget.setEnabled(family.gradient)
+        self.pool_check.setEnabled(family.name in POOLED_FAMILIES and not locked)
+        self.model_combo.setEnabled(not locked)
+        self.img_size.setEnabled(not locked)
         current = self.guidance_combo.currentText()
-        allowed = [
-            g
-            for g in TRAINING_GUIDANCE
-            if ("box" not in g or family.boxes) and g.split("+")[0] in (*family.guidance, "box")
-        ]
+        allowed = training_guidances(kind, spec.guidance if spec is not None else None)
         self.guidance_combo.blockSignals(True)
         self.guidance_combo.clear()
         self.guidance_combo.addItems(allowed)
-        self.guidance_combo.setCurrentText(current if current in allowed else "none")
+        self.guidance_combo.setCurrentText(current if current in allowed else allowed[0])
         self.guidance_combo.blockSignals(False)
+        self.guidance_combo.setEnabled(len(allowed) > 1)
+
+    # -- the session's model -------------------------------------------------------------------------------
+    @property
+    def continued_spec(self) -> ModelSpec | None:
+        """The session's model spec when training continues from it (a model exists, "start fresh" is off)."""
+        spec = getattr(self.session, "spec", None)
+        return None if spec is None or self.fresh_check.isChecked() else spec
+
+    @while_alive
+    def follow_session(self) -> None:
+        """A new model in the session (the Model dock's, or the last one trained): continue from it ("start fresh"
+        off), showing it in the fields."""
+        spec = getattr(self.session, "spec", None)
+        self.fresh_check.setVisible(spec is not None)
+        self.fresh_check.blockSignals(True)
+        self.fresh_check.setChecked(False)
+        self.fresh_check.blockSignals(False)
+        self._fresh_toggled(False)
+
+    def _fresh_toggled(self, fresh: bool) -> None:
+        spec = self.continued_spec
+        if spec is not None:
+            self._show_spec(spec)
+        self.continue_note.setVisible(spec is not None)
+        self.continue_note.setText(self._note(spec) if spec is not None else "")
+        self._update_fields()
+
+    def _show_spec(self, spec: ModelSpec) -> None:
+        """The fields say the model ``spec`` (its guidance kept when the model accepts the one chosen)."""
+        guidance = self.guidance_combo.currentText()
+        self.model_combo.setCurrentText(spec.kind)
+        self.img_size.setValue(spec.img_size)
+        self.checkpoint_edit.setText(spec.checkpoint or "")
+        if spec.family == "sam":
+            self.finetune_combo.setCurrentText(spec.finetune)
+            self.lora_rank.setValue(spec.lora_rank)
+        self.pool_check.setChecked(bool(spec.pooled))
+        self.guidance_combo.setCurrentText(guidance)
+
+    def _note(self, spec: ModelSpec) -> str:
+        run = getattr(self.session, "run_dir", None)
+        origin = (
+            f"its weights, from run {run}"
+            if run is not None
+            else "built and never trained: this model is trained from scratch"
+        )
+        return (
+            f"training continues from the model in the Model dock: {describe_spec(spec)} ({origin}). "
+            "Tick 'start fresh' for another model."
+        )
 
     def config(self) -> TrainConfig:
         """The :class:`~napari_metalseg.training.TrainConfig` of the fields (validated).
@@ -203,6 +322,19 @@ class HyperParameterBox(QGroupBox):
         steps, budget = self.steps.value() or None, float(self.budget.value()) or None
         if steps is None and budget is None:
             raise MetalsegError("set a time budget or a number of steps")
+        spec = self.continued_spec
+        if spec is not None:  # the session's model: from its run's weights (unless resuming the run folder's run)
+            run = getattr(self.session, "run_dir", None)
+            return TrainConfig.from_spec(
+                spec,
+                init_from=str(run) if run is not None and not self.resume_check.isChecked() else None,
+                guidance=self.guidance_combo.currentText(),
+                steps=steps,
+                budget_s=budget,
+                batch_size=self.batch_size.value(),
+                lr=self.lr.value(),
+                device=self.device_combo.currentText(),
+            )
         return TrainConfig(
             model=kind,
             checkpoint=(self.checkpoint_edit.text().strip() or None) if sam else None,
@@ -217,6 +349,25 @@ class HyperParameterBox(QGroupBox):
             device=self.device_combo.currentText(),
             pool_classical=self.pool_check.isChecked() if family_of(kind).name in POOLED_FAMILIES else None,
         )
+
+    def run_phases(self, phases: PhaseSet | None, what: str = "the annotations") -> PhaseSet | None:
+        """The phases of the run: the session model's while training continues from it (``phases``, those of the
+        training data, must name the same phases), else ``phases``.
+
+        Raises
+        ------
+        MetalsegError
+            ``phases`` name other phases than the session's model.
+        """
+        if self.continued_spec is None or self.session.phases is None:
+            return phases
+        model = self.session.phases
+        if phases is not None and phases.names != model.names:
+            raise MetalsegError(
+                f"{what} name the phases {', '.join(phases.names)} but the model in the Model dock has "
+                f"{', '.join(model.names)}: name the same phases, or tick 'start fresh' to train a new model"
+            )
+        return model
 
     def run_dir(self, dataset: Path | None) -> Path:
         """The run folder of the next run: the one named in the field, else a new one (:func:`new_run_dir`).

@@ -49,7 +49,8 @@ def training_threads() -> int:
 
 @dataclass(kw_only=True)
 class TrainingResult:
-    """What the job hands back to the GUI thread when a run ends (done or stopped)."""
+    """What the job hands back to the GUI thread when a run ends (done or stopped); ``steps_done`` and ``summary``
+    are what the run's configuration records (:meth:`~napari_metalseg.runs.RunConfig.training_summary`)."""
 
     run_dir: Path
     model: Any
@@ -58,6 +59,8 @@ class TrainingResult:
     last: ProgressEvent
     phase_map: PhaseMap | None
     metrics: dict | None = None
+    steps_done: int | None = None
+    summary: str = ""
 
 
 def training_job(
@@ -109,4 +112,6 @@ def training_job(
         last=last,
         phase_map=phase_map,
         metrics=dict(run_config.metrics),
+        steps_done=run_config.steps_done,
+        summary=run_config.training_summary(),
     )

@@ -30,11 +30,14 @@ def show_trained_prediction(viewer, result: TrainingResult, image: Any) -> None:
 
 
 def result_message(result: TrainingResult) -> str:
-    """``training finished at step N, mean Dice D %; model loaded from RUN`` (or ``stopped``)."""
+    """``training finished at step N, mean Dice D % (N optimizer steps in S s); model loaded from RUN`` (or
+    ``stopped``): N is the optimizer steps the run did, as its configuration records them."""
     what = "stopped" if result.last.kind == "stopped" else "finished"
     dice = result.last.metrics.get("mean_dice") if result.last.metrics else None
     score = f", mean Dice {dice:.1f} %" if isinstance(dice, float) and math.isfinite(dice) else ""
-    return f"training {what} at step {result.last.step}{score}; model loaded from {result.run_dir}"
+    step = result.steps_done if result.steps_done is not None else result.last.step
+    summary = f" ({result.summary})" if result.summary else ""
+    return f"training {what} at step {step}{score}{summary}; model loaded from {result.run_dir}"
 
 
 def compare_with_preview(

@@ -87,6 +87,13 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS
     "(default for unet/unet3plus/elunet; docs/quality.md).",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A trained run whose weights start this run: retrain that model on the data (new run in --out). The model "
+    "options not given are the run's (model, size, guidance, width/depth, fine-tuning, checkpoint, pool).",
+)
 @click.option("--export-full", is_flag=True, help="Also write a merged stand-alone model_full.safetensors.")
 @user_errors(model="--model")
 def train(
@@ -114,15 +121,15 @@ def train(
     fp32: bool,
     pool_classical: bool | None,
     resume: bool,
+    init_from: Path | None,
     export_full: bool,
 ) -> None:
-    """Train (or LoRA-adapt) a phase-segmentation model on a dataset."""
+    """Train (or LoRA-adapt) a phase-segmentation model on a dataset, or retrain a run's model (--init-from)."""
     from napari_metalseg.data.dataset import load_dataset
     from napari_metalseg.data.samples import load_samples
-    from napari_metalseg.training import TrainConfig
     from napari_metalseg.training import train as run_training
 
-    config = TrainConfig(
+    settings = dict(
         model=kind,
         checkpoint=str(checkpoint) if checkpoint else None,
         img_size=img_size,
@@ -145,6 +152,7 @@ def train(
         bf16=False if fp32 else None,
         pool_classical=pool_classical,
     )
+    config = _train_config(settings, init_from)
     dataset = load_dataset(data)
     train_samples = load_samples(dataset.labelled_split("train"))
     if not train_samples:
@@ -167,7 +175,40 @@ def train(
         )
     )
     last = progress.last
-    click.echo(json.dumps({"run": str(out), "metrics": last.metrics if last else {}}, indent=2))
+    from napari_metalseg.runs import read_run_config
+
+    steps_done = read_run_config(out).steps_done
+    click.echo(
+        json.dumps({"run": str(out), "steps_done": steps_done, "metrics": last.metrics if last else {}}, indent=2)
+    )
+
+
+OPTION_OF_SETTING = {"model": "kind", "bf16": "fp32"}
+"""``TrainConfig`` fields whose option of ``train`` has another name."""
+
+
+def _train_config(settings: dict, init_from: Path | None):
+    """The ``TrainConfig`` of the options; with ``init_from``, the options left at their defaults take the run's model
+    (:meth:`~napari_metalseg.training.TrainConfig.from_spec`)."""
+    from napari_metalseg.training import TrainConfig
+
+    if init_from is None:
+        return TrainConfig(**settings)
+    from click.core import ParameterSource
+
+    from napari_metalseg.runs import read_run_config
+
+    try:
+        spec = read_run_config(init_from).spec
+    except MetalsegError as exc:
+        raise MetalsegError(f"init_from {exc}") from None
+    ctx = click.get_current_context()
+    given = {
+        name: value
+        for name, value in settings.items()
+        if ctx.get_parameter_source(OPTION_OF_SETTING.get(name, name)) is not ParameterSource.DEFAULT
+    }
+    return TrainConfig.from_spec(spec, init_from=str(init_from), **given)
 
 
 @click.command()

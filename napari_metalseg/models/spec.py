@@ -61,6 +61,26 @@ class ModelSpec:
         """The phases (validated)."""
         return PhaseSet.from_json(self.phases)
 
+    def differences(self, other: ModelSpec) -> list[str]:
+        """What differs between this spec and ``other``, one ``"<field> <mine> vs <other's>"`` per field (empty: the
+        same model, so the weights of one fit the other).
+
+        Every field is compared; the phases by their names (colours are for display), the base checkpoint by its
+        sha256 when both specs have one (the same file may have moved).
+        """
+        found = []
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "phases":
+                mine, theirs = [p.get("name") for p in mine], [p.get("name") for p in theirs]
+            elif f.name == "checkpoint" and self.checkpoint_sha256 and other.checkpoint_sha256:
+                continue
+            elif f.name == "checkpoint_sha256" and not (self.checkpoint_sha256 and other.checkpoint_sha256):
+                continue
+            if mine != theirs:
+                found.append(f"{f.name} {mine!r} vs {theirs!r}")
+        return found
+
     def builder_arguments(self) -> dict[str, Any]:
         """The family builder's keyword arguments for this spec (without the base checkpoint and the seed)."""
         described = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_ARCHITECTURE}

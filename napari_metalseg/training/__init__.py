@@ -3,7 +3,8 @@
 :func:`train` is a job (:mod:`napari_metalseg.progress`): a generator of
 :class:`~napari_metalseg.progress.ProgressEvent` that returns the run directory. It honours a cooperative stop
 request and a wall-clock budget, validates periodically, keeps the best validated model in the run directory
-(atomically) and can resume. It trains every family of :mod:`napari_metalseg.models.registry` the same way: the
+(atomically), records the steps it actually did, can resume, and can start from the weights of another run
+(``TrainConfig.init_from``). It trains every family of :mod:`napari_metalseg.models.registry` the same way: the
 gradient families (SAM, the CNNs) through one loop, the classical pixel classifier through its one-call fit.
 It is ready for ``torch.distributed``: no global state, sampling seeded per rank, only rank 0 validates and writes.
 
@@ -84,15 +85,17 @@ def train(
     stop : callable, optional
         Polled every step; when it returns True the run saves and ends with a ``"stopped"`` event.
     resume : bool
-        Continue from the run's resume state when it exists.
+        Continue from the run's resume state when it exists (not with ``config.init_from``, which starts a new run
+        from the weights of another run).
     export_full : bool
         Also write ``model_full.safetensors``: LoRA merged into the base, a stand-alone model.
 
     Yields
     ------
     ProgressEvent
-        ``"info"`` (set-up), ``"train"`` (every step: loss, lr), ``"validate"`` (Dice per phase and
-        magnification), then ``"done"`` or ``"stopped"`` with the run directory in ``message``.
+        ``"info"`` (set-up, the run it is initialised from), ``"train"`` (every step: loss, lr), ``"validate"``
+        (Dice per phase and magnification), then ``"done"`` or ``"stopped"`` (``step``: the optimizer steps done,
+        as the run's configuration records them) with the run directory in ``message``.
 
     Returns
     -------
@@ -102,10 +105,17 @@ def train(
     Raises
     ------
     MetalsegError
-        Without training images, or when the loss diverges (the last good run is kept).
+        Without training images, when the loss diverges (the last good run is kept), or when ``config.init_from``
+        is not a run of the model to train (or goes with ``resume``).
     """
+    from napari_metalseg.errors import MetalsegError
     from napari_metalseg.training.plan import plan_run
 
+    if resume and config.init_from is not None:
+        raise MetalsegError(
+            f"init_from {config.init_from}: does not go with resume (resume continues the interrupted run in {out}; "
+            "init_from starts a new run from the weights of another one): choose one"
+        )
     plan = plan_run(samples, phases, out, config, val_samples)
     if family_of(config.model).gradient:
         from napari_metalseg.training.loop import fit_gradient

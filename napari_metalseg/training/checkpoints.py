@@ -1,10 +1,11 @@
-"""What a gradient run keeps in its directory: the best validated model, the history and the resume state."""
+"""What a gradient run keeps in its directory: the best validated model, the history, the resume state and the steps
+actually done."""
 
 from __future__ import annotations
 
 import math
 
-from napari_metalseg.runs import RESUME, is_run, save_run
+from napari_metalseg.runs import ENDED, KEPT_STEP, RESUME, STEPS_DONE, TRAIN_SECONDS, is_run, save_run, update_training
 from napari_metalseg.training.plan import RunPlan
 
 
@@ -42,14 +43,22 @@ class RunKeeper:
         self.best = -1.0
         self.last_metrics: dict = {}
 
-    def save(self, metrics: dict) -> None:
-        """Write the model's trainable state, the run configuration with ``metrics`` and the history."""
+    def save(self, metrics: dict, step: int) -> None:
+        """Write the model's trainable state after ``step`` optimizer steps, the run configuration with ``metrics``
+        (and the step, as the steps done so far and the kept model's) and the history."""
         from napari_metalseg.models.lora import trainable_state_dict
 
         if self.plan.rank == 0:
             plan = self.plan
             state = trainable_state_dict(self.model)
-            save_run(plan.out, plan.spec, state, training=plan.training, metrics=metrics, history=self.history)
+            training = plan.training | {STEPS_DONE: step, KEPT_STEP: step}
+            save_run(plan.out, plan.spec, state, training=training, metrics=metrics, history=self.history)
+
+    def finish(self, step: int, seconds: float, ended: str) -> None:
+        """Record in the run's configuration how it ended: ``step`` optimizer steps done in ``seconds`` of training,
+        ``ended`` one of :data:`~napari_metalseg.runs.ENDINGS` (the planned ``steps`` stay what they were)."""
+        if self.plan.rank == 0 and is_run(self.plan.out):
+            update_training(self.plan.out, **{STEPS_DONE: step, TRAIN_SECONDS: round(seconds, 3), ENDED: ended})
 
     def save_resume(self, step: int, seconds: float) -> None:
         """Write the resume state after ``step`` optimizer steps and ``seconds`` of training."""
@@ -91,10 +100,10 @@ class RunKeeper:
         self.best = float(state["best"])
         return int(state["step"]), float(state.get("seconds", 0.0))
 
-    def keep_on_stop(self) -> None:
-        """On a stop request: save the current model unless a validated one is kept already."""
+    def keep_on_stop(self, step: int) -> None:
+        """On a stop request after ``step`` steps: save the current model unless a validated one is kept already."""
         if self.plan.val_set is None or not is_run(self.plan.out):
-            self.save(self.last_metrics)
+            self.save(self.last_metrics, step)
 
     def record_final(self, metrics: dict) -> None:
         """Record the metrics of the run's final model (the pooled one) in its configuration, keeping the saved
@@ -114,4 +123,4 @@ class RunKeeper:
         score = metrics["mean_dice"]
         if self.plan.val_set is None or score > self.best or not is_run(self.plan.out):
             self.best = max(self.best, score) if math.isfinite(score) else self.best
-            self.save(metrics)
+            self.save(metrics, step)

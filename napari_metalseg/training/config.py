@@ -35,6 +35,10 @@ class TrainConfig:
     made; a setting the family cannot honour, or an invalid value, raises one
     :class:`~napari_metalseg.errors.MetalsegError` naming the field and the value
     (:mod:`napari_metalseg.models.options`).
+
+    ``init_from`` names a run directory whose trained weights initialise the model before the first step: retraining
+    continues from that model (it must be the model this config builds: :meth:`from_spec` makes such a config;
+    checked when the run is planned). It does not go with resuming a run (``train(resume=True)``).
     """
 
     model: str | None = None
@@ -65,8 +69,15 @@ class TrainConfig:
     ratio_dropout: float = 0.25
     box_probability: float = 0.5
     pool_classical: bool | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
+        if self.init_from is not None:
+            from napari_metalseg.runs import CONFIG, is_run
+
+            self.init_from = str(self.init_from)
+            if not is_run(self.init_from):
+                raise MetalsegError(f"init_from {self.init_from}: not a trained run ({CONFIG} is missing)")
         needs_base = self.finetune in ("lora", "decoder") and not self.checkpoint
         if needs_base and (self.model is None or family_of(self.model).name == "sam"):
             raise MetalsegError(
@@ -115,6 +126,30 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise MetalsegError(f"{name} {value}: must be at least 1")
         check_positive_number("lr", self.lr)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **settings) -> TrainConfig:
+        """The config that trains the model of ``spec`` again (its kind, size, guidance, CNN width and depth, SAM
+        fine-tuning, LoRA and base checkpoint, the pool with the classical classifier); ``settings`` give the other
+        fields (steps, lr, ``init_from`` ...) and may repeat architecture fields (``guidance="ratio+box"`` for a
+        ``ratio`` model adds box prompts); a run checks that what it builds is ``spec``
+        (``init_from``: :meth:`ModelSpec.differences <napari_metalseg.models.spec.ModelSpec.differences>`)."""
+        family = spec.family
+        architecture: dict = {"model": spec.kind, "img_size": spec.img_size, "guidance": spec.guidance}
+        if family == "cnn":
+            architecture |= {"width": spec.width, "depth": spec.depth}
+        if family == "sam":
+            architecture |= {
+                "checkpoint": spec.checkpoint,
+                "finetune": spec.finetune,
+                "lora_rank": spec.lora_rank,
+                "lora_alpha": spec.lora_alpha,
+                "lora_dropout": spec.lora_dropout,
+                "lora_mlp": spec.lora_mlp,
+            }
+        if family in POOLED_FAMILIES:
+            architecture["pool_classical"] = bool(spec.pooled)
+        return cls(**(architecture | settings))
 
     @property
     def encoder_guidance(self) -> str:

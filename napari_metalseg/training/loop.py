@@ -1,5 +1,5 @@
 """The gradient loop shared by every gradient family (SAM, the CNNs): one optimizer step after the other, periodic
-validation, a cooperative stop, a wall-clock budget and resuming."""
+validation, a cooperative stop, a wall-clock budget, resuming, and starting from the weights of another run."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def fit_gradient(
     config = plan.config
     model, report = plan.spec.build(plan.device, seed=config.seed)
     yield _setup_event(model, report, plan)
+    if config.init_from is not None:
+        yield _initialise(model, plan)
     net = model
     if plan.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
@@ -54,11 +56,12 @@ def fit_gradient(
     if plan.spec.pooled:  # fitted before the network's clock starts: the budget is the network's training time
         yield from fit_companion(plan)
     pace = Pace(total=total, budget=config.budget_s, warmup=config.warmup, val_every=config.val_every, spent=spent)
-    step = start
+    step, ended = start, None
     while step < total:
         if stop is not None and stop():
-            keeper.keep_on_stop()
+            keeper.keep_on_stop(step)
             keeper.save_resume(step, pace.elapsed())
+            keeper.finish(step, pace.elapsed(), "stopped")
             yield ProgressEvent("stopped", step, total, message=str(plan.out))
             return
         model.train()
@@ -78,16 +81,17 @@ def fit_gradient(
         yield ProgressEvent(
             "train", step, shown_total, loss_value, {"lr": lr, "seconds": elapsed}, message=f"loss {loss_value:.4f}"
         )
-        last = step == total or pace.out_of_time(elapsed)
-        if pace.validation_due(step, elapsed) or last:
+        ended = "steps" if step == total else "budget" if pace.out_of_time(elapsed) else None
+        if pace.validation_due(step, elapsed) or ended:
             pace.validated()
             yield from _validate(model, plan, keeper, step, shown_total, loss_value)
             keeper.save_resume(step, pace.elapsed())
-        if last:
+        if ended:
             total = step
             break
     if plan.spec.pooled and plan.rank == 0 and keeper.best >= 0:
         yield from _validate_pooled(plan, keeper, total)
+    keeper.finish(step, pace.elapsed(), ended or "steps")
     if export_full and plan.rank == 0 and family_of(config.model).name == "sam":
         from napari_metalseg.models.lora import merge_lora
         from napari_metalseg.runs import export_full_model
@@ -109,6 +113,17 @@ def _setup_event(model, report, plan: RunPlan) -> ProgressEvent:
         + (f"; budget {config.budget_s:g} s" if config.budget_s else ""),
         metrics={"parameters": total_params, "trainable": trainable_params},
     )
+
+
+def _initialise(model, plan: RunPlan) -> ProgressEvent:
+    """Load the trained weights of the run ``config.init_from`` into the freshly built ``model`` (checked to be its
+    model when the run was planned): the run continues from that model."""
+    from napari_metalseg.runs import INIT_FROM, load_run_weights
+
+    source = plan.training[INIT_FROM]
+    load_run_weights(model, source["run"])
+    companion = "; the classical pixel classifier pooled with it is refitted" if plan.spec.pooled else ""
+    return ProgressEvent("info", message=f"continuing from the model of {source['run']}{companion}")
 
 
 def _sampler(model, plan: RunPlan, rng: np.random.Generator) -> CropSampler:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 from napari_metalseg.progress import ProgressEvent
-from napari_metalseg.runs import RESUME
+from napari_metalseg.runs import ENDED, RESUME, STEPS_DONE, TRAIN_SECONDS
 from napari_metalseg.training.plan import RunPlan
 from napari_metalseg.training.validation import metrics_of, validate
 
@@ -54,6 +54,12 @@ def fit_once(plan: RunPlan) -> Iterator[ProgressEvent]:
     from napari_metalseg.runs import save_run
 
     config, samples, phases = plan.config, plan.samples, plan.phases
+    if config.init_from is not None:
+        yield ProgressEvent(
+            "info",
+            message=f"{config.model}: nothing to initialise from {config.init_from} (a classifier is refitted, "
+            "not trained further): fitting it again on the labelled pixels",
+        )
     t0 = time.perf_counter()
     yield ProgressEvent("info", message=f"{config.model}: fitting on the labelled pixels of {len(samples)} image(s)")
     model = fit_classifier(samples, len(phases), tile_size=config.img_size, seed=config.seed, **CLASSICAL_FIT)
@@ -70,7 +76,12 @@ def fit_once(plan: RunPlan) -> Iterator[ProgressEvent]:
     if plan.rank == 0:
         metrics = metrics_of(validate(model, plan.val_set or samples, phases, "cpu"), plan.source)
         history.append({"step": 1, **metrics})
-        training = plan.training | {"fit_seconds": seconds}
+        training = plan.training | {
+            "fit_seconds": seconds,
+            STEPS_DONE: 1,
+            TRAIN_SECONDS: round(seconds, 3),
+            ENDED: "steps",
+        }
         save_run(plan.out, plan.spec, model, training=training, metrics=metrics, history=history)
         yield ProgressEvent(
             "validate", 1, 1, metrics=metrics, message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}%"

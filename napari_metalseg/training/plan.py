@@ -1,4 +1,5 @@
-"""Setting up a training run: rank, device, seeds, the validation images and the provenance the run records."""
+"""Setting up a training run: rank, device, seeds, the validation images, the run it starts from and the provenance the
+run records."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from napari_metalseg.data.samples import Sample, holdout_pixels
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.spec import ModelSpec
 from napari_metalseg.phases import PhaseSet
+from napari_metalseg.runs import INIT_FROM
 from napari_metalseg.training.config import TrainConfig, model_spec
 
 
@@ -91,6 +93,8 @@ def plan_run(
         "train_images": [s.name for s in samples],
         "val_images": [s.name for s in val_set or []],
     }
+    if config.init_from is not None:
+        training[INIT_FROM] = init_source(config.init_from, spec, Path(out))
     if val_set is None and config.holdout > 0:
         samples, held = holdout_pixels(samples, len(phases), config.holdout, seed=config.seed)
         if held:
@@ -110,6 +114,35 @@ def plan_run(
         world=world,
         rng=rng,
     )
+
+
+def init_source(run: str | Path, spec: ModelSpec, out: Path) -> dict:
+    """Check that the run ``run`` can initialise a run of ``spec`` written to ``out``; return the provenance the new
+    run records: ``{"run": path, "weights_sha256": ...}`` (the source's weights file,
+    :func:`~napari_metalseg.runs.weights_file`).
+
+    Raises
+    ------
+    MetalsegError
+        ``run`` is not a run, is ``out`` itself (its weights would be overwritten), holds another model than
+        ``spec`` (:meth:`~napari_metalseg.models.spec.ModelSpec.differences`), or has no weights file.
+    """
+    from napari_metalseg.runs import read_run_config, sha256_file, weights_file
+
+    run = Path(run)
+    source = read_run_config(run)
+    if run.resolve() == out.resolve():
+        raise MetalsegError(f"init_from {run}: is the run directory to write; write the new run to another folder")
+    differences = source.spec.differences(spec)
+    if differences:
+        raise MetalsegError(
+            f"init_from {run}: its model differs from the one to train (the run's vs this one's: "
+            f"{'; '.join(differences)}); train that model or start fresh"
+        )
+    weights = weights_file(run, source.spec)
+    if not weights.is_file():
+        raise MetalsegError(f"init_from {run}: {weights.name} is missing")
+    return {"run": str(run.resolve()), "weights_sha256": sha256_file(weights)}
 
 
 def _rank() -> tuple[int, int]:
