@@ -70,7 +70,7 @@ def _build_model(viewer, qtbot, guidance: str = "ratio"):
 
 def _train(training, qtbot, out, *, steps: int, lr: float | None = None) -> None:
     """Press Train with the run's length, batch, device and folder (the model fields are left as they are)."""
-    training.select_pair(IMAGE, f"{IMAGE} annotations")
+    training.select_image(IMAGE)
     training.steps.setValue(steps)
     training.batch_size.setValue(2)
     if lr is not None:
@@ -168,7 +168,7 @@ def test_a_stopped_run_reports_the_steps_it_did(viewer, qtbot, tmp_path):
     training = _dock(viewer, "Training")
     training.model_combo.setCurrentText("tiny")
     training.img_size.setValue(64)
-    training.select_pair(IMAGE, f"{IMAGE} annotations")
+    training.select_image(IMAGE)
     training.steps.setValue(10_000)
     training.batch_size.setValue(2)
     training.device_combo.setCurrentText("cpu")
@@ -204,7 +204,7 @@ def test_annotations_of_other_phases_than_the_model_are_one_clear_error(viewer, 
     _build_model(viewer, qtbot, "none")
     training = _dock(viewer, "Training")
     training.phases_edit.setText("ferrite, pearlite")
-    training.select_pair(IMAGE, f"{IMAGE} annotations")
+    training.select_image(IMAGE)
     training.out_edit.setText(str(tmp_path / "refused"))
     training.start_training()
     assert not training.running
