@@ -133,13 +133,31 @@ def test_a_later_save_replaces_the_earlier_and_labels_beyond_the_phases_are_kept
     assert np.array_equal(saved.labels, newer) and saved.info["image_name"] == "b"
 
 
-def test_save_job_computes_the_key_from_the_image(tmp_path):
+def test_load_job_computes_the_key_from_the_image(tmp_path):
     store = AnnotationStore(tmp_path)
     image = _image()
-    key, folder = run_job(store.save_job(None, _labels(), PHASES, image_name="x", image=image))
-    assert key == micrograph_key(image) and folder == tmp_path / key
-    key2, saved = run_job(store.load_job(image=image))
-    assert key2 == key and np.array_equal(saved.labels, _labels())
+    assert run_job(store.load_job(image=image)) == (micrograph_key(image), None)
+    store.save(micrograph_key(image), _labels(), PHASES, image_name="x")
+    key, saved = run_job(store.load_job(image=image))
+    assert key == micrograph_key(image) and np.array_equal(saved.labels, _labels())
+
+
+def test_archive_keeps_an_autosave_aside(tmp_path):
+    store = AnnotationStore(tmp_path)
+    key = micrograph_key(_image())
+    assert store.archive(key) is None
+    store.save(key, _labels(seed=1), PHASES, image_name="x")
+    kept = store.archive(key)
+    assert kept.parent == tmp_path / key / autosave.EARLIER
+    assert store.load(key) is None
+    assert sorted(p.name for p in kept.iterdir()) == sorted([ANNOTATIONS_FILE, PHASES_FILE, INFO_FILE])
+    store.save(key, _labels(seed=2), PHASES, image_name="x")
+    again = store.archive(key)
+    assert again != kept and again.parent == kept.parent
+    from napari_metalseg.data.dataset import read_mask
+    from napari_metalseg.phases import labels_to_mask
+
+    assert np.array_equal(read_mask(kept / ANNOTATIONS_FILE), labels_to_mask(_labels(seed=1)))
 
 
 def test_clear_removes_the_autosave(tmp_path):
@@ -180,20 +198,22 @@ def test_a_failing_write_leaves_the_previous_autosave(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MetalsegError, match=f"{ANNOTATIONS_FILE}: cannot autosave .*disk full"):
         store.save(key, _labels(seed=2), PHASES, image_name="y")
     monkeypatch.undo()
     after = {p.name: p.read_bytes() for p in (tmp_path / key).iterdir()}
-    assert after == before  # no temp file left, nothing half-written
+    assert set(after) == set(before)  # no temp file left
+    assert after[ANNOTATIONS_FILE] == before[ANNOTATIONS_FILE]  # the previous annotations, whole
     assert np.array_equal(store.load(key).labels, first)
 
 
-def test_a_failing_info_write_leaves_the_previous_info(tmp_path, monkeypatch):
+def test_a_save_cut_short_leaves_the_previous_autosave_or_none(tmp_path, monkeypatch):
     import napari_metalseg.io.atomic as atomic
 
     store = AnnotationStore(tmp_path)
-    key = micrograph_key(_image())
-    store.save(key, _labels(seed=1), PHASES, image_name="x")
+    key, fresh = micrograph_key(_image()), micrograph_key(_image(seed=5))
+    first = _labels(seed=1)
+    store.save(key, first, PHASES, image_name="x")
     info = (tmp_path / key / INFO_FILE).read_text()
     real = atomic.atomic_write_text
 
@@ -203,10 +223,13 @@ def test_a_failing_info_write_leaves_the_previous_info(tmp_path, monkeypatch):
         real(path, text)
 
     monkeypatch.setattr(atomic, "atomic_write_text", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(MetalsegError, match=f"{INFO_FILE}: cannot autosave"):
         store.save(key, _labels(seed=2), PHASES, image_name="y")
     assert (tmp_path / key / INFO_FILE).read_text() == info
-    assert store.load(key) is not None  # the new annotations with the old info: still readable
+    assert np.array_equal(store.load(key).labels, first)  # the annotations are written last
+    with pytest.raises(MetalsegError):
+        store.save(fresh, _labels(seed=2), PHASES, image_name="y")
+    assert store.load(fresh) is None  # a first save cut short: no autosave, not a damaged one
 
 
 @pytest.mark.parametrize(

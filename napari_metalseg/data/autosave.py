@@ -9,10 +9,12 @@ name: the folder of a micrograph is named by :func:`micrograph_key`, a hash of i
                                               (data.dataset: phase index, 255 unlabeled)
     <autosave_root()>/<key>/phases.json       their phase set (PhaseSet.save)
     <autosave_root()>/<key>/info.json         image name, source file, shape, labelled pixels, time
+    <autosave_root()>/<key>/earlier/<time>/   an autosave kept aside (AnnotationStore.archive)
 
 Each file is written atomically (:mod:`napari_metalseg.io.atomic`): a crash mid-write leaves the previous complete
-file. The annotations of a training run are kept elsewhere (:func:`~napari_metalseg.data.training_set.autosave_labels`,
-inside the run folder).
+file. ``annotations.png`` is written last, so a first save cut short leaves no autosave rather than a damaged one.
+The annotations a training run used are kept elsewhere (inside the run folder:
+:func:`~napari_metalseg.data.training_set.autosave_labels`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ ENV_DIR = "METALSEG_AUTOSAVE_DIR"
 ANNOTATIONS_FILE = "annotations.png"
 PHASES_FILE = "phases.json"
 INFO_FILE = "info.json"
+EARLIER = "earlier"
+"""Sub-folder of a micrograph's autosave where :meth:`AnnotationStore.archive` moves an autosave it must keep."""
 FORMAT = 1
 """Version of ``info.json``."""
 KEY_CHARS = 32
@@ -177,7 +181,7 @@ class AnnotationStore:
         Raises
         ------
         MetalsegError
-            Labels that are not 2-D, or a bad key.
+            Labels that are not 2-D, a bad key, or a file that cannot be written (naming it).
         """
         from napari_metalseg.data.dataset import write_mask
         from napari_metalseg.io.atomic import atomic_write_text
@@ -187,8 +191,6 @@ class AnnotationStore:
         if labels.ndim != 2:
             raise MetalsegError(f"annotations of {image_name!r} have shape {labels.shape}; 2-D labels are autosaved")
         mask = labels_to_mask(labels)
-        write_mask(folder / ANNOTATIONS_FILE, mask)
-        phases.save(folder / PHASES_FILE)
         info = {
             "format": FORMAT,
             "image_name": str(image_name),
@@ -197,29 +199,18 @@ class AnnotationStore:
             "labelled_pixels": int(np.count_nonzero(mask != UNLABELED)),
             "saved_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
-        atomic_write_text(folder / INFO_FILE, json.dumps(info, indent=2) + "\n")
+        path = folder / PHASES_FILE
+        try:  # the annotations last: load() finds an autosave only once it is complete
+            phases.save(path)
+            path = folder / INFO_FILE
+            atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+            path = folder / ANNOTATIONS_FILE
+            write_mask(path, mask)
+        except OSError as exc:
+            raise MetalsegError(
+                f"{path}: cannot autosave the annotations of {image_name!r} ({exc}); set {ENV_DIR} to a writable folder"
+            ) from exc
         return folder
-
-    def save_job(
-        self,
-        key: str | None,
-        labels: np.ndarray,
-        phases: PhaseSet,
-        *,
-        image_name: str,
-        source: str | Path | None = None,
-        image: Any = None,
-    ) -> Job[tuple[str, Path]]:
-        """:meth:`save` as a job (for a background worker): ``key`` None is computed from ``image`` first.
-
-        Returns ``(key, folder)``; yields no events.
-        """
-        if key is None:
-            if image is None:
-                raise MetalsegError(f"no key and no micrograph given to autosave the annotations of {image_name!r}")
-            key = micrograph_key(image)
-        return key, self.save(key, labels, phases, image_name=image_name, source=source)
-        yield  # a generator: a job that reports nothing
 
     def load(self, key: str) -> SavedAnnotations | None:
         """The annotations saved for a micrograph, or None when there are none.
@@ -262,6 +253,24 @@ class AnnotationStore:
             key = micrograph_key(image)
         return key, self.load(key)
         yield  # a generator: a job that reports nothing
+
+    def archive(self, key: str) -> Path | None:
+        """Move a micrograph's autosave into ``<folder>/earlier/<time>/`` (None: there is none), so that the next
+        save does not overwrite it; :meth:`load` no longer returns it."""
+        folder = self.folder(key)
+        if not (folder / ANNOTATIONS_FILE).is_file():
+            return None
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = folder / EARLIER / stamp
+        n = 1
+        while target.exists():
+            n += 1
+            target = folder / EARLIER / f"{stamp}-{n}"
+        target.mkdir(parents=True)
+        for name in (ANNOTATIONS_FILE, PHASES_FILE, INFO_FILE):  # the PNG first: once it moved, load() finds none
+            if (folder / name).is_file():
+                os.replace(folder / name, target / name)
+        return target
 
     def clear(self, key: str) -> None:
         """Delete a micrograph's autosave (nothing happens when there is none)."""
