@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -86,8 +87,10 @@ def test_strokes_are_autosaved_after_the_quiet_delay(make_napari_viewer, qtbot, 
     data = _micrograph()
     image = viewer.add_image(data, name="steel 3000x")
     layer = roles.annotations_layer(viewer, image, PHASES, create=True)
-    signals = []
+    signals, threads = [], []
     saver.saved.connect(lambda name, folder: signals.append((name, folder)))
+    save = saver.store.save
+    saver.store.save = lambda *a, **kw: threads.append(threading.current_thread()) or save(*a, **kw)
 
     brush_stroke(viewer, layer, line(20, 10, 20, 100), label=1)
     assert np.count_nonzero(layer.data == 1) > 300  # the brush painted
@@ -104,6 +107,7 @@ def test_strokes_are_autosaved_after_the_quiet_delay(make_napari_viewer, qtbot, 
     assert str(folder) in viewer.status and "steel 3000x" in viewer.status
     saved = _saved(autosave_dir, data)
     assert saved.phases == PHASES and saved.info["image_name"] == "steel 3000x"
+    assert threads and threading.main_thread() not in threads  # written in a worker, not the GUI thread
 
     count = len(signals)
     layer.undo()  # an undo changes the annotations too (napari emits no paint event for it)
@@ -144,7 +148,8 @@ def test_a_layer_adopted_as_annotations_is_autosaved(make_napari_viewer, qtbot, 
     assert "steel" in saver.last_saved
 
 
-def test_closing_the_window_saves_pending_strokes(make_napari_viewer, autosave_dir):
+@pytest.mark.parametrize("how", ["viewer.close", "window button", "layer deleted"])
+def test_closing_the_window_or_the_layer_saves_pending_strokes(make_napari_viewer, autosave_dir, how):
     viewer, _ = _viewer(make_napari_viewer, quiet_ms=60_000, max_delay_ms=60_000)
     data = _micrograph(3)
     image = viewer.add_image(data, name="steel")
@@ -152,8 +157,14 @@ def test_closing_the_window_saves_pending_strokes(make_napari_viewer, autosave_d
     _paint(viewer, layer)
     painted = np.array(layer.data)
     assert not autosave_dir.exists()
-    viewer.close()
-    assert np.array_equal(_saved(autosave_dir, data).labels, painted)
+    if how == "viewer.close":
+        viewer.close()  # napari removes every layer, then closes the window
+    elif how == "window button":
+        viewer.window.close()  # closes the Qt window (as its close button does), the layers stay
+    else:
+        viewer.layers.remove(layer)
+    saved = _saved(autosave_dir, data)
+    assert saved is not None and np.array_equal(saved.labels, painted)
 
 
 # -- restoring --------------------------------------------------------------------------------------------------
@@ -234,6 +245,26 @@ def test_an_equal_or_empty_annotations_layer(make_napari_viewer, qtbot, autosave
     qtbot.wait(300)
     assert [layer.name for layer in viewer.layers] == ["equal", "equal annotations", "empty", "empty annotations"]
     assert np.array_equal(equal.data, autosaved)
+
+
+def test_a_damaged_autosave_is_one_error_and_nothing_else(make_napari_viewer, qtbot, autosave_dir, monkeypatch):
+    from napari_metalseg._widgets import base
+    from napari_metalseg.errors import MetalsegError
+
+    data = _micrograph(9)
+    folder = AnnotationStore(autosave_dir).save(
+        micrograph_key(data), np.ones(data.shape, np.uint8), PHASES, image_name="x"
+    )
+    (folder / ANNOTATIONS_FILE).write_bytes(b"\x89PNG cut short")
+    shown = []
+    monkeypatch.setattr(base, "report_error", shown.append)
+    monkeypatch.setattr("napari_metalseg._widgets.autosave.report_error", shown.append)
+    viewer, saver = _viewer(make_napari_viewer)
+    viewer.add_image(data, name="steel")
+    qtbot.waitUntil(lambda: bool(shown), timeout=5000)
+    assert len(shown) == 1 and isinstance(shown[0], MetalsegError)
+    assert str(folder / ANNOTATIONS_FILE) in str(shown[0]) and "damaged autosave" in str(shown[0])
+    assert [layer.name for layer in viewer.layers] == ["steel"]
 
 
 # -- the crash test ---------------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class _Watch(QObject):
         self.layer = layer
         self.pending = False
         self.digest: str | None = None
+        self.saved_as: tuple[str, str, str | None] | None = None  # micrograph key, name and source of the last save
         self.was_annotations = roles.role_of(layer) == roles.ANNOTATIONS
         if self.was_annotations:  # its content when it appears is not the user's stroke: no save until it changes
             self.digest = _digest(np.asarray(layer.data))
@@ -182,6 +183,7 @@ class AnnotationAutosaver(QObject, JobRunner):
         self._watches: dict[int, _Watch] = {}
         self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._tasks: deque[tuple[str, Any]] = deque()
+        self._current: _Watch | None = None
         self._seq = 0
         self._lock = threading.Lock()
         self._written: dict[str, int] = {}
@@ -220,8 +222,9 @@ class AnnotationAutosaver(QObject, JobRunner):
         if watch is None:
             return
         watch.disconnect_layer()
-        if watch.pending:
-            self._enqueue(watch)  # its last strokes are saved; the task keeps the layer until it runs
+        if watch.pending or watch is self._current or any(item is watch for _, item in self._tasks):
+            self._save_now([watch])  # its last strokes, before the layer (or the whole viewer) goes
+        self._tasks = deque(task for task in self._tasks if task[1] is not watch)
 
     def _image_data_changed(self, event: Any) -> None:
         self._keys.pop(event.source, None)
@@ -248,12 +251,13 @@ class AnnotationAutosaver(QObject, JobRunner):
             if kind == "save":
                 snapshot = self._snapshot(item)
                 if snapshot is not None:
+                    self._current = item
                     self.start_job(
                         self._save_job(snapshot, item.digest),
                         "autosave",
                         lambda result, watch=item: self._saved(watch, result),
                         on_error=self._save_failed,
-                        on_finish=self._next,
+                        on_finish=self._finished,
                         progress=False,
                     )
             else:
@@ -265,9 +269,13 @@ class AnnotationAutosaver(QObject, JobRunner):
                         "autosave",
                         lambda result, ref=item: self._restored(ref, result),
                         on_error=self._restore_failed,
-                        on_finish=self._next,
+                        on_finish=self._finished,
                         progress=False,
                     )
+
+    def _finished(self) -> None:
+        self._current = None
+        self._next()
 
     def _snapshot(self, watch: _Watch) -> _Snapshot | None:
         """A copy of the layer's labels and what the worker needs (None: nothing to save)."""
@@ -275,18 +283,24 @@ class AnnotationAutosaver(QObject, JobRunner):
         watch.pending = False
         if not watch.is_annotations:
             return None
+        if np.ndim(layer.data) != 2:
+            return None
         image = self._image_of(layer)
-        if image is None or np.ndim(layer.data) != 2:
+        if image is not None:
+            key, data, name, source = self._keys.get(image), image.data, image.name, _source_of(image)
+        elif watch.saved_as is not None:  # its micrograph was closed first: where it was saved before
+            (key, name, source), data = watch.saved_as, None
+        else:
             return None
         self._seq += 1
         return _Snapshot(
             seq=self._seq,
-            key=self._keys.get(image),
-            image=image.data,
+            key=key,
+            image=data,
             labels=np.array(layer.data, copy=True),
             phases=self._phases_of(layer),
-            image_name=image.name,
-            source=_source_of(image),
+            image_name=name,
+            source=source,
         )
 
     def _phases_of(self, layer: Any) -> PhaseSet:
@@ -319,6 +333,7 @@ class AnnotationAutosaver(QObject, JobRunner):
     def _saved(self, watch: _Watch, result: tuple[str, str, Path | None, _Snapshot]) -> None:
         key, digest, folder, snap = result
         watch.digest = digest
+        watch.saved_as = (key, snap.image_name, snap.source)
         image = self._image_of(watch.layer)
         if image is not None:
             self._keys[image] = key
@@ -344,12 +359,17 @@ class AnnotationAutosaver(QObject, JobRunner):
 
     def flush(self) -> None:
         """Save every layer with unsaved strokes now, in the calling (GUI) thread (the window is closing)."""
+        watches = [w for w in self._watches.values() if w.pending or w is self._current]
+        watches += [w for kind, w in self._tasks if kind == "save" and w not in watches]
+        self._save_now(watches)
+
+    def _save_now(self, watches: list[_Watch]) -> None:
+        """Save layers in the calling (GUI) thread, whatever the worker is doing: a save it is running with an older
+        copy does not overwrite this one (the snapshots are numbered)."""
         from napari_metalseg.progress import run_job
 
-        pending = [w for w in self._watches.values() if w.pending]
-        pending += [w for kind, w in self._tasks if kind == "save" and w not in pending]
-        self._tasks = deque(task for task in self._tasks if task[0] != "save")
-        for watch in pending:
+        self._tasks = deque(task for task in self._tasks if not any(task[1] is w for w in watches))
+        for watch in watches:
             watch.quiet.stop()
             watch.deadline.stop()
             snapshot = self._snapshot(watch)
@@ -398,12 +418,12 @@ class AnnotationAutosaver(QObject, JobRunner):
                 layer.data = saved.labels
             finally:
                 self.restoring = None
-            self._saved_as(layer, digest)
+            self._saved_as(layer, digest, key, image)
             self.last_saved[image.name] = saved.folder
             show_info(f"restored {pixels} labelled pixels of {image.name!r} from the autosave in {saved.folder}")
             return
         if np.array_equal(np.asarray(existing.data), saved.labels):
-            self._saved_as(existing, digest)
+            self._saved_as(existing, digest, key, image)
             self.last_saved[image.name] = saved.folder
             return
         name = f"{roles.layer_name(image.name, roles.ANNOTATIONS)} (autosaved {_when(saved.info)})"
@@ -414,12 +434,13 @@ class AnnotationAutosaver(QObject, JobRunner):
             f"it is shown as the layer {name!r} (adopt it to use it) and kept in {earlier or saved.folder}"
         )
 
-    def _saved_as(self, layer: Any, digest: str | None) -> None:
+    def _saved_as(self, layer: Any, digest: str | None, key: str, image: Any) -> None:
         """Record that ``layer`` holds what the autosave holds (no save until it changes)."""
         watch = self._watches.get(id(layer))
         if watch is not None:
             watch.digest = digest
             watch.pending = False
+            watch.saved_as = (key, image.name, _source_of(image))
 
     def _restore_failed(self, exc: BaseException) -> None:
         self.last_error = exc
