@@ -145,10 +145,10 @@ def test_a_layer_adopted_as_annotations_is_autosaved(make_napari_viewer, qtbot, 
     assert not autosave_dir.exists()  # not annotations (yet): nothing saved
     roles.adopt_annotations(viewer, image, own, PHASES)
     _wait_saved(qtbot, autosave_dir, data, np.array(own.data))
-    assert "steel" in saver.last_saved
+    qtbot.waitUntil(lambda: "steel" in saver.last_saved, timeout=5000)  # the GUI thread hears of it next
 
 
-@pytest.mark.parametrize("how", ["viewer.close", "window button", "layer deleted"])
+@pytest.mark.parametrize("how", ["viewer.close", "window button", "layer deleted", "micrograph deleted"])
 def test_closing_the_window_or_the_layer_saves_pending_strokes(make_napari_viewer, autosave_dir, how):
     viewer, _ = _viewer(make_napari_viewer, quiet_ms=60_000, max_delay_ms=60_000)
     data = _micrograph(3)
@@ -161,7 +161,10 @@ def test_closing_the_window_or_the_layer_saves_pending_strokes(make_napari_viewe
         viewer.close()  # napari removes every layer, then closes the window
     elif how == "window button":
         viewer.window.close()  # closes the Qt window (as its close button does), the layers stay
+    elif how == "layer deleted":
+        viewer.layers.remove(layer)
     else:
+        viewer.layers.remove(image)
         viewer.layers.remove(layer)
     saved = _saved(autosave_dir, data)
     assert saved is not None and np.array_equal(saved.labels, painted)

@@ -218,6 +218,11 @@ class AnnotationAutosaver(QObject, JobRunner):
 
     def _removed(self, event: Any) -> None:
         layer = event.value
+        if roles.is_2d_image(layer):  # a micrograph closed before its annotations: save them while it is known
+            self._save_now(
+                [w for w in self._watches.values() if w.pending and roles.image_name_of(w.layer) == layer.name],
+                image=layer,
+            )
         watch = self._watches.pop(id(layer), None)
         if watch is None:
             return
@@ -277,15 +282,16 @@ class AnnotationAutosaver(QObject, JobRunner):
         self._current = None
         self._next()
 
-    def _snapshot(self, watch: _Watch) -> _Snapshot | None:
-        """A copy of the layer's labels and what the worker needs (None: nothing to save)."""
+    def _snapshot(self, watch: _Watch, image: Any = None) -> _Snapshot | None:
+        """A copy of the layer's labels and what the worker needs (None: nothing to save); ``image``: its
+        micrograph, when it is no longer in the viewer."""
         layer = watch.layer
         watch.pending = False
         if not watch.is_annotations:
             return None
         if np.ndim(layer.data) != 2:
             return None
-        image = self._image_of(layer)
+        image = image if image is not None else self._image_of(layer)
         if image is not None:
             key, data, name, source = self._keys.get(image), image.data, image.name, _source_of(image)
         elif watch.saved_as is not None:  # its micrograph was closed first: where it was saved before
@@ -363,7 +369,7 @@ class AnnotationAutosaver(QObject, JobRunner):
         watches += [w for kind, w in self._tasks if kind == "save" and w not in watches]
         self._save_now(watches)
 
-    def _save_now(self, watches: list[_Watch]) -> None:
+    def _save_now(self, watches: list[_Watch], image: Any = None) -> None:
         """Save layers in the calling (GUI) thread, whatever the worker is doing: a save it is running with an older
         copy does not overwrite this one (the snapshots are numbered)."""
         from napari_metalseg.progress import run_job
@@ -372,7 +378,7 @@ class AnnotationAutosaver(QObject, JobRunner):
         for watch in watches:
             watch.quiet.stop()
             watch.deadline.stop()
-            snapshot = self._snapshot(watch)
+            snapshot = self._snapshot(watch, image)
             if snapshot is None:
                 continue
             try:
