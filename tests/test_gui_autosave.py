@@ -83,7 +83,7 @@ def _annotations_with(viewer, image, labels: np.ndarray):
 
 
 def test_strokes_are_autosaved_after_the_quiet_delay(make_napari_viewer, qtbot, autosave_dir):
-    viewer, saver = _viewer(make_napari_viewer, quiet_ms=1000)
+    viewer, saver = _viewer(make_napari_viewer, quiet_ms=800)
     data = _micrograph()
     image = viewer.add_image(data, name="steel 3000x")
     layer = roles.annotations_layer(viewer, image, PHASES, create=True)
@@ -92,6 +92,8 @@ def test_strokes_are_autosaved_after_the_quiet_delay(make_napari_viewer, qtbot, 
     save = saver.store.save
     saver.store.save = lambda *a, **kw: threads.append(threading.current_thread()) or save(*a, **kw)
 
+    qtbot.wait(1200)  # napari's first slicing of the new layer (``set_data``) may start a timer: let it pass
+    assert not autosave_dir.exists()  # an empty new layer is not saved
     brush_stroke(viewer, layer, line(20, 10, 20, 100), label=1)
     assert np.count_nonzero(layer.data == 1) > 300  # the brush painted
     assert not autosave_dir.exists()  # not at once: the user may go on painting

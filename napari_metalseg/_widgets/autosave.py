@@ -55,10 +55,6 @@ MAX_DELAY_MS = 30_000
 """Default: save at the latest this long after the first unsaved stroke."""
 
 
-def _digest(labels: np.ndarray) -> str:
-    return micrograph_key(labels)  # a content hash of any array
-
-
 def _when(info: dict[str, Any]) -> str:
     """The time of an autosave for a layer name ("2024-05-02 14:03")."""
     text = str(info.get("saved_at") or "")
@@ -93,7 +89,7 @@ class _Watch(QObject):
         self.saved_as: tuple[str, str, str | None] | None = None  # micrograph key, name and source of the last save
         self.was_annotations = roles.role_of(layer) == roles.ANNOTATIONS
         if self.was_annotations:  # its content when it appears is not the user's stroke: no save until it changes
-            self.digest = _digest(np.asarray(layer.data))
+            self.digest = micrograph_key(np.asarray(layer.data))
         self.quiet = QTimer(self)
         self.quiet.setSingleShot(True)
         self.quiet.timeout.connect(self.due)
@@ -273,7 +269,6 @@ class AnnotationAutosaver(QObject, JobRunner):
                         self._restore_job(self._keys.get(image), image.data),
                         "autosave",
                         lambda result, ref=item: self._restored(ref, result),
-                        on_error=self._restore_failed,
                         on_finish=self._finished,
                         progress=False,
                     )
@@ -324,7 +319,7 @@ class AnnotationAutosaver(QObject, JobRunner):
     def _save_job(self, snap: _Snapshot, previous: str | None) -> Job[tuple[str, str, Path | None, _Snapshot]]:
         """Worker: write the snapshot unless it equals the content last saved, or a later snapshot was written."""
         key = snap.key or micrograph_key(snap.image)
-        digest = _digest(snap.labels)
+        digest = micrograph_key(snap.labels)
         folder = self.store.folder(key)
         if digest == previous and (folder / ANNOTATIONS_FILE).is_file():
             return key, digest, None, snap
@@ -396,7 +391,7 @@ class AnnotationAutosaver(QObject, JobRunner):
     def _restore_job(self, key: str | None, image: Any) -> Job[tuple[str, SavedAnnotations | None, str | None]]:
         """Worker: the micrograph's key, its autosave (or None) and the autosave's content hash."""
         key, saved = yield from self.store.load_job(key, image=image)
-        return key, saved, None if saved is None else _digest(saved.labels)
+        return key, saved, None if saved is None else micrograph_key(saved.labels)
 
     def _restored(self, ref: Callable[[], Any], result: tuple[str, SavedAnnotations | None, str | None]) -> None:
         from napari.utils.notifications import show_info
@@ -447,10 +442,6 @@ class AnnotationAutosaver(QObject, JobRunner):
             watch.digest = digest
             watch.pending = False
             watch.saved_as = (key, image.name, _source_of(image))
-
-    def _restore_failed(self, exc: BaseException) -> None:
-        self.last_error = exc
-        report_error(exc)
 
 
 def _source_of(image: Any) -> str | None:
