@@ -9,6 +9,9 @@ time out, failing every test that shares the fixture.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,6 +31,20 @@ settings.load_profile("metalseg")
 
 # Tests share 2 cores with each other's subprocesses; oversubscribed torch threads make everything slower.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Every viewer autosaves its annotations (napari_metalseg.data.autosave): each test gets its own empty autosave folder,
+# so no test writes into the user's data folder or finds annotations another test painted. A hook, not an autouse
+# fixture: hypothesis refuses function-scoped fixtures.
+_AUTOSAVE_BASE = Path(tempfile.mkdtemp(prefix="metalseg-autosave-"))
+
+
+def pytest_runtest_setup(item):
+    os.environ["METALSEG_AUTOSAVE_DIR"] = tempfile.mkdtemp(dir=_AUTOSAVE_BASE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_AUTOSAVE_BASE, ignore_errors=True)
+
 
 TRAIN_STEPS = 300
 IMG_SIZE = 128

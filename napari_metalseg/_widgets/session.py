@@ -124,4 +124,7 @@ def get_session(viewer) -> Session:
     if session is None:
         session = Session()
         _SESSIONS[viewer] = session
+        from napari_metalseg._widgets.autosave import AnnotationAutosaver  # here: it imports this module
+
+        session.autosaver = AnnotationAutosaver(viewer)  # crash-safe annotation: one autosaver per viewer
     return session
