@@ -191,3 +191,15 @@ def test_each_micrograph_keeps_its_own_phases_layer(loaded, qtbot):
     assert widget.predict() is None
     assert "stack" in str(widget.last_error) and widget.result.text() == ""
     assert find_layer(loaded, "stack", PHASES) is None and find_layer(loaded, IMAGE, ANNOTATIONS) is None
+
+
+def test_renaming_a_micrograph_renames_its_layers_and_the_dock_says_where_strokes_are_saved(loaded, qtbot):
+    layer = predict(loaded, qtbot)
+    image = loaded.layers[IMAGE]
+    strokes = annotations_layer(loaded, image, session_of(loaded).phases, create=True)
+    image.name = "field 7"
+    assert layer.name == "field 7 phases" and strokes.name == "field 7 annotations"
+    assert find_layer(loaded, "field 7", PHASES) is layer and find_layer(loaded, IMAGE, PHASES) is None
+    training = dock(loaded, "Training")
+    session_of(loaded).autosaver.saved.emit("field 7", "/data/autosave/abc")
+    assert "/data/autosave/abc" in training.data.autosave_label.text()

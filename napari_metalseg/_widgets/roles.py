@@ -265,6 +265,19 @@ def training_pairs(viewer: napari.Viewer) -> list[tuple[Image, Labels]]:
     return pairs
 
 
+def track_micrographs(viewer: napari.Viewer) -> None:
+    """Make every micrograph of the viewer, open now or later, rename its layers with it (:func:`follow_renames`)."""
+    for layer in viewer.layers:
+        if is_micrograph_layer(layer):
+            follow_renames(viewer, layer)
+
+    def inserted(event: Any) -> None:
+        if is_micrograph_layer(event.value):
+            follow_renames(viewer, event.value)
+
+    viewer.layers.events.inserted.connect(inserted)
+
+
 def follow_renames(viewer: napari.Viewer, image: Image) -> None:
     """Rename a micrograph's layers (and their link) when the micrograph is renamed."""
     state = {"name": image.name}

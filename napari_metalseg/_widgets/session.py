@@ -127,4 +127,7 @@ def get_session(viewer) -> Session:
         from napari_metalseg._widgets.autosave import AnnotationAutosaver  # here: it imports this module
 
         session.autosaver = AnnotationAutosaver(viewer)  # crash-safe annotation: one autosaver per viewer
+        from napari_metalseg._widgets.roles import track_micrographs
+
+        track_micrographs(viewer)  # a renamed micrograph renames its layers
     return session

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -267,6 +267,10 @@ class TrainingDataBox(QGroupBox):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         form.addRow(self.summary)
+        self.autosave_label = QLabel("annotations are autosaved a few seconds after each stroke")
+        self.autosave_label.setWordWrap(True)
+        self.autosave_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow(self.autosave_label)
         self._summary_timer = QTimer(self)
         self._summary_timer.setSingleShot(True)
         self._summary_timer.setInterval(SUMMARY_DEBOUNCE_MS)
@@ -290,6 +294,16 @@ class TrainingDataBox(QGroupBox):
         for layer in viewer.layers:
             self._watch(layer)
         session.model_changed.connect(self._on_model_changed)
+        autosaver = getattr(session, "autosaver", None)
+        if autosaver is not None:
+            autosaver.saved.connect(self._on_autosaved)
+
+    @while_alive
+    def _on_autosaved(self, image_name: str, folder: str) -> None:
+        """Say where the annotations were autosaved (crash-safe annotation, :mod:`.autosave`)."""
+        import time
+
+        self.autosave_label.setText(f"'{image_name}' annotations autosaved {time.strftime('%H:%M:%S')} to {folder}")
 
     # -- what the source uses --------------------------------------------------------------------------
     @property
