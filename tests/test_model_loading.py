@@ -10,6 +10,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.loading import ModelRequest, load_model, load_model_job, parse_phase_names
 from napari_metalseg.phases import PhaseSet
 from napari_metalseg.progress import run_job
+from napari_metalseg.runs import read_run_config
 
 PHASES = PhaseSet.from_names(["ferrite", "martensite"])
 
@@ -34,7 +35,10 @@ def test_a_run_loads_with_its_phases_and_notes(short_run):
     assert [(e.kind, e.message) for e in events] == [("info", "loading run")]
     assert result.phases.names == PHASES.names and result.run_dir == short_run and result.device == "cpu"
     assert result.model.kind == "tiny" and not result.model.training
-    assert result.notes[0] == "trained: 2 steps" and result.report == ""
+    assert result.report == "" and result.spec == read_run_config(short_run).spec
+    # how it was trained is the run's record of the steps done (shown by the Model dock), not the planned steps
+    assert not any(note.startswith("trained:") for note in result.notes)
+    assert read_run_config(short_run).training_summary().startswith("2 optimizer steps in ")
 
 
 def test_a_model_from_scratch_is_tiny_and_untrained():

@@ -248,7 +248,7 @@ class HyperParameterBox(QGroupBox):
         self.model_combo.setEnabled(not locked)
         self.img_size.setEnabled(not locked)
         current = self.guidance_combo.currentText()
-        allowed = training_guidances(kind, spec.guidance if spec is not None else None)
+        allowed = training_guidances(kind, spec.guidance if spec is not None else None) or ["none"]
         self.guidance_combo.blockSignals(True)
         self.guidance_combo.clear()
         self.guidance_combo.addItems(allowed)
