@@ -105,15 +105,13 @@ class LivePlot(_Canvas):
         self._dirty = True
 
     def add_loss(self, step: int, loss: float) -> None:
-        """Add a training-loss point (drawn at the next timer tick)."""
-        self.steps.append(int(step))
-        self.losses.append(float(loss))
+        """Add a training-loss point (drawn at the next timer tick), in step order whatever order it arrives in."""
+        _insert_in_order(self.steps, self.losses, int(step), float(loss))
         self._dirty = True
 
     def add_dice(self, step: int, dice: float) -> None:
-        """Add a validation point, mean Dice in % (drawn at the next timer tick)."""
-        self.val_steps.append(int(step))
-        self.dice.append(float(dice))
+        """Add a validation point, mean Dice in % (drawn at the next timer tick), in step order."""
+        _insert_in_order(self.val_steps, self.dice, int(step), float(dice))
         self._dirty = True
 
     def set_title(self, title: str) -> None:
@@ -205,3 +203,13 @@ class FractionBars(_Canvas):
             f"{n_fields} field{'s' if n_fields != 1 else ''}" + (" (mean ± 95 % CI)" if have_ci else ""), fontsize=9
         )
         self.draw_idle()
+
+
+def _insert_in_order(steps: list[int], values: list[float], step: int, value: float) -> None:
+    """Insert a point keeping ``steps`` sorted (Qt may deliver a worker's events late when a slot runs the event
+    loop, e.g. napari's progress bar; a curve must not zigzag back)."""
+    import bisect
+
+    index = bisect.bisect_right(steps, step)
+    steps.insert(index, step)
+    values.insert(index, value)
