@@ -127,11 +127,12 @@ def test_guided_cnn_takes_ratios_in_prediction(split_samples, synth_dataset, tmp
 
 
 def test_time_budget_ends_training_and_the_schedule_follows_the_clock(split_samples, synth_dataset, tmp_path):
-    config = TrainConfig(model="elunet", width=4, depth=3, batch_size=2, img_size=64, budget_s=3.0, device="cpu")
+    # 6 s: a first step can take 3 s when the 2 cores are shared with another process; the test needs several steps
+    config = TrainConfig(model="elunet", width=4, depth=3, batch_size=2, img_size=64, budget_s=6.0, device="cpu")
     events = list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "run", config))
     steps = [e for e in events if e.kind == "train"]
     assert events[-1].kind == "done" and len(steps) > 3
-    assert steps[-2].metrics["seconds"] < 3.0 <= steps[-1].metrics["seconds"]
+    assert steps[-2].metrics["seconds"] < 6.0 <= steps[-1].metrics["seconds"]
     assert events[-1].step == steps[-1].step == events[-1].total
     lrs = [e.metrics["lr"] for e in steps]
     assert max(lrs) > lrs[-1] and lrs[0] < max(lrs)
