@@ -50,8 +50,8 @@ run: setup
 	fi
 
 lint: setup
-	$(VENV)/bin/ruff check napari_metalseg tests benchmarks
-	$(VENV)/bin/ruff format --check napari_metalseg tests benchmarks
+	$(VENV)/bin/ruff check napari_metalseg tests benchmarks docs/screenshots.py
+	$(VENV)/bin/ruff format --check napari_metalseg tests benchmarks docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

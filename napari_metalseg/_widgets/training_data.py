@@ -244,10 +244,10 @@ class TrainingDataBox(QGroupBox):
         self.adopt_combo = QComboBox()
         self.adopt_combo.setToolTip("A Labels layer you made, of the micrograph's size, to use as its annotations.")
         self.adopt_button = QPushButton("Use as annotations")
-        row = QWidget()
+        form.addRow("", self.new_button)
+        row = QWidget()  # on its own line: the dock stays narrow enough for a laptop screen
         box = QHBoxLayout(row)
         box.setContentsMargins(0, 0, 0, 0)
-        box.addWidget(self.new_button)
         box.addWidget(self.adopt_combo, 1)
         box.addWidget(self.adopt_button)
         form.addRow("", row)
