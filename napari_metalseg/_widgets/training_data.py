@@ -99,8 +99,10 @@ class TrainingInput:
         return mask
 
     def layer_names(self) -> str:
-        names = [layer.name for layer in (self.annotations, self.phases) if layer is not None]
-        return " + ".join(f"'{name}'" + (" (your corrections)" if name.endswith(" phases") else "") for name in names)
+        parts = [f"'{self.annotations.name}'"] if self.annotations is not None else []
+        if self.phases is not None:
+            parts.append(f"'{self.phases.name}' (your corrections)")
+        return " + ".join(parts)
 
 
 def _check_size(labels: Labels, image: Image) -> None:

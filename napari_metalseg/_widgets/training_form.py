@@ -322,31 +322,26 @@ class HyperParameterBox(QGroupBox):
         steps, budget = self.steps.value() or None, float(self.budget.value()) or None
         if steps is None and budget is None:
             raise MetalsegError("set a time budget or a number of steps")
+        run_settings = {  # how long and how to train: the fields', whichever model is trained
+            "guidance": self.guidance_combo.currentText(),
+            "steps": steps,
+            "budget_s": budget,
+            "batch_size": self.batch_size.value(),
+            "lr": self.lr.value(),
+            "device": self.device_combo.currentText(),
+        }
         spec = self.continued_spec
         if spec is not None:  # the session's model: from its run's weights (unless resuming the run folder's run)
             run = getattr(self.session, "run_dir", None)
-            return TrainConfig.from_spec(
-                spec,
-                init_from=str(run) if run is not None and not self.resume_check.isChecked() else None,
-                guidance=self.guidance_combo.currentText(),
-                steps=steps,
-                budget_s=budget,
-                batch_size=self.batch_size.value(),
-                lr=self.lr.value(),
-                device=self.device_combo.currentText(),
-            )
+            init_from = str(run) if run is not None and not self.resume_check.isChecked() else None
+            return TrainConfig.from_spec(spec, init_from=init_from, **run_settings)
         return TrainConfig(
             model=kind,
             checkpoint=(self.checkpoint_edit.text().strip() or None) if sam else None,
             img_size=self.img_size.value(),
             finetune=None if finetune == "auto" else finetune,
             lora_rank=self.lora_rank.value(),
-            guidance=self.guidance_combo.currentText(),
-            steps=steps,
-            budget_s=budget,
-            batch_size=self.batch_size.value(),
-            lr=self.lr.value(),
-            device=self.device_combo.currentText(),
+            **run_settings,
             pool_classical=self.pool_check.isChecked() if family_of(kind).name in POOLED_FAMILIES else None,
         )
 
