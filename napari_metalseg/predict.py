@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from napari_metalseg.data.samples import normalize_contrast
+from napari_metalseg.embeddings import DEFAULT_CACHE_BYTES, EmbeddingCache
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 from napari_metalseg.prompts import check_box
+from napari_metalseg.tiles import TileGrid
 
 
 @dataclass
@@ -86,23 +87,6 @@ def check_ratios(ratios: Sequence[float] | None, phases: PhaseSet) -> np.ndarray
     return (arr / total).astype(np.float32)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap`` pixels of overlap."""
-    if length <= tile:
-        return [0]
-    stride = max(1, tile - overlap)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-def blend_window(size: int, floor: float = 1e-2) -> np.ndarray:
-    """2-D weight window for overlap blending: a squared sine, highest in the tile centre, never zero."""
-    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
-    ramp = np.maximum(ramp, floor)
-    return np.outer(ramp, ramp).astype(np.float32)
-
-
 def image_key(image: np.ndarray) -> str:
     """Content hash of an image (shape + dtype + bytes)."""
     arr = np.ascontiguousarray(image)
@@ -125,9 +109,12 @@ class Predictor:
     overlap : float
         Tile overlap as a fraction of the model input size.
     cache_size : int
-        Number of images whose embeddings are kept in memory.
+        Most micrographs whose tile embeddings are kept in memory (:class:`~napari_metalseg.embeddings.EmbeddingCache`).
+    cache_bytes : int
+        Most bytes of tile embeddings kept in memory.
     cache_dir : path, optional
-        Also keep embeddings on disk here (safetensors), for reopening the same micrographs later.
+        Also keep the embeddings of models with a heavy encoder (SAM) on disk here
+        (:class:`~napari_metalseg.io.embedding_store.EmbeddingStore`), for reopening the same micrographs later.
     bf16 : bool or None
         bfloat16 autocast for the encoder; default: on for CUDA, off on CPU.
     batch_size : int
@@ -153,6 +140,7 @@ class Predictor:
         device: str = "cpu",
         overlap: float = 0.25,
         cache_size: int = 4,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         cache_dir: str | Path | None = None,
         bf16: bool | None = None,
         batch_size: int = 4,
@@ -162,11 +150,14 @@ class Predictor:
         self.device = device
         self.size = int(getattr(model, "predict_size", model.img_size))
         self.overlap = int(round(overlap * self.size))
-        self.cache_size = cache_size
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache = EmbeddingCache(max_images=cache_size, max_bytes=cache_bytes)
+        self.store = None
+        if cache_dir is not None and getattr(model, "heavy_encoder", True):
+            from napari_metalseg.io.embedding_store import EmbeddingStore
+
+            self.store = EmbeddingStore(Path(cache_dir))
         self.bf16 = device.startswith("cuda") if bf16 is None else bf16
         self.batch_size = batch_size
-        self._cache: OrderedDict[str, object] = OrderedDict()
         self._signature: str | None = None
         self.lock = threading.RLock()
 
@@ -187,43 +178,40 @@ class Predictor:
 
     def invalidate(self) -> None:
         """Forget cached embeddings and the model signature (call after the weights change)."""
-        self._cache.clear()
+        self.cache.clear()
         self._signature = None
 
-    def _embed_tiles(self, tiles: list[np.ndarray], key: str) -> Job:
-        """Job: the embeddings of ``tiles`` (from the cache when there), one ``"embed"`` event per batch."""
+    def _cache_key(self, image: np.ndarray, grid: TileGrid) -> str:
+        precision = "bf16" if self.bf16 else "fp32"
+        return f"{image_key(image)}-{self.signature()}-t{grid.size}-{grid.overlap}-{precision}"
+
+    def _embeddings(self, image: np.ndarray, grid: TileGrid, key: str, tiles: Sequence[int]) -> Job:
+        """Job: the embeddings of ``tiles`` of ``image`` (B, C, h, w), computing only those not cached yet (one
+        ``"embed"`` event per encoder batch); the entry goes to disk once every tile of the micrograph is in it."""
         import torch
 
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        disk = self.cache_dir / f"{key}.safetensors" if self.cache_dir else None
-        if disk is not None and disk.is_file():
-            from safetensors.torch import load_file
-
-            emb = load_file(str(disk))["embeddings"]
-        else:
-            out = []
-            for i in range(0, len(tiles), self.batch_size):
-                batch = torch.from_numpy(np.stack(tiles[i : i + self.batch_size])).to(self.device)
+        entry = self.cache.entry(key, len(grid))
+        if not entry.complete and self.store is not None and (stored := self.store.load(key)) is not None:
+            if stored.get("embeddings") is not None and stored["embeddings"].shape[0] == len(grid):
+                entry.store(range(len(grid)), torch.from_numpy(stored["embeddings"]))
+        missing = entry.missing(tiles)
+        if missing:
+            padded = _pad_image(image, *grid.padded_shape)
+            s = grid.size
+            for i in range(0, len(missing), self.batch_size):
+                batch_tiles = missing[i : i + self.batch_size]
+                stack = np.stack([padded[y : y + s, x : x + s] for y, x in (grid.origins[t] for t in batch_tiles)])
+                batch = torch.from_numpy(stack).to(self.device)
                 with (
                     torch.inference_mode(),
                     torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16),
                 ):
-                    out.append(self.model.embed(self.model.preprocess(batch)).float().cpu())
-                yield ProgressEvent("embed", min(i + self.batch_size, len(tiles)), len(tiles), message="image encoder")
-            emb = torch.cat(out)
-            if disk is not None:
-                from safetensors.torch import save_file
-
-                from napari_metalseg.io.atomic import atomic_path
-
-                with atomic_path(disk) as tmp:
-                    save_file({"embeddings": emb.contiguous()}, str(tmp))
-        self._cache[key] = emb
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return emb
+                    entry.store(batch_tiles, self.model.embed(self.model.preprocess(batch)).float().cpu())
+                done = min(i + self.batch_size, len(missing))
+                yield ProgressEvent("embed", done, len(missing), message="image encoder")
+            if entry.complete and self.store is not None:
+                self.store.save(key, {"embeddings": entry.tensor.numpy()})
+        return entry.get(tiles)
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict_job(
@@ -235,6 +223,12 @@ class Predictor:
     ) -> Job[PhaseMap]:
         """Job: the phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given.
 
+        The micrograph is cut into tiles of the model input size (:class:`~napari_metalseg.tiles.TileGrid`);
+        each tile is encoded once and its embedding cached, so a new ratio vector or a box reruns only the
+        decoder. A box is decoded on the tile(s) it needs (:meth:`~napari_metalseg.tiles.TileGrid.tiles_for_box`),
+        with the box in tile coordinates, and only the box region is upsampled; on a micrograph not predicted
+        yet only those tiles are encoded.
+
         With ``tta`` (test-time augmentation) the micrograph is also predicted flipped and rotated (the 8 symmetries
         of the square) and the probabilities are averaged: 8 times the work, steadier boundaries.
 
@@ -244,12 +238,13 @@ class Predictor:
         Yields
         ------
         ProgressEvent
-            ``"embed"`` per batch of encoder tiles, then ``"predict"`` per batch of decoded tiles (per augmentation
-            with ``tta``).
+            ``"embed"`` per batch of tiles the encoder runs on, then ``"predict"`` per batch of decoded tiles
+            (per augmentation with ``tta``).
 
         Returns
         -------
         PhaseMap
+            With a box: ``labels`` is :data:`~napari_metalseg.phases.UNLABELED` and ``probs`` 0 outside the box.
 
         Raises
         ------
@@ -269,11 +264,14 @@ class Predictor:
                 raise MetalsegError("test-time augmentation applies to whole micrographs, not to box prompts")
             box = check_box(box, image.shape)
         with self.lock:
-            if box is not None:
-                return (yield from self._predict_box(image, box, ratio))
-            if not tta:
-                return (yield from self._predict_tiled(image, ratio))
-            return (yield from self._predict_tta(image, ratio))
+            try:
+                if box is not None:
+                    return (yield from self._predict_box(image, box, ratio))
+                if not tta:
+                    return (yield from self._predict_tiled(image, ratio))
+                return (yield from self._predict_tta(image, ratio))
+            finally:
+                self.cache.trim()
 
     def predict(
         self,
@@ -299,76 +297,100 @@ class Predictor:
         return PhaseMap(acc.argmax(0).astype(np.uint8), acc)
 
     def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
+        """Job: every tile decoded and blended into the whole micrograph's phase map (torch buffers, no copies)."""
+        import torch
+
         h, w = image.shape
-        s = self.size
-        padded = _pad_image(image, max(h, s), max(w, s))
-        ys, xs = tile_starts(padded.shape[0], s, self.overlap), tile_starts(padded.shape[1], s, self.overlap)
-        origins = [(y, x) for y in ys for x in xs]
-        tiles = [padded[y : y + s, x : x + s] for y, x in origins]
-        key = f"{image_key(image)}-{self.signature()}-t{s}-{self.overlap}"
-        emb = yield from self._embed_tiles(tiles, key)
-        k = len(self.phases)
-        acc = np.zeros((k, *padded.shape), np.float32)
-        weight = np.zeros(padded.shape, np.float32)
-        window = blend_window(s) if len(origins) > 1 else np.ones((s, s), np.float32)
-        for i in range(0, len(origins), self.batch_size):
-            batch = emb[i : i + self.batch_size].to(self.device)
-            probs = self._decode(batch, ratio, None)
-            for j, (y, x) in enumerate(origins[i : i + self.batch_size]):
-                acc[:, y : y + s, x : x + s] += probs[j] * window
+        grid = TileGrid(image.shape, self.size, self.overlap)
+        emb = yield from self._embeddings(image, grid, self._cache_key(image, grid), range(len(grid)))
+        s = grid.size
+        acc = torch.zeros((len(self.phases), *grid.padded_shape))
+        weight = torch.zeros(grid.padded_shape)
+        window = torch.from_numpy(grid.window)
+        for i in range(0, len(grid), self.batch_size):
+            origins = grid.origins[i : i + self.batch_size]
+            probs = torch.softmax(self._decode(emb[i : i + self.batch_size], ratio, None, (s, s)), dim=1)
+            for j, (y, x) in enumerate(origins):
+                acc[:, y : y + s, x : x + s].addcmul_(probs[j], window)
                 weight[y : y + s, x : x + s] += window
-            yield ProgressEvent("predict", min(i + self.batch_size, len(origins)), len(origins), message="decoder")
+            yield ProgressEvent("predict", i + len(origins), len(grid), message="decoder")
         acc /= weight  # in place: the probability map is the largest buffer of a big micrograph
         probs = acc[:, :h, :w]
-        return PhaseMap(probs.argmax(0).astype(np.uint8), probs)
+        return PhaseMap(probs.argmax(0).to(torch.uint8).numpy(), probs.numpy())
 
-    def _decode(self, emb, ratio: np.ndarray | None, boxes) -> np.ndarray:
+    def _decode(self, emb, ratio: np.ndarray | None, boxes, out_size: tuple[int, int]):
+        """Logits (B, K, *out_size), float32 torch on the CPU, from cached embeddings; ``boxes`` (B, 4) in tile
+        pixels or ``None``. Under bf16 autocast when :attr:`bf16`."""
         import torch
 
         light = getattr(self.model, "light_decoder", True)
-        with torch.inference_mode(), _single_thread_on_cpu(self.device) if light else contextlib.nullcontext():
+        device_type = self.device.split(":")[0]
+        with (
+            torch.inference_mode(),
+            _single_thread_on_cpu(self.device) if light else contextlib.nullcontext(),
+            torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            emb = emb.to(self.device)
             r = None
             if ratio is not None:
                 r = torch.from_numpy(np.repeat(ratio[None], emb.shape[0], 0)).to(self.device)
             b = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
-            logits = self.model.decode(emb, ratios=r, boxes=b, out_size=(self.size, self.size))
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            return self.model.decode(emb, ratios=r, boxes=b, out_size=out_size).float().cpu()
 
     def _predict_box(
         self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None
     ) -> Job[PhaseMap]:
-        """Job: the phases inside a checked box (one encoder window around it; ``"embed"`` events only)."""
-        from scipy import ndimage
+        """Job: the phases inside a checked box, from the cached embeddings of the tile(s) it needs."""
+        import torch
 
         h, w = image.shape
         x0, y0, x1, y1 = box
-        s = self.size
-        margin = s // 8
-        side = max(s, x1 - x0 + 2 * margin, y1 - y0 + 2 * margin)
-        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-        wy = int(np.clip(round(cy - side / 2), 0, max(0, h - side)))
-        wx = int(np.clip(round(cx - side / 2), 0, max(0, w - side)))
-        padded = _pad_image(image, max(h, side), max(w, side))
-        window = padded[wy : wy + side, wx : wx + side]
-        scale = s / side
-        tile = ndimage.zoom(window, scale, order=1)[:s, :s] if side != s else window
-        tile = _pad_image(tile, s, s)
-        key = f"{image_key(image)}-{self.signature()}-box{wy},{wx},{side}"
-        emb = yield from self._embed_tiles([tile], key)
-        local = np.array([[(x0 - wx) * scale, (y0 - wy) * scale, (x1 - wx) * scale, (y1 - wy) * scale]])
-        probs = self._decode(emb.to(self.device), ratio, local)[0]
-        if side != s:
-            probs = np.stack([ndimage.zoom(p, side / s, order=1)[:side, :side] for p in probs])
-            probs = np.stack([_pad_image(p, side, side) for p in probs])
-        k = len(self.phases)
-        full = np.zeros((k, max(h, side), max(w, side)), np.float32)
-        full[:, wy : wy + side, wx : wx + side] = probs
-        full = full[:, :h, :w]
-        inside = np.zeros((h, w), bool)
-        inside[y0:y1, x0:x1] = True
-        full[:, ~inside] = 0
-        labels = np.where(inside, full.argmax(0), UNLABELED).astype(np.uint8)
+        grid = TileGrid(image.shape, self.size, self.overlap)
+        tiles = grid.tiles_for_box(box)
+        emb = yield from self._embeddings(image, grid, self._cache_key(image, grid), tiles)
+        s = grid.size
+        origins = [grid.origins[t] for t in tiles]
+        # the box seen from each tile, clipped to the tile
+        local = np.array([[max(x0 - x, 0), max(y0 - y, 0), min(x1 - x, s), min(y1 - y, s)] for y, x in origins])
+        mask_size = getattr(self.model, "mask_size", (s, s))
+        logits = self._decode(emb, ratio, local.astype(np.float32), mask_size)
+        acc = torch.zeros((len(self.phases), y1 - y0, x1 - x0))
+        weight = torch.zeros((y1 - y0, x1 - x0))
+        window = torch.from_numpy(grid.window)
+        for j, (y, x) in enumerate(origins):
+            lx0, ly0, lx1, ly1 = (int(v) for v in local[j])
+            region = _upsample_region(logits[j], (s, s), (ly0, ly1, lx0, lx1))
+            part = window[ly0:ly1, lx0:lx1] if len(tiles) > 1 else torch.ones((ly1 - ly0, lx1 - lx0))
+            oy, ox = y + ly0 - y0, x + lx0 - x0
+            acc[:, oy : oy + ly1 - ly0, ox : ox + lx1 - lx0].addcmul_(region, part)
+            weight[oy : oy + ly1 - ly0, ox : ox + lx1 - lx0] += part
+        acc /= weight
+        yield ProgressEvent("predict", 1, 1, message="decoder")
+        full = np.zeros((len(self.phases), h, w), np.float32)  # calloc: pages outside the box are never touched
+        full[:, y0:y1, x0:x1] = acc.numpy()
+        labels = np.full((h, w), UNLABELED, np.uint8)
+        labels[y0:y1, x0:x1] = acc.argmax(0).to(torch.uint8).numpy()
         return PhaseMap(labels, full)
+
+
+def _upsample_region(logits, size: tuple[int, int], region: tuple[int, int, int, int]):
+    """Rows ``y0:y1`` and columns ``x0:x1`` of ``logits`` (K, h, w) bilinearly resized to ``size``, then softmaxed:
+    the same values as resizing the whole map (``align_corners=False``) and cropping, computed on the region only
+    (the crop keeps one low-resolution pixel of margin, so the interpolation at its edges is the same)."""
+    import torch
+    import torch.nn.functional as F
+
+    y0, y1, x0, x1 = region
+    k, h, w = logits.shape
+    if (h, w) == tuple(size):
+        return torch.softmax(logits[:, y0:y1, x0:x1], dim=0)
+    fy, fx = size[0] / h, size[1] / w
+    a0, a1 = max(0, int(y0 // fy) - 1), min(h, int(-(-y1 // fy)) + 1)
+    b0, b1 = max(0, int(x0 // fx) - 1), min(w, int(-(-x1 // fx)) + 1)
+    crop = logits[None, :, a0:a1, b0:b1]
+    up = F.interpolate(crop, scale_factor=(fy, fx), mode="bilinear", align_corners=False)[0]
+    oy, ox = round(a0 * fy), round(b0 * fx)
+    return torch.softmax(up[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox], dim=0)
 
 
 @contextlib.contextmanager

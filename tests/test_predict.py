@@ -6,7 +6,8 @@ import torch
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED
-from napari_metalseg.predict import Predictor, blend_window, check_ratios, tile_starts
+from napari_metalseg.predict import Predictor, check_ratios
+from napari_metalseg.tiles import blend_window, tile_starts
 from tests.conftest import IMG_SIZE
 
 

@@ -1,0 +1,199 @@
+"""Box prompts and ratio changes from the cached tile embeddings: no encoder work, same labels, bounded cache."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_metalseg.embeddings import EmbeddingCache
+from napari_metalseg.models.phase_sam import build_phase_sam, decode_paired
+from napari_metalseg.phases import UNLABELED, PhaseSet
+from napari_metalseg.predict import Predictor, _upsample_region
+from napari_metalseg.tiles import TileGrid
+
+SIZE = 64
+PHASES = PhaseSet.from_names(["ferrite", "martensite", "bainite"])
+
+
+def model(seed: int = 0):
+    m, _ = build_phase_sam("tiny", img_size=SIZE, num_phases=3, guidance="ratio", seed=seed)
+    with torch.no_grad():  # give the zero-initialised guidance a visible effect
+        for p in m.guidance_encoder.parameters():
+            p.normal_(0, 0.5)
+    return m.eval()
+
+
+def image(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+class CountingEncoder:
+    """Counts the tiles the model's encoder runs on."""
+
+    def __init__(self, m) -> None:
+        self.tiles = 0
+        self.original = m.embed
+        m.embed = self
+
+    def __call__(self, x):
+        self.tiles += x.shape[0]
+        return self.original(x)
+
+
+def test_a_box_on_a_predicted_micrograph_runs_no_encoder():
+    m = model()
+    predictor = Predictor(m, PHASES, bf16=False)
+    img = image((150, 170))
+    predictor.predict(img)
+    counter = CountingEncoder(m)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        x0, y0 = rng.integers(0, 120), rng.integers(0, 100)
+        predictor.predict(img, box=(x0, y0, x0 + rng.integers(5, 50), y0 + rng.integers(5, 50)))
+    predictor.predict(img, ratios=[0.2, 0.3, 0.5])
+    assert counter.tiles == 0
+
+
+def test_a_box_on_a_new_micrograph_encodes_only_the_tiles_it_needs():
+    m = model()
+    predictor = Predictor(m, PHASES, bf16=False)
+    img = image((150, 170))
+    grid = TileGrid(img.shape, predictor.size, predictor.overlap)
+    counter = CountingEncoder(m)
+    box = (5, 5, 30, 30)
+    predictor.predict(img, box=box)
+    assert counter.tiles == len(grid.tiles_for_box(box)) == 1 < len(grid)
+    predictor.predict(img)  # the whole micrograph: only the other tiles
+    assert counter.tiles == len(grid)
+
+
+def test_box_on_an_image_that_fits_one_tile_equals_a_single_pass():
+    m = model()
+    img = image((SIZE, SIZE), seed=3)
+    box = (7.0, 12.0, 45.0, 50.0)
+    result = Predictor(m, PHASES, bf16=False).predict(img, box=box, ratios=[0.5, 0.3, 0.2])
+    with torch.inference_mode():
+        x = m.preprocess(torch.from_numpy(img)[None])
+        ratios = torch.tensor([[0.5, 0.3, 0.2]])
+        direct = torch.softmax(m.decode(m.embed(x), ratios=ratios, boxes=torch.tensor([box])), 1)[0].numpy()
+    inside = (slice(12, 50), slice(7, 45))
+    np.testing.assert_allclose(result.probs[(slice(None), *inside)], direct[(slice(None), *inside)], atol=1e-5)
+    assert np.array_equal(result.labels[inside], direct.argmax(0)[inside])
+    outside = np.ones(img.shape, bool)
+    outside[inside] = False
+    assert (result.labels[outside] == UNLABELED).all() and result.probs[:, outside].sum() == 0
+
+
+class BoxBlind(torch.nn.Module):
+    """A model whose decoder ignores box prompts but records them: a box result must then be the whole
+    prediction inside the box, which checks the tile choice, the stitching and the region upsampling."""
+
+    def __init__(self, m) -> None:
+        super().__init__()
+        self.m = m
+        self.seen = []
+        for name in ("kind", "img_size", "guidance", "mask_size", "light_decoder", "heavy_encoder"):
+            setattr(self, name, getattr(m, name))
+
+    def signature(self, scope="model"):
+        return self.m.signature(scope)
+
+    def preprocess(self, x):
+        return self.m.preprocess(x)
+
+    def embed(self, x):
+        return self.m.embed(x)
+
+    def decode(self, emb, ratios=None, boxes=None, out_size=None):
+        if boxes is not None:
+            self.seen.append(boxes.clone())
+        return self.m.decode(emb, ratios=ratios, boxes=None, out_size=out_size)
+
+
+@pytest.mark.parametrize("box", [(10, 10, 150, 120), (50, 30, 110, 90), (3, 70, 40, 149)])
+def test_boxes_spanning_tiles_are_stitched_like_the_whole_prediction(box):
+    blind = BoxBlind(model(seed=2))
+    predictor = Predictor(blind, PHASES, bf16=False)
+    img = image((150, 170), seed=4)
+    whole = predictor.predict(img, ratios=[0.3, 0.3, 0.4])
+    boxed = predictor.predict(img, box=box, ratios=[0.3, 0.3, 0.4])
+    x0, y0, x1, y1 = box
+    grid = TileGrid(img.shape, predictor.size, predictor.overlap)
+    tiles = grid.tiles_for_box(box)
+    if box == (50, 30, 110, 90):
+        assert len(tiles) > 1  # wider than a tile: decoded on every tile it overlaps
+    if len(tiles) == 1:  # one tile holds the box: that tile alone, so compare with that tile's single pass
+        y, x = grid.origins[tiles[0]]
+        whole = predictor.predict(img[y : y + SIZE, x : x + SIZE], ratios=[0.3, 0.3, 0.4])
+        x0, y0, x1, y1 = x0 - x, y0 - y, x1 - x, y1 - y
+        boxed_region = boxed.probs[:, box[1] : box[3], box[0] : box[2]]
+    else:
+        boxed_region = boxed.probs[:, y0:y1, x0:x1]
+    np.testing.assert_allclose(boxed_region, whole.probs[:, y0:y1, x0:x1], atol=1e-5)
+    # each tile saw the box in its own coordinates, clipped to the tile
+    seen = blind.seen[-1].numpy()
+    for row, t in zip(seen, tiles, strict=True):
+        y, x = grid.origins[t]
+        expected = [max(box[0] - x, 0), max(box[1] - y, 0), min(box[2] - x, SIZE), min(box[3] - y, SIZE)]
+        assert row.tolist() == expected
+
+
+def test_region_upsampling_equals_cropping_the_whole_upsampled_map():
+    logits = torch.randn(3, 16, 16)
+    full = torch.softmax(F.interpolate(logits[None], size=(64, 64), mode="bilinear", align_corners=False)[0], 0)
+    for region in [(0, 64, 0, 64), (5, 9, 30, 63), (13, 14, 0, 1), (40, 64, 17, 45)]:
+        y0, y1, x0, x1 = region
+        np.testing.assert_allclose(_upsample_region(logits, (64, 64), region), full[:, y0:y1, x0:x1], atol=1e-6)
+
+
+def test_paired_decoding_equals_segment_anythings_own_decoder():
+    m = model()
+    emb = torch.randn(3, m.embed_dim, *m.embedding_size)
+    boxes = torch.tensor([[3.0, 4.0, 40.0, 30.0], [0.0, 0.0, 64.0, 64.0], [10.0, 20.0, 12.0, 50.0]])
+    with torch.inference_mode():
+        paired = decode_paired(m.sam, emb, boxes)
+        pe, decoder = m.sam.prompt_encoder, m.sam.mask_decoder
+        for i in range(3):
+            sparse, dense = pe(points=None, boxes=boxes[i : i + 1], masks=None)
+            own, _ = decoder(
+                image_embeddings=emb[i : i + 1],
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+            np.testing.assert_allclose(paired[i : i + 1], own, atol=1e-5)
+
+
+def test_the_cache_byte_bound_holds_and_drops_the_least_recently_used():
+    m = model()
+    per_image = 4 * m.embed_dim * m.embedding_size[0] * m.embedding_size[1] * 4  # 4 tiles of 100 x 100, fp32
+    predictor = Predictor(m, PHASES, bf16=False, cache_size=100, cache_bytes=int(2.5 * per_image))
+    images = [image((100, 100), seed=s) for s in range(4)]
+    for img in images:
+        predictor.predict(img)
+        assert predictor.cache.nbytes <= predictor.cache.max_bytes
+    assert len(predictor.cache) == 2
+    counter = CountingEncoder(m)
+    predictor.predict(images[-1], ratios=[0.1, 0.1, 0.8])  # the newest is cached: no encoder
+    assert counter.tiles == 0
+    predictor.predict(images[0])  # the oldest was dropped: encoded again
+    assert counter.tiles == 4
+
+
+def test_an_entry_larger_than_the_bound_is_not_kept():
+    cache = EmbeddingCache(max_images=4, max_bytes=100)
+    entry = cache.entry("a", 2)
+    entry.store([0, 1], torch.zeros(2, 8, 4))
+    cache.trim()
+    assert len(cache) == 0 and cache.nbytes == 0
+
+
+def test_tiles_for_a_box():
+    grid = TileGrid((150, 170), 64, 16)
+    assert len(grid.tiles_for_box((0, 0, 10, 10))) == 1
+    one = grid.tiles_for_box((60, 50, 90, 80))  # inside several tiles: the one whose centre is nearest
+    assert len(one) == 1
+    y, x = grid.origins[one[0]]
+    assert x <= 60 and 90 <= x + 64 and y <= 50 and 80 <= y + 64
+    assert len(grid.tiles_for_box((0, 0, 170, 150))) == len(grid)
