@@ -154,36 +154,6 @@ def test_wrong_checkpoint_is_one_error_line(synth_dataset, tmp_path):
     )
 
 
-def test_benchmark_against_sam_predictor(tmp_path):
-    result = _invoke(
-        "benchmark",
-        "--model",
-        "tiny",
-        "--img-size",
-        128,
-        "--image-size",
-        200,
-        "--repeat",
-        1,
-        "--device",
-        "cpu",
-        "--json",
-        tmp_path / "b.json",
-    )
-    assert result.exit_code == 0, result.output
-    numbers = json.loads((tmp_path / "b.json").read_text())
-    for key in (
-        "encoder_first_predict",
-        "decoder_ratio_change",
-        "decoder_box",
-        "sam_predictor_set_image",
-        "sam_predictor_predict_box",
-    ):
-        assert numbers[key] > 0, key
-    # a ratio change reruns only the decoder: far cheaper than the cold prediction with the encoder
-    assert numbers["decoder_ratio_change"] < numbers["encoder_first_predict"]
-
-
 def test_demo_runs_end_to_end_with_the_default_model(tmp_path):
     from napari_metalseg.models.registry import DEFAULT_MODEL
 

@@ -63,3 +63,15 @@ def input_files(path: Path) -> list[Path]:
             raise MetalsegError(f"{folder}: no micrographs ({', '.join(MICROGRAPH_SUFFIXES)})")
         return files
     raise MetalsegError(f"{path}: no such file or folder")
+
+
+def width_by_height(text: str, what: str) -> tuple[int, int]:
+    """``"2048x1536"`` (width x height, as image sizes are written) -> ``(1536, 2048)`` (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        width, height = (int(v) for v in parts)
+    except ValueError:
+        raise MetalsegError(f"{what} {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 2048x1536") from None
+    if width < 1 or height < 1:
+        raise MetalsegError(f"{what} {text!r}: width and height must be at least 1 pixel")
+    return height, width
