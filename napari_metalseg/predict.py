@@ -337,6 +337,38 @@ class Predictor:
             b = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
             return self.model.decode(emb, ratios=r, boxes=b, out_size=out_size).float().cpu()
 
+    def _decode_box(self, emb, ratio: np.ndarray | None, local: np.ndarray, s: int) -> list:
+        """Logits (K, m, m) of each tile at the decoder's own resolution ``m`` (``s`` for models without one),
+        for its box ``local[j]`` (tile pixels); a model with :meth:`decode_masks` computes only the cells the box
+        region needs (the rest stays 0 and is never read)."""
+        import torch
+
+        boxes = local.astype(np.float32)
+        if not hasattr(self.model, "decode_masks"):
+            return list(self._decode(emb, ratio, boxes, getattr(self.model, "mask_size", (s, s))))
+        m = self.model.mask_size[0]
+        f, cell = s / m, m // self.model.embedding_size[0]
+        cells = []
+        for lx0, ly0, lx1, ly1 in local:
+            rows = max(0, int(ly0 // f) - 1) // cell, -(-min(m, int(-(-ly1 // f)) + 1) // cell)
+            cols = max(0, int(lx0 // f) - 1) // cell, -(-min(m, int(-(-lx1 // f)) + 1) // cell)
+            cells.append((*rows, *cols))
+        device_type = self.device.split(":")[0]
+        light = getattr(self.model, "light_decoder", True)
+        with (
+            torch.inference_mode(),
+            _single_thread_on_cpu(self.device) if light else contextlib.nullcontext(),
+            torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            r = None if ratio is None else torch.from_numpy(np.repeat(ratio[None], len(local), 0)).to(self.device)
+            parts = self.model.decode_masks(emb.to(self.device), r, torch.from_numpy(boxes).to(self.device), cells)
+        out = []
+        for (r0, r1, c0, c1), part in zip(cells, parts, strict=True):
+            full = torch.zeros((part.shape[0], m, m))
+            full[:, cell * r0 : cell * r1, cell * c0 : cell * c1] = part.cpu()
+            out.append(full)
+        return out
+
     def _predict_box(
         self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None
     ) -> Job[PhaseMap]:
@@ -352,8 +384,7 @@ class Predictor:
         origins = [grid.origins[t] for t in tiles]
         # the box seen from each tile, clipped to the tile
         local = np.array([[max(x0 - x, 0), max(y0 - y, 0), min(x1 - x, s), min(y1 - y, s)] for y, x in origins])
-        mask_size = getattr(self.model, "mask_size", (s, s))
-        logits = self._decode(emb, ratio, local.astype(np.float32), mask_size)
+        logits = self._decode_box(emb, ratio, local, s)
         acc = torch.zeros((len(self.phases), y1 - y0, x1 - x0))
         weight = torch.zeros((y1 - y0, x1 - x0))
         window = torch.from_numpy(grid.window)

@@ -197,3 +197,34 @@ def test_tiles_for_a_box():
     y, x = grid.origins[one[0]]
     assert x <= 60 and 90 <= x + 64 and y <= 50 and 80 <= y + 64
     assert len(grid.tiles_for_box((0, 0, 170, 150))) == len(grid)
+
+
+def test_token_space_decoder_equals_segment_anythings_modules_and_follows_weight_changes():
+    from napari_metalseg.models.sam_decoder import TokenDecoder
+
+    m = model()
+    decoder = TokenDecoder(m.sam)
+    emb = torch.randn(2, m.embed_dim, *m.embedding_size)
+    boxes = torch.tensor([[3.0, 4.0, 40.0, 30.0], [10.0, 0.0, 64.0, 33.0]])
+    for _ in range(2):
+        with torch.inference_mode():
+            reference = decode_paired(m.sam, emb, boxes)
+            np.testing.assert_allclose(torch.stack(decoder.masks(emb, boxes)), reference, atol=1e-5)
+            np.testing.assert_allclose(decoder.masks(emb, None)[1], decode_paired(m.sam, emb, None)[1], atol=1e-5)
+            cells = [(1, 3, 0, 2), (0, 4, 2, 4)]
+            for part, full, (r0, r1, c0, c1) in zip(decoder.masks(emb, boxes, cells), reference, cells, strict=True):
+                np.testing.assert_allclose(part, full[:, 4 * r0 : 4 * r1, 4 * c0 : 4 * c1], atol=1e-5)
+        with torch.no_grad():  # a training step changes the weights in place: the cached PE terms must follow
+            for layer in m.sam.mask_decoder.transformer.layers:
+                layer.cross_attn_token_to_image.k_proj.weight.add_(0.3)
+                layer.cross_attn_image_to_token.q_proj.bias.add_(0.3)
+
+
+def test_decode_uses_the_token_decoder_only_without_gradients():
+    m = model()
+    emb = torch.randn(1, m.embed_dim, *m.embedding_size)
+    with torch.no_grad():
+        fast = m.decode(emb, boxes=torch.tensor([[1.0, 2.0, 30.0, 40.0]]))
+    slow = m.decode(emb, boxes=torch.tensor([[1.0, 2.0, 30.0, 40.0]]))
+    assert slow.requires_grad and not fast.requires_grad
+    np.testing.assert_allclose(fast, slow.detach(), atol=1e-5)

@@ -24,6 +24,7 @@ from napari_metalseg.models.guidance import build_guidance
 from napari_metalseg.models.lora import apply_lora, set_finetune_mode, trainable_state_dict
 from napari_metalseg.models.options import check_finetune, check_guidance
 from napari_metalseg.models.sam import PATCH_SIZE, build_sam, check_img_size, check_kind, check_num_phases
+from napari_metalseg.models.sam_decoder import TokenDecoder
 from napari_metalseg.models.spec import builder_arguments
 
 PREPROCESS = "zscore-v1"
@@ -196,7 +197,6 @@ class PhaseSAM(nn.Module):
         torch.Tensor
             (B, K, H, W) logits; channel ``k`` is phase ``k``.
         """
-        b = embeddings.shape[0]
         if (
             embeddings.ndim != 4
             or embeddings.shape[1] != self.embed_dim
@@ -210,26 +210,61 @@ class PhaseSAM(nn.Module):
             if self.guidance_encoder is None:
                 raise ValueError("this model was built without phase-fraction guidance (guidance='none')")
             embeddings = self.guidance_encoder(embeddings, ratios)
-        if boxes is None:
-            logits = decode_paired(self.sam, embeddings, None)
-        else:
-            if boxes.shape != (b, 4):
-                raise ValueError(f"boxes must have shape ({b}, 4), got {tuple(boxes.shape)}")
-            boxes = boxes.to(device=embeddings.device, dtype=torch.float32)  # bf16 would round pixels
-            boxed = torch.isfinite(boxes).all(dim=1)
-            if bool(boxed.all()):
-                logits = decode_paired(self.sam, embeddings, boxes)
-            else:  # rows without a box get the empty prompt: decode the two groups, put the rows back in order
-                plain, prompted = torch.nonzero(~boxed).flatten(), torch.nonzero(boxed).flatten()
-                parts = [decode_paired(self.sam, embeddings[plain], None)]
-                if len(prompted):
-                    parts.append(decode_paired(self.sam, embeddings[prompted], boxes[prompted]))
-                order = torch.argsort(torch.cat([plain, prompted]))
-                logits = torch.cat(parts)[order]
+        logits = self._masks(embeddings, boxes)
         out_size = tuple(out_size) if out_size is not None else (self.img_size, self.img_size)
         if tuple(logits.shape[2:]) != out_size:
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
         return logits
+
+    def _masks(self, embeddings: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:
+        """The decoder's own (B, K, 4h, 4w) logits of (guided) embeddings: the token-space decoder without
+        gradients, segment-anything's modules (:func:`decode_paired`) with them."""
+        b = embeddings.shape[0]
+        inference = not torch.is_grad_enabled()
+        run = (
+            (lambda e, p: torch.stack(self.token_decoder.masks(e, p)))
+            if inference
+            else (lambda e, p: decode_paired(self.sam, e, p))
+        )
+        if boxes is None:
+            return run(embeddings, None).float()
+        if boxes.shape != (b, 4):
+            raise ValueError(f"boxes must have shape ({b}, 4), got {tuple(boxes.shape)}")
+        boxes = boxes.to(device=embeddings.device, dtype=torch.float32)  # bf16 would round pixels
+        boxed = torch.isfinite(boxes).all(dim=1)
+        if bool(boxed.all()):
+            return run(embeddings, boxes).float()
+        # rows without a box get the empty prompt: decode the two groups, put the rows back in order
+        plain, prompted = torch.nonzero(~boxed).flatten(), torch.nonzero(boxed).flatten()
+        parts = [run(embeddings[plain], None)]
+        if len(prompted):
+            parts.append(run(embeddings[prompted], boxes[prompted]))
+        order = torch.argsort(torch.cat([plain, prompted]))
+        return torch.cat(parts)[order].float()
+
+    @property
+    def token_decoder(self) -> TokenDecoder:
+        """The inference decoder on this model's weights (:mod:`.sam_decoder`)."""
+        if getattr(self, "_token_decoder", None) is None:
+            self._token_decoder = TokenDecoder(self.sam)
+        return self._token_decoder
+
+    def decode_masks(
+        self,
+        embeddings: torch.Tensor,
+        ratios: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        cells: list[tuple[int, int, int, int]] | None = None,
+    ) -> list[torch.Tensor]:
+        """Inference only: the decoder's own logits of image ``i`` on the embedding cells ``cells[i]`` =
+        ``(r0, r1, c0, c1)``, each (K, 4 * (r1 - r0), 4 * (c1 - c0)); the same values as :meth:`decode` at
+        ``out_size=mask_size`` cropped, computing only the cells' upscaling (a box prompt needs no more)."""
+        if ratios is not None:
+            embeddings = self.guidance_encoder(embeddings, ratios)
+        if boxes is not None:
+            boxes = boxes.to(device=embeddings.device, dtype=torch.float32)
+        with torch.inference_mode():
+            return [m.float() for m in self.token_decoder.masks(embeddings, boxes, cells)]
 
     def forward(
         self, images: torch.Tensor, ratios: torch.Tensor | None = None, boxes: torch.Tensor | None = None
