@@ -33,13 +33,15 @@ settings.load_profile("metalseg")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # Every viewer autosaves its annotations (napari_metalseg.data.autosave): each test gets its own empty autosave folder,
-# so no test writes into the user's data folder or finds annotations another test painted. A hook, not an autouse
+# so no test writes into the user's data folder or finds annotations another test painted. The same for the embedding
+# cache on disk (napari_metalseg.io.embedding_store): no test fills or clears the user's cache. A hook, not an autouse
 # fixture: hypothesis refuses function-scoped fixtures.
 _AUTOSAVE_BASE = Path(tempfile.mkdtemp(prefix="metalseg-autosave-"))
 
 
 def pytest_runtest_setup(item):
     os.environ["METALSEG_AUTOSAVE_DIR"] = tempfile.mkdtemp(dir=_AUTOSAVE_BASE)
+    os.environ["METALSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="cache-", dir=_AUTOSAVE_BASE)
 
 
 def pytest_sessionfinish(session, exitstatus):

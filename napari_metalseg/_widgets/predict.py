@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from napari_metalseg._widgets.base import DockWidget
 from napari_metalseg._widgets.edits import edited_pixels, forget_edits, show_edits, watch_edits
@@ -186,6 +186,13 @@ class PredictWidget(DockWidget):
         self.result = QLabel()
         self.result.setWordWrap(True)
         self.result.setTextFormat(Qt.TextFormat.RichText)
+        self.cache_label = QLabel()
+        self.cache_label.setWordWrap(True)
+        self.clear_cache_button = QPushButton("Clear cache")
+        self.clear_cache_button.setToolTip(
+            "Delete the image embeddings kept on disk (they are computed again when needed); "
+            "the terminal's 'metalseg cache --clear' does the same."
+        )
 
         form = QFormLayout()
         form.addRow("Micrograph", self.image)
@@ -197,14 +204,20 @@ class PredictWidget(DockWidget):
         layout.addWidget(self.button)
         layout.addWidget(self.forget_button)
         layout.addWidget(self.result)
+        cache_row = QHBoxLayout()
+        cache_row.addWidget(self.cache_label, 1)
+        cache_row.addWidget(self.clear_cache_button)
+        layout.addLayout(cache_row)
         layout.addStretch(1)
 
         self.button.clicked.connect(self.predict)
         self.forget_button.clicked.connect(self.forget_corrections)
+        self.clear_cache_button.clicked.connect(self.clear_cache)
         self.image.currentIndexChanged.connect(lambda *_: self._show_fractions())
         self.session.model_changed.connect(self._update)
         self.session.ratios_changed.connect(self._update)
         self._update()
+        self.show_cache()
 
     def _update(self) -> None:
         session = self.session
@@ -272,8 +285,38 @@ class PredictWidget(DockWidget):
         self._show_fractions()
         return count
 
+    def show_cache(self) -> str:
+        """Show the size of the embedding cache on disk in the cache line; returns the line."""
+        from napari_metalseg.io.embedding_store import default_store
+
+        try:
+            store = default_store()
+            text = f"Embedding cache: {store.describe(short=True)}"
+            self.cache_label.setToolTip(str(store.root))
+        except MetalsegError as exc:
+            text = f"Embedding cache: {exc}"
+        self.cache_label.setText(text)
+        return text
+
+    def clear_cache(self) -> int:
+        """Delete the embeddings cached on disk and update the cache line; returns the bytes freed."""
+        from napari_metalseg.io.embedding_store import default_store
+
+        try:
+            freed = default_store().clear()
+        except MetalsegError as exc:
+            self._failed(exc)
+            return 0
+        self.show_cache()
+        return freed
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self.show_cache()  # other docks and processes fill the cache too
+
     def _done(self, phase_map, layer) -> None:
         self.last_result = phase_map
+        self.show_cache()
         self.image.set_layer(layer.metadata.get("metalseg_image", self.image.currentText()))
         self._show_fractions()
         self.viewer.layers.selection.active = layer

@@ -1,10 +1,10 @@
 """The ``metalseg`` command: one CLI with subcommands, all driving the same engine functions as the napari widgets.
 
 One module per group of commands: :mod:`~.data` (``info``, ``synth``), :mod:`~.training` (``train``, ``study``),
-:mod:`~.prediction` (``predict``, ``evaluate``, ``features``), :mod:`~.quantify` (``quantify``) and :mod:`~.app`
-(``gui``, ``demo``, ``benchmark``). Every engine job runs through :func:`~.progress.run_with_bar` (a progress bar
-on stderr); every user error is one ``error:`` line naming the option to change (:func:`~.errors.user_errors`).
-Option values are parsed in :mod:`~.values`.
+:mod:`~.prediction` (``predict``, ``evaluate``, ``features``), :mod:`~.quantify` (``quantify``), :mod:`~.cache`
+(``cache``) and :mod:`~.app` (``gui``, ``demo``, ``benchmark``). Every engine job runs through
+:func:`~.progress.run_with_bar` (a progress bar on stderr); every user error is one ``error:`` line naming the option
+to change (:func:`~.errors.user_errors`). Option values are parsed in :mod:`~.values`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import click
 
 from napari_metalseg.cli.app import benchmark, demo, gui
+from napari_metalseg.cli.cache import cache
 from napari_metalseg.cli.data import info, synth
 from napari_metalseg.cli.prediction import evaluate, features, predict
 from napari_metalseg.cli.quantify import quantify
@@ -26,5 +27,5 @@ def main() -> None:
     """napari-metalseg: segment steel micrographs into phases and report phase fractions."""
 
 
-for _command in (info, synth, train, predict, evaluate, features, quantify, benchmark, study, gui, demo):
+for _command in (info, synth, train, predict, evaluate, features, quantify, benchmark, study, cache, gui, demo):
     main.add_command(_command)
