@@ -14,8 +14,8 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,19 +26,39 @@ from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 from napari_metalseg.prompts import check_box
-from napari_metalseg.tiles import TileGrid
+from napari_metalseg.tiles import TileGrid, blend_window
+
+if TYPE_CHECKING:
+    from napari_metalseg.io.embedding_store import EmbeddingStore
 
 
-@dataclass
 class PhaseMap:
-    """A prediction: ``labels`` uint8 HxW (phase index; 255 outside a box prompt), ``probs`` float32 KxHxW."""
+    """A prediction: ``labels`` uint8 HxW (phase index; 255 outside a box prompt), ``probs`` float32 KxHxW.
 
-    labels: np.ndarray
-    probs: np.ndarray
+    Built from ``probs``, or from the blended ``logits`` (a torch tensor): then ``probs`` is their softmax,
+    computed on first use (a ratio slider or a box needs the labels only; 15 ms saved on 2048 x 1536).
+    """
+
+    def __init__(self, labels: np.ndarray, probs: np.ndarray | None = None, *, logits=None) -> None:
+        if (probs is None) == (logits is None):
+            raise ValueError("a PhaseMap needs either probs or logits")
+        self.labels = labels
+        self._probs = probs
+        self._logits = logits
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Probability of each phase (K, H, W), float32."""
+        if self._probs is None:
+            import torch
+
+            self._probs = torch.softmax(self._logits, dim=0).numpy()
+            self._logits = None
+        return self._probs
 
     def fractions(self) -> np.ndarray:
         """Area fraction of each phase over the predicted pixels."""
-        k = self.probs.shape[0]
+        k = self.probs.shape[0] if self._logits is None else self._logits.shape[0]
         fractions = phase_fractions(self.labels, k)
         return np.zeros(k) if fractions is None else fractions
 
@@ -112,9 +132,10 @@ class Predictor:
         Most micrographs whose tile embeddings are kept in memory (:class:`~napari_metalseg.embeddings.EmbeddingCache`).
     cache_bytes : int
         Most bytes of tile embeddings kept in memory.
-    cache_dir : path, optional
-        Also keep the embeddings of models with a heavy encoder (SAM) on disk here
-        (:class:`~napari_metalseg.io.embedding_store.EmbeddingStore`), for reopening the same micrographs later.
+    cache_dir : path or EmbeddingStore, optional
+        Also keep the embeddings of models with a heavy encoder (SAM) on disk, in this folder or store
+        (:class:`~napari_metalseg.io.embedding_store.EmbeddingStore`, bounded in bytes), for reopening the same
+        micrographs later; a store that cannot be written is skipped, it never fails a prediction.
     bf16 : bool or None
         bfloat16 autocast for the encoder; default: on for CUDA, off on CPU.
     batch_size : int
@@ -141,7 +162,7 @@ class Predictor:
         overlap: float = 0.25,
         cache_size: int = 4,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
-        cache_dir: str | Path | None = None,
+        cache_dir: str | Path | EmbeddingStore | None = None,
         bf16: bool | None = None,
         batch_size: int = 4,
     ) -> None:
@@ -155,7 +176,7 @@ class Predictor:
         if cache_dir is not None and getattr(model, "heavy_encoder", True):
             from napari_metalseg.io.embedding_store import EmbeddingStore
 
-            self.store = EmbeddingStore(Path(cache_dir))
+            self.store = cache_dir if isinstance(cache_dir, EmbeddingStore) else EmbeddingStore(Path(cache_dir))
         self.bf16 = device.startswith("cuda") if bf16 is None else bf16
         self.batch_size = batch_size
         self._signature: str | None = None
@@ -210,7 +231,8 @@ class Predictor:
                 done = min(i + self.batch_size, len(missing))
                 yield ProgressEvent("embed", done, len(missing), message="image encoder")
             if entry.complete and self.store is not None:
-                self.store.save(key, {"embeddings": entry.tensor.numpy()})
+                with contextlib.suppress(MetalsegError):  # a full disk or a read-only folder: memory cache only
+                    self.store.save(key, {"embeddings": entry.tensor.numpy()}, metadata={"tiles": str(len(grid))})
         return entry.get(tiles)
 
     # -- prediction ------------------------------------------------------------------------------------------
@@ -297,131 +319,179 @@ class Predictor:
         return PhaseMap(acc.argmax(0).astype(np.uint8), acc)
 
     def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
-        """Job: every tile decoded and blended into the whole micrograph's phase map (torch buffers, no copies)."""
+        """Job: every tile decoded at the decoder's own resolution, the tiles' logits blended there, the blended
+        map upsampled once to the micrograph, then softmax and labels (torch buffers throughout)."""
         import torch
+        import torch.nn.functional as F
 
         h, w = image.shape
-        grid = TileGrid(image.shape, self.size, self.overlap)
+        grid = self.tile_grid(image.shape)
         emb = yield from self._embeddings(image, grid, self._cache_key(image, grid), range(len(grid)))
-        s = grid.size
-        acc = torch.zeros((len(self.phases), *grid.padded_shape))
-        weight = torch.zeros(grid.padded_shape)
-        window = torch.from_numpy(grid.window)
+        m, f = self._mask_scale()
+        ph, pw = grid.padded_shape
+        acc = torch.zeros((len(self.phases), ph // f, pw // f))
+        weight = torch.zeros((ph // f, pw // f))
+        window = self._window(grid)
         for i in range(0, len(grid), self.batch_size):
             origins = grid.origins[i : i + self.batch_size]
-            probs = torch.softmax(self._decode(emb[i : i + self.batch_size], ratio, None, (s, s)), dim=1)
+            logits = self._decode(emb[i : i + self.batch_size], ratio, None, (m, m))
             for j, (y, x) in enumerate(origins):
-                acc[:, y : y + s, x : x + s].addcmul_(probs[j], window)
-                weight[y : y + s, x : x + s] += window
+                acc[:, y // f : y // f + m, x // f : x // f + m].addcmul_(logits[j], window)
+                weight[y // f : y // f + m, x // f : x // f + m] += window
             yield ProgressEvent("predict", i + len(origins), len(grid), message="decoder")
-        acc /= weight  # in place: the probability map is the largest buffer of a big micrograph
-        probs = acc[:, :h, :w]
-        return PhaseMap(probs.argmax(0).to(torch.uint8).numpy(), probs.numpy())
+        acc /= weight
+        if f > 1:
+            acc = F.interpolate(acc[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
+        logits = acc[:, :h, :w]
+        return PhaseMap(_argmax(logits).numpy(), logits=logits)
+
+    def tile_grid(self, shape: tuple[int, int]) -> TileGrid:
+        """The tile layout of a micrograph, padded so that tiles start on whole pixels of the decoder's maps."""
+        return TileGrid(tuple(shape), self.size, self.overlap, multiple=self._mask_scale()[1])
+
+    def _mask_scale(self) -> tuple[int, int]:
+        """(side of the decoder's own logit maps, tile pixels per map pixel): (256, 4) for SAM at 1024."""
+        m = int(getattr(self.model, "mask_size", (self.size, self.size))[0])
+        return m, self.size // m
+
+    def _window(self, grid: TileGrid):
+        """The blending weights of a tile at the decoder's resolution (ones when one tile covers the image)."""
+        import torch
+
+        m = self._mask_scale()[0]
+        return torch.from_numpy(blend_window(m) if len(grid) > 1 else np.ones((m, m), np.float32))
 
     def _decode(self, emb, ratio: np.ndarray | None, boxes, out_size: tuple[int, int]):
         """Logits (B, K, *out_size), float32 torch on the CPU, from cached embeddings; ``boxes`` (B, 4) in tile
         pixels or ``None``. Under bf16 autocast when :attr:`bf16`."""
         import torch
 
-        light = getattr(self.model, "light_decoder", True)
-        device_type = self.device.split(":")[0]
-        with (
-            torch.inference_mode(),
-            _single_thread_on_cpu(self.device) if light else contextlib.nullcontext(),
-            torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
-        ):
+        with self._decoding():
             emb = emb.to(self.device)
-            r = None
-            if ratio is not None:
-                r = torch.from_numpy(np.repeat(ratio[None], emb.shape[0], 0)).to(self.device)
+            r = None if ratio is None else torch.from_numpy(np.repeat(ratio[None], emb.shape[0], 0)).to(self.device)
             b = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
             return self.model.decode(emb, ratios=r, boxes=b, out_size=out_size).float().cpu()
 
-    def _decode_box(self, emb, ratio: np.ndarray | None, local: np.ndarray, s: int) -> list:
-        """Logits (K, m, m) of each tile at the decoder's own resolution ``m`` (``s`` for models without one),
-        for its box ``local[j]`` (tile pixels); a model with :meth:`decode_masks` computes only the cells the box
-        region needs (the rest stays 0 and is never read)."""
+    @contextlib.contextmanager
+    def _decoding(self):
+        """Inference mode, bf16 autocast when :attr:`bf16`, one CPU thread for light decoders."""
         import torch
 
-        boxes = local.astype(np.float32)
-        if not hasattr(self.model, "decode_masks"):
-            return list(self._decode(emb, ratio, boxes, getattr(self.model, "mask_size", (s, s))))
-        m = self.model.mask_size[0]
-        f, cell = s / m, m // self.model.embedding_size[0]
-        cells = []
-        for lx0, ly0, lx1, ly1 in local:
-            rows = max(0, int(ly0 // f) - 1) // cell, -(-min(m, int(-(-ly1 // f)) + 1) // cell)
-            cols = max(0, int(lx0 // f) - 1) // cell, -(-min(m, int(-(-lx1 // f)) + 1) // cell)
-            cells.append((*rows, *cols))
-        device_type = self.device.split(":")[0]
         light = getattr(self.model, "light_decoder", True)
         with (
             torch.inference_mode(),
             _single_thread_on_cpu(self.device) if light else contextlib.nullcontext(),
-            torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
+            torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16),
         ):
-            r = None if ratio is None else torch.from_numpy(np.repeat(ratio[None], len(local), 0)).to(self.device)
-            parts = self.model.decode_masks(emb.to(self.device), r, torch.from_numpy(boxes).to(self.device), cells)
-        out = []
-        for (r0, r1, c0, c1), part in zip(cells, parts, strict=True):
-            full = torch.zeros((part.shape[0], m, m))
-            full[:, cell * r0 : cell * r1, cell * c0 : cell * c1] = part.cpu()
-            out.append(full)
-        return out
+            yield
+
+    def _decode_rects(self, emb, ratio: np.ndarray | None, boxes: np.ndarray, rects: list) -> list:
+        """Logits of tile ``j`` with box ``boxes[j]`` (tile pixels) on the rectangle ``rects[j] = (r0, r1, c0, c1)``
+        of its decoder-resolution map, each (K, r1 - r0, c1 - c0); a model with ``decode_masks`` computes only the
+        embedding cells under the rectangle."""
+        import torch
+
+        m, _ = self._mask_scale()
+        if not hasattr(self.model, "decode_masks"):
+            full = self._decode(emb, ratio, boxes, (m, m))
+            return [full[j, :, r0:r1, c0:c1] for j, (r0, r1, c0, c1) in enumerate(rects)]
+        cell = m // self.model.embedding_size[0]
+        cells = [(r0 // cell, -(-r1 // cell), c0 // cell, -(-c1 // cell)) for r0, r1, c0, c1 in rects]
+        with self._decoding():
+            r = None if ratio is None else torch.from_numpy(np.repeat(ratio[None], len(boxes), 0)).to(self.device)
+            b = torch.from_numpy(boxes.astype(np.float32)).to(self.device)
+            parts = self.model.decode_masks(emb.to(self.device), r, b, cells)
+        return [
+            part.cpu()[:, r0 - cr0 * cell : r1 - cr0 * cell, c0 - cc0 * cell : c1 - cc0 * cell]
+            for part, (r0, r1, c0, c1), (cr0, _, cc0, _) in zip(parts, rects, cells, strict=True)
+        ]
 
     def _predict_box(
         self, image: np.ndarray, box: tuple[int, int, int, int], ratio: np.ndarray | None
     ) -> Job[PhaseMap]:
-        """Job: the phases inside a checked box, from the cached embeddings of the tile(s) it needs."""
+        """Job: the phases inside a checked box, from the cached embeddings of the tile(s) it needs.
+
+        A box inside one tile is that tile's single pass with the box as prompt. A box that fits in no tile is
+        decoded on every tile overlapping it (and the one map pixel of margin the upsampling reads), blended as a
+        whole prediction is. Either way only the map pixels under the box are upsampled."""
         import torch
 
         h, w = image.shape
         x0, y0, x1, y1 = box
-        grid = TileGrid(image.shape, self.size, self.overlap)
-        tiles = grid.tiles_for_box(box)
+        grid = self.tile_grid(image.shape)
+        m, f = self._mask_scale()
+        tiles = grid.tiles_for_box(box, margin=2 * f)  # the map pixels the upsampling reads
         emb = yield from self._embeddings(image, grid, self._cache_key(image, grid), tiles)
         s = grid.size
         origins = [grid.origins[t] for t in tiles]
         # the box seen from each tile, clipped to the tile
         local = np.array([[max(x0 - x, 0), max(y0 - y, 0), min(x1 - x, s), min(y1 - y, s)] for y, x in origins])
-        logits = self._decode_box(emb, ratio, local, s)
-        acc = torch.zeros((len(self.phases), y1 - y0, x1 - x0))
-        weight = torch.zeros((y1 - y0, x1 - x0))
-        window = torch.from_numpy(grid.window)
-        for j, (y, x) in enumerate(origins):
-            lx0, ly0, lx1, ly1 = (int(v) for v in local[j])
-            region = _upsample_region(logits[j], (s, s), (ly0, ly1, lx0, lx1))
-            part = window[ly0:ly1, lx0:lx1] if len(tiles) > 1 else torch.ones((ly1 - ly0, lx1 - lx0))
-            oy, ox = y + ly0 - y0, x + lx0 - x0
-            acc[:, oy : oy + ly1 - ly0, ox : ox + lx1 - lx0].addcmul_(region, part)
-            weight[oy : oy + ly1 - ly0, ox : ox + lx1 - lx0] += part
-        acc /= weight
+        if len(tiles) == 1:  # the tile's own map is the canvas
+            (oy, ox), total = origins[0], (m, m)
+            region = (y0 - oy, y1 - oy, x0 - ox, x1 - ox)
+        else:  # the micrograph's map is the canvas
+            (oy, ox), total = (0, 0), (grid.padded_shape[0] // f, grid.padded_shape[1] // f)
+            region = (y0, y1, x0, x1)
+        a0, a1, b0, b1 = _low_res_rows(region, f, total)
+        rects = []
+        for y, x in origins:
+            ty, tx = (y - oy) // f, (x - ox) // f  # the tile's map origin on the canvas
+            rects.append((max(a0, ty) - ty, min(a1, ty + m) - ty, max(b0, tx) - tx, min(b1, tx + m) - tx))
+        parts = self._decode_rects(emb, ratio, local, rects)
+        canvas = torch.zeros((len(self.phases), a1 - a0, b1 - b0))
+        weight = torch.zeros((a1 - a0, b1 - b0))
+        window = self._window(grid)
+        for (y, x), (r0, r1, c0, c1), part in zip(origins, rects, parts, strict=True):
+            ty, tx = (y - oy) // f - a0, (x - ox) // f - b0
+            canvas[:, ty + r0 : ty + r1, tx + c0 : tx + c1].addcmul_(part, window[r0:r1, c0:c1])
+            weight[ty + r0 : ty + r1, tx + c0 : tx + c1] += window[r0:r1, c0:c1]
+        logits = _upsample_region(canvas / weight, (a0, b0), f, region)
         yield ProgressEvent("predict", 1, 1, message="decoder")
         full = np.zeros((len(self.phases), h, w), np.float32)  # calloc: pages outside the box are never touched
-        full[:, y0:y1, x0:x1] = acc.numpy()
+        full[:, y0:y1, x0:x1] = torch.softmax(logits, dim=0).numpy()
         labels = np.full((h, w), UNLABELED, np.uint8)
-        labels[y0:y1, x0:x1] = acc.argmax(0).to(torch.uint8).numpy()
+        labels[y0:y1, x0:x1] = _argmax(logits).numpy()
         return PhaseMap(labels, full)
 
 
-def _upsample_region(logits, size: tuple[int, int], region: tuple[int, int, int, int]):
-    """Rows ``y0:y1`` and columns ``x0:x1`` of ``logits`` (K, h, w) bilinearly resized to ``size``, then softmaxed:
-    the same values as resizing the whole map (``align_corners=False``) and cropping, computed on the region only
-    (the crop keeps one low-resolution pixel of margin, so the interpolation at its edges is the same)."""
-    import torch
+def _low_res_rows(region: tuple[int, int, int, int], f: int, total: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Rows ``a0:a1`` and columns ``b0:b1`` of a map ``f`` times coarser than the pixels (``total`` its size) that
+    bilinear upsampling reads for the pixel rows ``y0:y1`` and columns ``x0:x1`` of ``region``: one map pixel of
+    margin, clipped to the map."""
+    y0, y1, x0, x1 = region
+    return (
+        max(0, y0 // f - 1),
+        min(total[0], -(-y1 // f) + 1),
+        max(0, x0 // f - 1),
+        min(total[1], -(-x1 // f) + 1),
+    )
+
+
+def _upsample_region(crop, offset: tuple[int, int], f: int, region: tuple[int, int, int, int]):
+    """Pixel rows ``y0:y1`` and columns ``x0:x1`` of a map ``f`` times coarser, bilinearly upsampled
+    (``align_corners=False``), from the crop of that map starting at ``offset`` that :func:`_low_res_rows` gives:
+    the same values as upsampling the whole map and cropping, computed on the region only."""
     import torch.nn.functional as F
 
     y0, y1, x0, x1 = region
-    k, h, w = logits.shape
-    if (h, w) == tuple(size):
-        return torch.softmax(logits[:, y0:y1, x0:x1], dim=0)
-    fy, fx = size[0] / h, size[1] / w
-    a0, a1 = max(0, int(y0 // fy) - 1), min(h, int(-(-y1 // fy)) + 1)
-    b0, b1 = max(0, int(x0 // fx) - 1), min(w, int(-(-x1 // fx)) + 1)
-    crop = logits[None, :, a0:a1, b0:b1]
-    up = F.interpolate(crop, scale_factor=(fy, fx), mode="bilinear", align_corners=False)[0]
-    oy, ox = round(a0 * fy), round(b0 * fx)
-    return torch.softmax(up[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox], dim=0)
+    if f > 1:
+        crop = F.interpolate(crop[None], scale_factor=(f, f), mode="bilinear", align_corners=False)[0]
+    oy, ox = offset[0] * f, offset[1] * f
+    return crop[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+
+
+def _argmax(logits):
+    """Index of the largest of K maps (K, H, W) as uint8 (the first on ties): K passes over contiguous maps, 8x
+    faster than ``argmax(0)``, which reduces across the slow axis (measured on 3 x 1536 x 2048: 29 vs 223 ms)."""
+    import torch
+
+    best = logits[0].clone()
+    labels = torch.zeros(best.shape, dtype=torch.uint8)
+    for k in range(1, logits.shape[0]):
+        higher = logits[k] > best
+        best = torch.where(higher, logits[k], best)
+        labels.masked_fill_(higher, k)
+    return labels
 
 
 @contextlib.contextmanager

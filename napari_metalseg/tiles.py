@@ -34,18 +34,22 @@ def blend_window(size: int, floor: float = 1e-2) -> np.ndarray:
 class TileGrid:
     """Square tiles of side ``size`` covering an image of ``shape`` (H, W), overlapping by ``overlap`` pixels.
 
-    An image smaller than a tile is padded at the bottom/right to ``padded_shape``; tile ``i`` starts at
-    ``origins[i]`` (y, x) of the padded image. Tiles are numbered row by row.
+    The image is padded at the bottom/right to ``padded_shape``: at least one tile on each side, and a multiple of
+    ``multiple`` (with ``size`` and ``overlap`` multiples of it, every tile then starts on a multiple of it: on a
+    whole pixel of a decoder map that many times coarser). Tile ``i`` starts at ``origins[i]`` (y, x) of the padded
+    image. Tiles are numbered row by row.
     """
 
     shape: tuple[int, int]
     size: int
     overlap: int
+    multiple: int = 1
 
     @property
     def padded_shape(self) -> tuple[int, int]:
-        """(H, W) of the padded image: at least one tile on each side."""
-        return max(self.shape[0], self.size), max(self.shape[1], self.size)
+        """(H, W) of the padded image."""
+        m = self.multiple
+        return tuple(-(-max(side, self.size) // m) * m for side in self.shape)
 
     @cached_property
     def origins(self) -> tuple[tuple[int, int], ...]:
@@ -64,12 +68,12 @@ class TileGrid:
             return np.ones((self.size, self.size), np.float32)
         return blend_window(self.size)
 
-    def tiles_for_box(self, box: tuple[int, int, int, int]) -> list[int]:
+    def tiles_for_box(self, box: tuple[int, int, int, int], margin: int = 0) -> list[int]:
         """The tiles a box prompt ``x0, y0, x1, y1`` is decoded on.
 
         A box that fits inside a tile is decoded on one tile only, the one whose centre is nearest the box centre
-        (the box sees the most context there); a box that fits in no tile is decoded on every tile it overlaps,
-        and the tiles are blended as in a whole prediction.
+        (the box sees the most context there); a box that fits in no tile is decoded on every tile it overlaps
+        when grown by ``margin`` pixels, and the tiles are blended as in a whole prediction.
         """
         x0, y0, x1, y1 = box
         s = self.size
@@ -82,4 +86,5 @@ class TileGrid:
                     key=lambda i: (self.origins[i][0] + s / 2 - cy) ** 2 + (self.origins[i][1] + s / 2 - cx) ** 2,
                 )
             ]
+        x0, y0, x1, y1 = x0 - margin, y0 - margin, x1 + margin, y1 + margin
         return [i for i, (y, x) in enumerate(self.origins) if x < x1 and x0 < x + s and y < y1 and y0 < y + s]

@@ -84,6 +84,7 @@ class Session(QObject):
         MetalsegError
             An unreadable run configuration.
         """
+        from napari_metalseg.io.embedding_store import default_store
         from napari_metalseg.predict import Predictor
 
         self.run_dir = Path(run_dir) if run_dir else None
@@ -94,7 +95,8 @@ class Session(QObject):
         self.model = model
         self.phases = phases
         self.device = device
-        self.predictor = Predictor(model, phases, device=device)
+        # the SAM embeddings of micrographs opened again (even in a later session) come from the disk cache
+        self.predictor = Predictor(model, phases, device=device, cache_dir=default_store())
         if self.ratios is not None and len(self.ratios) != len(phases):
             self.ratios = None
         self.model_changed.emit()

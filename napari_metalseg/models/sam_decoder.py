@@ -72,7 +72,7 @@ class TokenDecoder:
         scores = a @ x.transpose(1, 2) + torch.einsum("bthd,nhd->bhtn", q, pe_k.reshape(-1, heads, d)).reshape(
             b, heads * t, -1
         )
-        weighted = torch.softmax(scores.float(), dim=-1).to(x.dtype) @ x  # (B, H*T, C)
+        weighted = torch.softmax(scores, dim=-1).to(x.dtype) @ x  # (B, H*T, C)
         wv = att.v_proj.weight.reshape(heads, d, c).to(weighted.dtype)
         out = torch.einsum("bhtc,hdc->bthd", weighted.reshape(b, heads, t, c), wv).reshape(b, t, heads * d)
         return att.out_proj(out + att.v_proj.bias.to(out.dtype))
@@ -90,7 +90,7 @@ class TokenDecoder:
         wq = att.q_proj.weight.reshape(heads, d, c).to(k.dtype)
         m = torch.einsum("hdc,bthd->bcht", wq, k).reshape(b, c, heads * t)
         scores = x @ m + torch.einsum("nhd,bthd->bnht", pe_q.reshape(-1, heads, d), k).reshape(b, -1, heads * t)
-        attn = torch.softmax(scores.float().reshape(b, -1, heads, t), dim=-1).reshape(b, -1, heads * t)
+        attn = torch.softmax(scores.reshape(b, -1, heads, t), dim=-1).reshape(b, -1, heads * t)
         wo = att.out_proj.weight.reshape(c, heads, d).to(v.dtype)
         vw = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, heads * t, c)
         return attn.to(x.dtype) @ vw + att.out_proj.bias.to(x.dtype)
@@ -101,12 +101,14 @@ class TokenDecoder:
         prompt_encoder, decoder = self.sam.prompt_encoder, self.sam.mask_decoder
         transformer = decoder.transformer
         b, c, h, w = embeddings.shape
-        dtype = embeddings.dtype
+        device_type = embeddings.device.type
+        # under autocast the image tokens are cast once, not at every product
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else embeddings.dtype
         pe = self._pe(dtype)
         sparse, dense = prompt_encoder(points=None, boxes=boxes, masks=None)
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse.expand(b, -1, -1).to(dtype)], 1)
-        x = (embeddings + dense[:1].to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C) image tokens
+        x = (embeddings.to(dtype) + dense[:1].to(dtype)).flatten(2).transpose(1, 2).contiguous()  # (B, N, C) tokens
         queries = tokens
         for i, layer in enumerate(transformer.layers):
             if layer.skip_first_layer_pe:
