@@ -24,6 +24,7 @@ from napari_metalseg.data.samples import normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
+from napari_metalseg.precision import prediction_bf16
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 from napari_metalseg.prompts import check_box
 
@@ -129,7 +130,8 @@ class Predictor:
     cache_dir : path, optional
         Also keep embeddings on disk here (safetensors), for reopening the same micrographs later.
     bf16 : bool or None
-        bfloat16 autocast for the encoder; default: on for CUDA, off on CPU.
+        bfloat16 autocast for the encoder; default (None): :func:`napari_metalseg.precision.prediction_bf16`, on for
+        CUDA and CPUs with native bf16 (AVX512-BF16 / AMX) unless ``METALSEG_FP32=1``.
     batch_size : int
         Tiles per encoder / decoder batch.
 
@@ -164,7 +166,7 @@ class Predictor:
         self.overlap = int(round(overlap * self.size))
         self.cache_size = cache_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.bf16 = device.startswith("cuda") if bf16 is None else bf16
+        self.bf16 = prediction_bf16(device) if bf16 is None else bf16
         self.batch_size = batch_size
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._signature: str | None = None
