@@ -24,6 +24,7 @@ from napari_metalseg.embeddings import DEFAULT_CACHE_BYTES, EmbeddingCache
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
+from napari_metalseg.precision import prediction_bf16
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 from napari_metalseg.prompts import check_box
 from napari_metalseg.tiles import TileGrid, blend_window
@@ -137,7 +138,8 @@ class Predictor:
         (:class:`~napari_metalseg.io.embedding_store.EmbeddingStore`, bounded in bytes), for reopening the same
         micrographs later; a store that cannot be written is skipped, it never fails a prediction.
     bf16 : bool or None
-        bfloat16 autocast for the encoder; default: on for CUDA, off on CPU.
+        bfloat16 autocast for the encoder; default (None): :func:`napari_metalseg.precision.prediction_bf16`, on for
+        CUDA and CPUs with native bf16 (AVX512-BF16 / AMX) unless ``METALSEG_FP32=1``.
     batch_size : int
         Tiles per encoder / decoder batch.
 
@@ -177,7 +179,7 @@ class Predictor:
             from napari_metalseg.io.embedding_store import EmbeddingStore
 
             self.store = cache_dir if isinstance(cache_dir, EmbeddingStore) else EmbeddingStore(Path(cache_dir))
-        self.bf16 = device.startswith("cuda") if bf16 is None else bf16
+        self.bf16 = prediction_bf16(device) if bf16 is None else bf16
         self.batch_size = batch_size
         self._signature: str | None = None
         self.lock = threading.RLock()

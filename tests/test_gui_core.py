@@ -163,6 +163,10 @@ def test_model_widget_loads_trained_run(loaded, trained_run):
     widget = dock(loaded, "Model")  # a second Model widget shows the same session
     text = widget.info.text()
     assert "771,944 total" in text and "ratio" in text and str(trained_run[0]) in text
+    from napari_metalseg.precision import prediction_bf16
+
+    assert session.predictor.bf16 is prediction_bf16("cpu")  # the default precision, said in the summary
+    assert f"<b>Device</b>: cpu, {'encoder: bf16 autocast' if session.predictor.bf16 else 'fp32'}" in text
 
 
 def test_predict_creates_coloured_phase_layer(loaded, qtbot):

@@ -12,6 +12,13 @@ from napari_metalseg.cli.errors import user_errors
 from napari_metalseg.cli.values import floats, input_files
 from napari_metalseg.errors import MetalsegError
 
+FP32_HELP = (
+    "Predict in fp32, no bfloat16 autocast of the image encoder (default: bf16 autocast on CUDA and on CPUs with "
+    "native bf16, AVX512-BF16 / AMX; METALSEG_FP32=1 does the same as --fp32)."
+)
+fp32_option = click.option("--fp32", is_flag=True, help=FP32_HELP)
+"""``--fp32`` of the commands that predict: opts out of :func:`napari_metalseg.precision.prediction_bf16`."""
+
 
 @click.command()
 @click.option("--model", "run", required=True, type=click.Path(path_type=Path), help="Trained run directory.")
@@ -32,23 +39,32 @@ from napari_metalseg.errors import MetalsegError
 @click.option("--box", default=None, help="Predict only inside this box: x0,y0,x1,y1 in pixels.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average the 8 flips/rotations (8x the time).")
-@click.option(
-    "--bf16",
-    is_flag=True,
-    help="bfloat16 encoder on the CPU: about 2x faster on CPUs with AVX512-BF16 (always on with CUDA).",
-)
+@fp32_option
+@click.option("--bf16", is_flag=True, hidden=True, help="Deprecated, does nothing: bf16 is the default (see --fp32).")
 @user_errors
 def predict(
-    run: Path, input_path: Path, out: Path, ratio: str | None, box: str | None, device: str, bf16: bool, tta: bool
+    run: Path,
+    input_path: Path,
+    out: Path,
+    ratio: str | None,
+    box: str | None,
+    device: str,
+    fp32: bool,
+    bf16: bool,
+    tta: bool,
 ) -> None:
     """Predict phase masks for micrographs and write them in the dataset format."""
     from napari_metalseg.data.dataset import new_dataset, write_item
     from napari_metalseg.io import read_micrograph
     from napari_metalseg.predict import Predictor
 
+    if bf16:
+        click.echo(
+            "note: --bf16 is deprecated and does nothing: bf16 is the default where native (--fp32 opts out)", err=True
+        )
     files = input_files(input_path)
     box_values = floats(box, "--box")
-    predictor = Predictor.from_run(run, device=device, bf16=True if bf16 else None)
+    predictor = Predictor.from_run(run, device=device, bf16=False if fp32 else None)
     ratios = floats(ratio, "--ratio")
     new_dataset(out, predictor.phases)
     results = {}
@@ -69,9 +85,17 @@ def predict(
 @click.option("--true-ratio", is_flag=True, help="Guide each image with its true phase fractions (upper bound).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write all scores here.")
 @click.option("--device", default="auto", show_default=True)
+@fp32_option
 @user_errors
 def evaluate(
-    run: Path, data: Path, split: str, ratio: str | None, true_ratio: bool, json_out: Path | None, device: str
+    run: Path,
+    data: Path,
+    split: str,
+    ratio: str | None,
+    true_ratio: bool,
+    json_out: Path | None,
+    device: str,
+    fp32: bool,
 ) -> None:
     """Score a trained model on a dataset split: Dice per magnification, in the seed study's table format."""
     from napari_metalseg.data.dataset import load_dataset
@@ -82,7 +106,7 @@ def evaluate(
     from napari_metalseg.predict import Predictor
 
     dataset = load_dataset(data)
-    predictor = Predictor.from_run(run, device=device)
+    predictor = Predictor.from_run(run, device=device, bf16=False if fp32 else None)
     if dataset.phases.names != predictor.phases.names:
         raise MetalsegError(f"{data}: phases {dataset.phases.names} differ from the model's {predictor.phases.names}")
     samples = load_samples(dataset.labelled_split(split))

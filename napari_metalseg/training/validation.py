@@ -6,12 +6,15 @@ from napari_metalseg.data.samples import Sample
 from napari_metalseg.phases import PhaseSet, phase_fractions
 
 
-def validate(model, samples: list[Sample], phases: PhaseSet, device: str, ratios: bool = False):
-    """Evaluate ``model`` on whole images (tiled); with ``ratios`` each image gets its true phase fractions."""
+def validate(
+    model, samples: list[Sample], phases: PhaseSet, device: str, ratios: bool = False, *, bf16: bool | None = None
+):
+    """Evaluate ``model`` on whole images (tiled); with ``ratios`` each image gets its true phase fractions; ``bf16``
+    as in :class:`~napari_metalseg.predict.Predictor` (None: the default precision of prediction)."""
     from napari_metalseg.metrics import Evaluation
     from napari_metalseg.predict import Predictor
 
-    predictor = Predictor(model, phases, device=device, cache_size=0)
+    predictor = Predictor(model, phases, device=device, cache_size=0, bf16=bf16)
     evaluation = Evaluation(phases.names)
     for s in samples:
         r = phase_fractions(s.mask, len(phases)) if ratios else None
