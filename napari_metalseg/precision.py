@@ -75,13 +75,9 @@ def prediction_bf16(device: str, *, fp32: bool = False) -> bool:
 
 
 def encoder_precision(kind: str, bf16: bool) -> str:
-    """How a predictor with ``bf16`` runs a model ``kind``, for display: ``"encoder: bf16 autocast"`` or ``"fp32"``.
+    """How a predictor with ``bf16`` runs a model ``kind``, for display: ``"bf16 autocast"`` or ``"fp32"``.
 
-    Only the SAM family has an image encoder that runs under autocast; the CNNs and the classical classifier run in
-    fp32 whatever ``bf16`` says.
+    The networks (SAM's encoder and decoder, the CNNs) run under autocast; the classical classifier alone is numpy
+    and runs in fp32 whatever ``bf16`` says.
     """
-    from napari_metalseg.models.registry import FAMILIES, MODEL_KINDS
-
-    # a kind outside the registry (a model built by hand) may have an encoder: say what autocast is asked to do
-    encoder = kind in FAMILIES["sam"].kinds or kind not in MODEL_KINDS
-    return "encoder: bf16 autocast" if bf16 and encoder else "fp32"
+    return "bf16 autocast" if bf16 and kind != "classical" else "fp32"

@@ -483,17 +483,17 @@ def _upsample_region(crop, offset: tuple[int, int], f: int, region: tuple[int, i
 
 
 def _argmax(logits):
-    """Index of the largest of K maps (K, H, W) as uint8 (the first on ties): K passes over contiguous maps, 8x
-    faster than ``argmax(0)``, which reduces across the slow axis (measured on 3 x 1536 x 2048: 29 vs 223 ms)."""
+    """Index of the largest of K maps (K, H, W) as uint8 (the first on ties): K passes over contiguous maps, 4x
+    faster than ``argmax(0)``, which reduces across the slow axis (measured on 3 x 1536 x 2048: 11 vs 35-220 ms)."""
     import torch
 
-    best = logits[0].clone()
-    labels = torch.zeros(best.shape, dtype=torch.uint8)
+    best, labels = logits[0], None
     for k in range(1, logits.shape[0]):
         higher = logits[k] > best
-        best = torch.where(higher, logits[k], best)
-        labels.masked_fill_(higher, k)
-    return labels
+        if k < logits.shape[0] - 1:
+            best = torch.maximum(best, logits[k])
+        labels = higher.to(torch.uint8) if labels is None else labels.masked_fill_(higher, k)
+    return torch.zeros(logits.shape[1:], dtype=torch.uint8) if labels is None else labels
 
 
 @contextlib.contextmanager

@@ -166,7 +166,7 @@ def test_model_widget_loads_trained_run(loaded, trained_run):
     from napari_metalseg.precision import prediction_bf16
 
     assert session.predictor.bf16 is prediction_bf16("cpu")  # the default precision, said in the summary
-    assert f"<b>Device</b>: cpu, {'encoder: bf16 autocast' if session.predictor.bf16 else 'fp32'}" in text
+    assert f"<b>Device</b>: cpu, {'bf16 autocast' if session.predictor.bf16 else 'fp32'}" in text
 
 
 def test_predict_creates_coloured_phase_layer(loaded, qtbot):

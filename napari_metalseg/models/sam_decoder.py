@@ -92,8 +92,8 @@ class TokenDecoder:
         scores = x @ m + torch.einsum("nhd,bthd->bnht", pe_q.reshape(-1, heads, d), k).reshape(b, -1, heads * t)
         attn = torch.softmax(scores.reshape(b, -1, heads, t), dim=-1).reshape(b, -1, heads * t)
         wo = att.out_proj.weight.reshape(c, heads, d).to(v.dtype)
-        vw = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, heads * t, c)
-        return attn.to(x.dtype) @ vw + att.out_proj.bias.to(x.dtype)
+        vw = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, heads * t, c).to(x.dtype)
+        return torch.baddbmm(att.out_proj.bias.to(x.dtype), attn.to(x.dtype), vw)
 
     # -- the decoder -------------------------------------------------------------------------------------
     def transformer(self, embeddings: torch.Tensor, boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,9 @@ class TokenDecoder:
         sparse, dense = prompt_encoder(points=None, boxes=boxes, masks=None)
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse.expand(b, -1, -1).to(dtype)], 1)
-        x = (embeddings.to(dtype) + dense[:1].to(dtype)).flatten(2).transpose(1, 2).contiguous()  # (B, N, C) tokens
+        # (B, N, C) image tokens: the dense prompt added, the layout changed and the type cast in one pass
+        x = torch.empty((b, h * w, c), dtype=dtype, device=embeddings.device)
+        torch.add(embeddings.flatten(2).transpose(1, 2), dense[0, :, 0, 0].to(embeddings.dtype), out=x)
         queries = tokens
         for i, layer in enumerate(transformer.layers):
             if layer.skip_first_layer_pe:
@@ -140,11 +142,11 @@ class TokenDecoder:
         x = x.reshape(h, w, -1)[r0:r1, c0:c1]  # (rows, cols, C)
         rows, cols, c = x.shape
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, -1).to(x.dtype)  # (C, 2*2*C/4): the 2x2 sub-pixels
-        y = (x.reshape(-1, c) @ w1).reshape(rows * cols, 4, -1) + up1.bias.to(x.dtype)
+        y = torch.addmm(up1.bias.to(x.dtype).repeat(4), x.reshape(-1, c), w1).reshape(rows * cols, 4, -1)
         y = act1(F.layer_norm(y, (y.shape[-1],), norm.weight.to(y.dtype), norm.bias.to(y.dtype), norm.eps))
         c2 = y.shape[-1]
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(c2, -1).to(y.dtype)
-        z = act2((y.reshape(-1, c2) @ w2).reshape(rows * cols, 4, 4, -1) + up2.bias.to(y.dtype))
+        z = act2(torch.addmm(up2.bias.to(y.dtype).repeat(4), y.reshape(-1, c2), w2).reshape(rows * cols, 4, 4, -1))
         heads = decoder.output_hypernetworks_mlps[1:]
         hyper = torch.stack([head(mask_tokens[i]) for i, head in enumerate(heads)], dim=1)  # (C/8, K)
         masks = (z @ hyper.to(z.dtype)).float()  # (cells, s1, s2, K)
