@@ -427,7 +427,7 @@ class Predictor:
         s = grid.size
         origins = [grid.origins[t] for t in tiles]
         # the box seen from each tile, clipped to the tile
-        local = np.array([[max(x0 - x, 0), max(y0 - y, 0), min(x1 - x, s), min(y1 - y, s)] for y, x in origins])
+        local = np.array([[*_clip(x0 - x, y0 - y, s), *_clip(x1 - x, y1 - y, s)] for y, x in origins])
         if len(tiles) == 1:  # the tile's own map is the canvas
             (oy, ox), total = origins[0], (m, m)
             region = (y0 - oy, y1 - oy, x0 - ox, x1 - ox)
@@ -439,7 +439,9 @@ class Predictor:
         for y, x in origins:
             ty, tx = (y - oy) // f, (x - ox) // f  # the tile's map origin on the canvas
             rects.append((max(a0, ty) - ty, min(a1, ty + m) - ty, max(b0, tx) - tx, min(b1, tx + m) - tx))
-        parts = self._decode_rects(emb, ratio, local, rects)
+        used = [j for j, (r0, r1, c0, c1) in enumerate(rects) if r1 > r0 and c1 > c0]  # tiles under the canvas
+        origins, rects = [origins[j] for j in used], [rects[j] for j in used]
+        parts = self._decode_rects(emb[used], ratio, local[used], rects)
         canvas = torch.zeros((len(self.phases), a1 - a0, b1 - b0))
         weight = torch.zeros((a1 - a0, b1 - b0))
         window = self._window(grid)
@@ -454,6 +456,10 @@ class Predictor:
         labels = np.full((h, w), UNLABELED, np.uint8)
         labels[y0:y1, x0:x1] = _argmax(logits).numpy()
         return PhaseMap(labels, full)
+
+
+def _clip(x: int, y: int, s: int) -> tuple[int, int]:
+    return min(max(x, 0), s), min(max(y, 0), s)
 
 
 def _low_res_rows(region: tuple[int, int, int, int], f: int, total: tuple[int, int]) -> tuple[int, int, int, int]:
