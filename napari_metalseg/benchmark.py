@@ -287,7 +287,7 @@ def _reference(model, spec, image, device, repeat, boxes, seed, results, notes, 
     reference_size = SAM_REFERENCE_SIZE
     if model.img_size == reference_size:
         sam = model.sam
-        results["sam_reference"] = "model.sam (the same weights)"
+        results["sam_reference"] = "model.sam (the same weights, segment-anything's own attention code)"
     else:
         from dataclasses import replace
 
@@ -300,7 +300,9 @@ def _reference(model, spec, image, device, repeat, boxes, seed, results, notes, 
         )
     results["sam_reference_img_size"] = reference_size
     results["sam_predictor_precision"] = "fp32"
-    reference = SamPredictor(sam.eval())
+    from napari_metalseg.models.sam_attention import stock_copy
+
+    reference = SamPredictor(stock_copy(sam).eval())  # segment-anything's own attention code, not the fused one
     rgb = np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
     yield ProgressEvent("info", message=f"sam_predictor_set_image_ms: SamPredictor.set_image at {reference_size} px")
     results["sam_predictor_set_image_ms"] = _median_ms(lambda: _clock(lambda: reference.set_image(rgb), sync), repeat)

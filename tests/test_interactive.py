@@ -235,3 +235,20 @@ def test_decode_uses_the_token_decoder_only_without_gradients():
     slow = m.decode(emb, boxes=torch.tensor([[1.0, 2.0, 30.0, 40.0]]))
     assert slow.requires_grad and not fast.requires_grad
     np.testing.assert_allclose(fast, slow.detach(), atol=1e-5)
+
+
+def test_fused_encoder_attention_equals_segment_anythings_and_the_reference_copy_is_stock():
+    from segment_anything.modeling.image_encoder import Attention
+
+    from napari_metalseg.models.sam_attention import FusedAttention, stock_copy
+
+    m = model()
+    blocks = [mod for mod in m.sam.image_encoder.modules() if isinstance(mod, Attention)]
+    assert blocks and all(type(mod) is FusedAttention for mod in blocks)
+    stock = stock_copy(m.sam)
+    assert all(type(mod) is Attention for mod in stock.image_encoder.modules() if isinstance(mod, Attention))
+    x = m.preprocess(torch.from_numpy(image((SIZE, SIZE)))[None])
+    with torch.inference_mode():
+        np.testing.assert_allclose(m.embed(x), stock.image_encoder(x), atol=1e-5)
+    trained = m.embed(x)  # with gradients: segment-anything's own code path, differentiable
+    assert trained.requires_grad

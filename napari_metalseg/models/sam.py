@@ -156,7 +156,8 @@ def build_sam(kind: str, img_size: int = 512, num_phases: int = 3) -> Sam:
     Returns
     -------
     segment_anything.modeling.Sam
-        The model in training mode, randomly initialised (load weights with ``load_sam_checkpoint``).
+        The model in training mode, randomly initialised (load weights with ``load_sam_checkpoint``); its
+        image-encoder attention runs fused in inference (:mod:`.sam_attention`).
     """
     cfg = check_kind(kind)
     check_img_size(img_size)
@@ -167,8 +168,10 @@ def build_sam(kind: str, img_size: int = 512, num_phases: int = 3) -> Sam:
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+    from napari_metalseg.models.sam_attention import use_fused_attention
+
     grid = img_size // PATCH_SIZE
-    return Sam(
+    sam = Sam(
         image_encoder=ImageEncoderViT(
             depth=cfg.encoder_depth,
             embed_dim=cfg.encoder_embed_dim,
@@ -202,3 +205,5 @@ def build_sam(kind: str, img_size: int = 512, num_phases: int = 3) -> Sam:
             iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         ),
     )
+    use_fused_attention(sam.image_encoder)
+    return sam
