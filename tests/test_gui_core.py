@@ -232,6 +232,24 @@ def test_box_writes_inside_only_as_one_undo_step(loaded, qtbot):
     assert (np.asarray(target.data) == 0).all()
 
 
+def test_boxes_on_a_predicted_micrograph_run_no_encoder(loaded, qtbot):
+    """The Box prompts dock decodes from the micrograph's cached tile embeddings (issue 12)."""
+    session = session_of(loaded)
+    predict(loaded, qtbot)
+    calls = []
+    embed = session.model.embed
+    session.model.embed = lambda *a, **k: calls.append(1) or embed(*a, **k)
+    try:
+        widget = dock(loaded, "Box prompts")
+        widget.image.set_layer(IMAGE)
+        for corners in (((10, 10), (60, 90)), ((150, 200), (300, 330)), ((5, 300), (40, 380))):
+            _draw_box(loaded, qtbot, widget, corners)
+            assert widget.last_error is None
+    finally:
+        session.model.embed = embed
+    assert widget.last_box == (300, 5, 380, 40) and calls == []
+
+
 def test_object_mode_assigns_one_phase_to_one_region(loaded, qtbot):
     target = _empty_target(loaded)
     widget = dock(loaded, "Box prompts")

@@ -1,8 +1,8 @@
 """The Box prompts dock widget: draw a rectangle, get phases (or one corrected object) inside it only.
 
 Draw rectangles on the micrograph's ``<image> boxes`` Shapes layer (:mod:`.roles`). Each new rectangle runs the model
-with the box as prompt (the :class:`~napari_metalseg.predict.Predictor` box path: the encoder runs once per box window
-and is cached, ratio guidance applies) and writes into the micrograph's ``<image> phases`` layer **only inside the
+with the box as prompt (the :class:`~napari_metalseg.predict.Predictor` box path: decoded from the micrograph's cached
+tile embeddings, no encoder work once it was predicted; ratio guidance applies) and writes into the micrograph's ``<image> phases`` layer **only inside the
 box**, as **one undo step** (``Ctrl+Z`` on the phases layer restores the box exactly). What a box changed counts as
 the user's correction (:mod:`.edits`): a later prediction or ratio change keeps it. Two modes:
 

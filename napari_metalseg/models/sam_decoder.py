@@ -69,9 +69,8 @@ class TokenDecoder:
         q = att.q_proj(q_in).reshape(b, t, heads, d) / math.sqrt(d)
         wk = att.k_proj.weight.reshape(heads, d, c).to(q.dtype)
         a = torch.einsum("bthd,hdc->bhtc", q, wk).reshape(b, heads * t, c)
-        scores = a @ x.transpose(1, 2) + torch.einsum("bthd,nhd->bhtn", q, pe_k.reshape(-1, heads, d)).reshape(
-            b, heads * t, -1
-        )
+        pe_scores = torch.einsum("bthd,nhd->bhtn", q, pe_k.reshape(-1, heads, d)).reshape(b, heads * t, -1)
+        scores = torch.baddbmm(pe_scores.to(x.dtype), a.to(x.dtype), x.transpose(1, 2))
         weighted = torch.softmax(scores, dim=-1).to(x.dtype) @ x  # (B, H*T, C)
         wv = att.v_proj.weight.reshape(heads, d, c).to(weighted.dtype)
         out = torch.einsum("bhtc,hdc->bthd", weighted.reshape(b, heads, t, c), wv).reshape(b, t, heads * d)
@@ -81,7 +80,8 @@ class TokenDecoder:
     def _image_to_token(
         att: nn.Module, x: torch.Tensor, pe_q: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
     ) -> torch.Tensor:
-        """``att(q=x + pe, k=k_in, v=v_in)`` with the image tokens ``x`` (B, N, C) never projected."""
+        """``x + att(q=x + pe, k=k_in, v=v_in)`` (the residual included) with the image tokens ``x`` (B, N, C)
+        never projected."""
         b, t, _ = k_in.shape
         heads, d = att.num_heads, att.internal_dim // att.num_heads
         c = x.shape[-1]
@@ -89,11 +89,14 @@ class TokenDecoder:
         v = att.v_proj(v_in).reshape(b, t, heads, d)
         wq = att.q_proj.weight.reshape(heads, d, c).to(k.dtype)
         m = torch.einsum("hdc,bthd->bcht", wq, k).reshape(b, c, heads * t)
-        scores = x @ m + torch.einsum("nhd,bthd->bnht", pe_q.reshape(-1, heads, d), k).reshape(b, -1, heads * t)
+        pe_scores = torch.einsum("nhd,bthd->bnht", pe_q.reshape(-1, heads, d), k).reshape(b, -1, heads * t)
+        scores = torch.baddbmm(pe_scores.to(x.dtype), x, m.to(x.dtype))
         attn = torch.softmax(scores.reshape(b, -1, heads, t), dim=-1).reshape(b, -1, heads * t)
         wo = att.out_proj.weight.reshape(c, heads, d).to(v.dtype)
-        vw = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, heads * t, c).to(x.dtype)
-        return torch.baddbmm(att.out_proj.bias.to(x.dtype), attn.to(x.dtype), vw)
+        vw = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, heads * t, c)
+        # each head's weights sum to 1, so the output bias spread over the heads' rows adds exactly the bias
+        vw = (vw + att.out_proj.bias.to(vw.dtype) / heads).to(x.dtype)
+        return torch.baddbmm(x, attn.to(x.dtype), vw)
 
     # -- the decoder -------------------------------------------------------------------------------------
     def transformer(self, embeddings: torch.Tensor, boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +126,9 @@ class TokenDecoder:
                 queries + self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, x, pe[f"k{i}"])
             )
             queries = layer.norm3(queries + layer.mlp(queries))
-            attn = self._image_to_token(layer.cross_attn_image_to_token, x, pe[f"q{i}"], queries + tokens, queries)
-            x = layer.norm4(x + attn)
+            x = layer.norm4(
+                self._image_to_token(layer.cross_attn_image_to_token, x, pe[f"q{i}"], queries + tokens, queries)
+            )
         final = transformer.final_attn_token_to_image
         k = len(transformer.layers)
         queries = transformer.norm_final_attn(queries + self._token_to_image(final, queries + tokens, x, pe[f"k{k}"]))
