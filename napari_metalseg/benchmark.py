@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from napari_metalseg.precision import native_bf16
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 
 PHASE_NAMES = ("ferrite", "martensite", "bainite")
@@ -412,7 +413,7 @@ def machine_info(device: str) -> dict:
         "torch": torch.__version__,
         "device": device,
         "gpu": gpu,
-        "native_bf16": _native_bf16(device),
+        "native_bf16": native_bf16(device),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
@@ -426,18 +427,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _native_bf16(device: str) -> bool:
-    """Whether ``device`` computes bfloat16 natively (CUDA: the GPU; CPU: oneDNN's AVX512-BF16 / AMX check)."""
-    import torch
-
-    try:
-        if device.startswith("cuda"):
-            return bool(torch.cuda.is_bf16_supported())
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def format_table(results: dict) -> str:

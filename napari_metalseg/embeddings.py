@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CACHE_BYTES = 1 << 30
 """Default byte bound of the in-memory cache (1 GiB: about 250 vit_b tiles of 1024 px, 40 micrographs of
@@ -20,6 +23,8 @@ DEFAULT_CACHE_BYTES = 1 << 30
 
 class TileEmbeddings:
     """The embeddings of one micrograph's tiles; tiles not computed yet are missing.
+
+    Importing this module is cheap (torch is imported when a tile is stored).
 
     Parameters
     ----------
@@ -46,6 +51,8 @@ class TileEmbeddings:
 
     def store(self, tiles: Sequence[int], values: torch.Tensor) -> None:
         """Keep ``values[j]`` as the embedding of tile ``tiles[j]``."""
+        import torch
+
         if self.tensor is None:
             self.tensor = torch.empty((len(self.done), *values.shape[1:]), dtype=values.dtype)
         self.tensor[list(tiles)] = values.to(self.tensor.dtype)

@@ -64,6 +64,9 @@ class PhaseMap:
         return np.zeros(k) if fractions is None else fractions
 
 
+DECODE_BATCH = 16
+"""Tiles per decoder call in a whole prediction (one call for a 2048 x 1536 micrograph at 1024 px tiles)."""
+
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
 """The 8 symmetries of the square as (quarter turns, horizontal flip first): the test-time augmentations."""
 
@@ -134,14 +137,15 @@ class Predictor:
     cache_bytes : int
         Most bytes of tile embeddings kept in memory.
     cache_dir : path or EmbeddingStore, optional
-        Also keep the embeddings of models with a heavy encoder (SAM) on disk, in this folder or store
-        (:class:`~napari_metalseg.io.embedding_store.EmbeddingStore`, bounded in bytes), for reopening the same
-        micrographs later; a store that cannot be written is skipped, it never fails a prediction.
+        Also keep the embeddings of models with a heavy encoder (``model.heavy_encoder``: SAM) on disk, in this
+        folder or store (:class:`~napari_metalseg.io.embedding_store.EmbeddingStore`, bounded in bytes), for
+        reopening the same micrographs later; a store that cannot be read or written is skipped, it never fails a
+        prediction.
     bf16 : bool or None
         bfloat16 autocast for the encoder; default (None): :func:`napari_metalseg.precision.prediction_bf16`, on for
         CUDA and CPUs with native bf16 (AVX512-BF16 / AMX) unless ``METALSEG_FP32=1``.
     batch_size : int
-        Tiles per encoder / decoder batch.
+        Tiles per encoder batch (the decoder takes at least :data:`DECODE_BATCH` tiles per call).
 
     Attributes
     ----------
@@ -175,7 +179,7 @@ class Predictor:
         self.overlap = int(round(overlap * self.size))
         self.cache = EmbeddingCache(max_images=cache_size, max_bytes=cache_bytes)
         self.store = None
-        if cache_dir is not None and getattr(model, "heavy_encoder", True):
+        if cache_dir is not None and getattr(model, "heavy_encoder", False):
             from napari_metalseg.io.embedding_store import EmbeddingStore
 
             self.store = cache_dir if isinstance(cache_dir, EmbeddingStore) else EmbeddingStore(Path(cache_dir))
@@ -214,9 +218,12 @@ class Predictor:
         import torch
 
         entry = self.cache.entry(key, len(grid))
-        if not entry.complete and self.store is not None and (stored := self.store.load(key)) is not None:
-            if stored.get("embeddings") is not None and stored["embeddings"].shape[0] == len(grid):
-                entry.store(range(len(grid)), torch.from_numpy(stored["embeddings"]))
+        disk_key = hashlib.sha256(key.encode()).hexdigest()  # any signature, a file name the store accepts
+        if not entry.complete and self.store is not None:
+            with contextlib.suppress(MetalsegError):  # an unreadable store is a miss, never a failed prediction
+                stored = self.store.load(disk_key) or {}
+                if stored.get("embeddings") is not None and stored["embeddings"].shape[0] == len(grid):
+                    entry.store(range(len(grid)), torch.from_numpy(stored["embeddings"]))
         missing = entry.missing(tiles)
         if missing:
             padded = _pad_image(image, *grid.padded_shape)
@@ -234,7 +241,7 @@ class Predictor:
                 yield ProgressEvent("embed", done, len(missing), message="image encoder")
             if entry.complete and self.store is not None:
                 with contextlib.suppress(MetalsegError):  # a full disk or a read-only folder: memory cache only
-                    self.store.save(key, {"embeddings": entry.tensor.numpy()}, metadata={"tiles": str(len(grid))})
+                    self.store.save(disk_key, {"embeddings": entry.tensor.numpy()}, metadata={"entry": key})
         return entry.get(tiles)
 
     # -- prediction ------------------------------------------------------------------------------------------
@@ -334,9 +341,10 @@ class Predictor:
         acc = torch.zeros((len(self.phases), ph // f, pw // f))
         weight = torch.zeros((ph // f, pw // f))
         window = self._window(grid)
-        for i in range(0, len(grid), self.batch_size):
-            origins = grid.origins[i : i + self.batch_size]
-            logits = self._decode(emb[i : i + self.batch_size], ratio, None, (m, m))
+        step = max(self.batch_size, DECODE_BATCH)  # the decoder is light: many tiles per call
+        for i in range(0, len(grid), step):
+            origins = grid.origins[i : i + step]
+            logits = self._decode(emb[i : i + step], ratio, None, (m, m))
             for j, (y, x) in enumerate(origins):
                 acc[:, y // f : y // f + m, x // f : x // f + m].addcmul_(logits[j], window)
                 weight[y // f : y // f + m, x // f : x // f + m] += window

@@ -252,3 +252,38 @@ def test_fused_encoder_attention_equals_segment_anythings_and_the_reference_copy
         np.testing.assert_allclose(m.embed(x), stock.image_encoder(x), atol=1e-5)
     trained = m.embed(x)  # with gradients: segment-anything's own code path, differentiable
     assert trained.requires_grad
+
+
+def test_probabilities_are_computed_on_first_use_only():
+    import subprocess
+    import sys
+
+    m = model()
+    result = Predictor(m, PHASES, bf16=False).predict(image((150, 170)), ratios=[0.2, 0.3, 0.5])
+    assert result._probs is None  # a ratio change needs the labels only
+    probs = result.probs
+    assert probs.shape == (3, 150, 170) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    assert np.array_equal(probs.argmax(0), result.labels)
+    assert result.probs is probs  # computed once
+    code = "import sys, napari_metalseg.predict; print('torch' in sys.modules)"  # the GUI imports it at start-up
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_only_heavy_encoders_use_the_disk_store_and_any_signature_makes_a_valid_entry(tmp_path):
+    from napari_metalseg.io.embedding_store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path)
+    m = model()
+    m.signature = lambda scope="model": "tiny+classical/odd key:with+signs"  # characters a file name refuses
+    predictor = Predictor(m, PHASES, bf16=False, cache_dir=store)
+    img = image((100, 100))
+    first = predictor.predict(img)
+    assert store.count() == 1
+    again = Predictor(m, PHASES, bf16=False, cache_dir=store)
+    counter = CountingEncoder(m)
+    np.testing.assert_allclose(again.predict(img).probs, first.probs, atol=1e-6)
+    assert counter.tiles == 0  # from disk
+
+    cheap = BoxBlind(model())
+    cheap.heavy_encoder = False  # like the CNNs, whose "embedding" is the image itself
+    assert Predictor(cheap, PHASES, cache_dir=store).store is None

@@ -2,9 +2,10 @@
 
 Draw rectangles on the micrograph's ``<image> boxes`` Shapes layer (:mod:`.roles`). Each new rectangle runs the model
 with the box as prompt (the :class:`~napari_metalseg.predict.Predictor` box path: decoded from the micrograph's cached
-tile embeddings, no encoder work once it was predicted; ratio guidance applies) and writes into the micrograph's ``<image> phases`` layer **only inside the
-box**, as **one undo step** (``Ctrl+Z`` on the phases layer restores the box exactly). What a box changed counts as
-the user's correction (:mod:`.edits`): a later prediction or ratio change keeps it. Two modes:
+tile embeddings, no encoder work once it was predicted; ratio guidance applies) and writes into the micrograph's
+``<image> phases`` layer **only inside the box**, as **one undo step** (``Ctrl+Z`` on the phases layer restores the box
+exactly). What a box changed counts as the user's correction (:mod:`.edits`): a later prediction or ratio change keeps
+it. Two modes:
 
 ``predict phases in box``
     every pixel of the box gets the predicted phase.

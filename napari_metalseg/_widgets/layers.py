@@ -140,9 +140,11 @@ def show_phase_map(
     -------
     napari.layers.Labels
     """
+    from napari_metalseg.predict import PhaseMap
+
     from .edits import mark_written, write_phases
 
-    if hasattr(data, "labels") and hasattr(data, "probs"):  # a PhaseMap
+    if isinstance(data, PhaseMap):  # its labels only: the probabilities are not computed for this
         array = mask_to_labels(data.labels)
     else:
         array = np.asarray(data) if labels else mask_to_labels(data)
