@@ -286,13 +286,8 @@ class Predictor:
         image = _check_image(image)
         if getattr(self.model, "contrast", None) == "image":
             image = normalize_contrast(image)
-        ratio = check_ratios(ratios, self.phases)
-        if ratio is not None and getattr(self.model, "guidance", "none") == "none":
-            raise MetalsegError("this model was trained without ratio guidance; predict without phase ratios")
+        ratio = self.check_options(ratios=ratios, box=box, tta=tta)
         if box is not None:
-            check_model_options(self.model.kind, boxes=True)
-            if tta:
-                raise MetalsegError("test-time augmentation applies to whole micrographs, not to box prompts")
             box = check_box(box, image.shape)
         with self.lock:
             try:
@@ -303,6 +298,27 @@ class Predictor:
                 return (yield from self._predict_tta(image, ratio))
             finally:
                 self.cache.trim()
+
+    def check_options(
+        self, *, ratios: Sequence[float] | None = None, box: Sequence[float] | None = None, tta: bool = False
+    ) -> np.ndarray | None:
+        """Check prediction options against this model (the box against an image is checked per image); returns
+        the normalised ratio vector.
+
+        Raises
+        ------
+        MetalsegError
+            A bad ratio vector, ratios for a model trained without guidance, a box for a model that takes none, or
+            ``tta`` with a box.
+        """
+        ratio = check_ratios(ratios, self.phases)
+        if ratio is not None and getattr(self.model, "guidance", "none") == "none":
+            raise MetalsegError("this model was trained without ratio guidance; predict without phase ratios")
+        if box is not None:
+            check_model_options(self.model.kind, boxes=True)
+            if tta:
+                raise MetalsegError("test-time augmentation applies to whole micrographs, not to box prompts")
+        return ratio
 
     def predict(
         self,

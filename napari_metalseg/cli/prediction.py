@@ -53,9 +53,14 @@ def predict(
     bf16: bool,
     tta: bool,
 ) -> None:
-    """Predict phase masks for micrographs and write them in the dataset format."""
-    from napari_metalseg.data.dataset import new_dataset, write_item
-    from napari_metalseg.io import read_micrograph
+    """Predict phase masks for micrographs and write them in the dataset format.
+
+    A folder is predicted micrograph by micrograph, each mask written atomically and recorded in the output's
+    manifest.jsonl: a rerun after an interruption skips what is done. A micrograph that fails is reported and the
+    others go on (exit status 1 when any failed). Under torchrun, each rank takes its share of the folder.
+    """
+    from napari_metalseg.batch import predict_folder_job, shard_of_environment
+    from napari_metalseg.cli.progress import run_with_bar
     from napari_metalseg.predict import Predictor
 
     if bf16:
@@ -64,17 +69,27 @@ def predict(
         )
     files = input_files(input_path)
     box_values = floats(box, "--box")
-    predictor = Predictor.from_run(run, device=device, bf16=False if fp32 else None)
     ratios = floats(ratio, "--ratio")
-    new_dataset(out, predictor.phases)
-    results = {}
-    with click.progressbar(files, label="predicting", file=sys.stderr) as bar:
-        for path in bar:
-            micrograph = read_micrograph(path)
-            phase_map = predictor.predict(micrograph.image, ratios=ratios, box=box_values, tta=tta)
-            write_item(out, path.stem, micrograph.image, phase_map.labels)
-            results[path.stem] = dict(zip(predictor.phases.names, phase_map.fractions().round(4).tolist()))
-    click.echo(json.dumps({"out": str(out), "fractions": results}, indent=2))
+    shard = shard_of_environment()
+    predictor = Predictor.from_run(run, device=device, bf16=False if fp32 else None)
+    job = predict_folder_job(predictor, files, out, ratios=ratios, box=box_values, tta=tta, shard=shard)
+    result = run_with_bar(job, "predicting", bar_kinds=("predict",), show_message=False)
+    if len(files) == 1 and result.failed:  # one micrograph asked for: its error is the command's error
+        raise MetalsegError(next(iter(result.failed.values())))
+    names = predictor.phases.names
+    summary = {
+        "out": str(out),
+        "written": len(result.written),
+        "skipped (done before)": len(result.skipped),
+        "failed": result.failed,
+        "fractions": {name: dict(zip(names, values, strict=True)) for name, values in result.fractions.items()},
+    }
+    click.echo(json.dumps(summary, indent=2))
+    if result.failed:
+        for name, reason in result.failed.items():
+            click.echo(f"failed: {name}: {reason}", err=True)
+        click.echo(f"{len(result.failed)} of {len(files)} micrographs failed (the others are written)", err=True)
+        sys.exit(1)
 
 
 @click.command()
