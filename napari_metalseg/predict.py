@@ -36,24 +36,32 @@ if TYPE_CHECKING:
 class PhaseMap:
     """A prediction: ``labels`` uint8 HxW (phase index; 255 outside a box prompt), ``probs`` float32 KxHxW.
 
-    Built from ``probs``, or from the blended ``logits`` (a torch tensor): then ``probs`` is their softmax,
-    computed on first use (a ratio slider or a box needs the labels only; 15 ms saved on 2048 x 1536).
+    Built from ``probs``, or from blended ``logits`` (a torch tensor, ``scale`` times coarser than the labels):
+    then ``probs`` is their upsampled softmax, computed on first use. A ratio slider or a box needs the labels only
+    (15 ms saved on 2048 x 1536), and a huge micrograph's labels never need a full-size float map.
     """
 
-    def __init__(self, labels: np.ndarray, probs: np.ndarray | None = None, *, logits=None) -> None:
+    def __init__(self, labels: np.ndarray, probs: np.ndarray | None = None, *, logits=None, scale: int = 1) -> None:
         if (probs is None) == (logits is None):
             raise ValueError("a PhaseMap needs either probs or logits")
         self.labels = labels
         self._probs = probs
         self._logits = logits
+        self._scale = scale
 
     @property
     def probs(self) -> np.ndarray:
         """Probability of each phase (K, H, W), float32."""
         if self._probs is None:
             import torch
+            import torch.nn.functional as F
 
-            self._probs = torch.softmax(self._logits, dim=0).numpy()
+            logits = self._logits
+            if self._scale > 1:
+                size = (logits.shape[1] * self._scale, logits.shape[2] * self._scale)
+                logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+            h, w = self.labels.shape
+            self._probs = torch.softmax(logits[:, :h, :w], dim=0).numpy()
             self._logits = None
         return self._probs
 
@@ -66,6 +74,9 @@ class PhaseMap:
 
 DECODE_BATCH = 16
 """Tiles per decoder call in a whole prediction (one call for a 2048 x 1536 micrograph at 1024 px tiles)."""
+
+BAND_VALUES = 1 << 24
+"""Upsampled logits per band when a prediction's labels are taken (64 MiB of float32)."""
 
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
 """The 8 symmetries of the square as (quarter turns, horizontal flip first): the test-time augmentations."""
@@ -345,9 +356,8 @@ class Predictor:
 
     def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
         """Job: every tile decoded at the decoder's own resolution, the tiles' logits blended there, the blended
-        map upsampled once to the micrograph, then softmax and labels (torch buffers throughout)."""
+        map upsampled band by band into labels (the probabilities on first use)."""
         import torch
-        import torch.nn.functional as F
 
         h, w = image.shape
         grid = self.tile_grid(image.shape)
@@ -366,10 +376,16 @@ class Predictor:
                 weight[y // f : y // f + m, x // f : x // f + m] += window
             yield ProgressEvent("predict", i + len(origins), len(grid), message="decoder")
         acc /= weight
-        if f > 1:
-            acc = F.interpolate(acc[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
-        logits = acc[:, :h, :w]
-        return PhaseMap(_argmax(logits).numpy(), logits=logits)
+        if f == 1:
+            return PhaseMap(_argmax(acc[:, :h, :w]).numpy(), logits=acc)
+        # labels band by band: the full-size K x H x W map is never held (16384 x 16384 x 3 floats: 3 GiB)
+        labels = np.empty((h, w), np.uint8)
+        rows = max(f, (BAND_VALUES // (len(self.phases) * pw)) // f * f)
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            a0, a1, _, _ = _low_res_rows((y0, y1, 0, w), f, acc.shape[1:])
+            labels[y0:y1] = _argmax(_upsample_region(acc[:, a0:a1], (a0, 0), f, (y0, y1, 0, w))).numpy()
+        return PhaseMap(labels, logits=acc, scale=f)
 
     def tile_grid(self, shape: tuple[int, int]) -> TileGrid:
         """The tile layout of a micrograph, padded so that tiles start on whole pixels of the decoder's maps."""

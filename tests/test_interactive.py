@@ -287,3 +287,16 @@ def test_only_heavy_encoders_use_the_disk_store_and_any_signature_makes_a_valid_
     cheap = BoxBlind(model())
     cheap.heavy_encoder = False  # like the CNNs, whose "embedding" is the image itself
     assert Predictor(cheap, PHASES, cache_dir=store).store is None
+
+
+def test_labels_taken_band_by_band_equal_the_whole_upsampled_map(monkeypatch):
+    import napari_metalseg.predict as predict_module
+
+    m = model()
+    img = image((150, 170), seed=9)
+    whole = Predictor(m, PHASES, bf16=False).predict(img, ratios=[0.3, 0.3, 0.4])
+    monkeypatch.setattr(predict_module, "BAND_VALUES", 3 * 172 * 8)  # bands of 8 rows
+    banded = Predictor(m, PHASES, bf16=False).predict(img, ratios=[0.3, 0.3, 0.4])
+    assert np.array_equal(banded.labels, whole.labels)
+    np.testing.assert_allclose(banded.probs, whole.probs, atol=1e-6)
+    assert np.array_equal(banded.probs.argmax(0), banded.labels)
