@@ -241,7 +241,8 @@ class Predictor:
             s = grid.size
             for i in range(0, len(missing), self.batch_size):
                 batch_tiles = missing[i : i + self.batch_size]
-                stack = np.stack([padded[y : y + s, x : x + s] for y, x in (grid.origins[t] for t in batch_tiles)])
+                origins = (grid.origins[t] for t in batch_tiles)
+                stack = np.stack([padded[y : y + s, x : x + s] for y, x in origins]).astype(np.float32, copy=False)
                 batch = torch.from_numpy(stack).to(self.device)
                 with (
                     torch.inference_mode(),
@@ -556,13 +557,19 @@ def _single_thread_on_cpu(device: str):
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
+    """A 2-D image of at least 8 x 8 pixels: integer images are kept as they are (each tile is converted to float32
+    when it is encoded, so a huge 8-bit micrograph never exists as a float copy), others become float32 and must be
+    finite (checked in bands, without a full-size temporary)."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise MetalsegError(f"expected a 2-D grayscale image, got shape {image.shape}")
     if min(image.shape) < 8:
         raise MetalsegError(f"image of shape {image.shape} is too small (at least 8x8 pixels)")
+    if np.issubdtype(image.dtype, np.integer) or image.dtype == bool:
+        return image
     image = image.astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
+    rows = max(1, (1 << 22) // image.shape[1])
+    if not all(np.isfinite(image[y : y + rows]).all() for y in range(0, image.shape[0], rows)):
         raise MetalsegError("image contains NaN or infinite values")
     return image
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_metalseg.embeddings import EmbeddingCache
+from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.phase_sam import build_phase_sam, decode_paired
 from napari_metalseg.phases import UNLABELED, PhaseSet
 from napari_metalseg.predict import Predictor, _low_res_rows, _upsample_region
@@ -300,3 +301,35 @@ def test_labels_taken_band_by_band_equal_the_whole_upsampled_map(monkeypatch):
     assert np.array_equal(banded.labels, whole.labels)
     np.testing.assert_allclose(banded.probs, whole.probs, atol=1e-6)
     assert np.array_equal(banded.probs.argmax(0), banded.labels)
+
+
+def test_an_8_bit_micrograph_is_predicted_as_its_float_values_without_a_float_copy():
+    m = model()
+    img = np.random.default_rng(3).integers(0, 256, (150, 170), dtype=np.uint8)
+    as_int = Predictor(m, PHASES, bf16=False).predict(img, ratios=[0.3, 0.3, 0.4])
+    as_float = Predictor(m, PHASES, bf16=False).predict(img.astype(np.float32), ratios=[0.3, 0.3, 0.4])
+    assert np.array_equal(as_int.labels, as_float.labels)
+    np.testing.assert_allclose(as_int.probs, as_float.probs, atol=1e-6)
+    bad = img.astype(np.float32)
+    bad[140, 3] = np.nan
+    with pytest.raises(MetalsegError, match="NaN or infinite"):
+        Predictor(m, PHASES).predict(bad)
+
+
+def test_a_prediction_never_upsamples_the_whole_map_at_once(monkeypatch):
+    """Huge micrographs in bounded memory: the labels come from bands, no K x H x W float map is built."""
+    import napari_metalseg.predict as predict_module
+
+    sizes = []
+    original = F.interpolate
+
+    def spy(x, *args, **kwargs):
+        out = original(x, *args, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(F, "interpolate", spy)
+    monkeypatch.setattr(predict_module, "BAND_VALUES", 3 * 704 * 16)
+    result = Predictor(model(), PHASES, bf16=False).predict(image((600, 700)))
+    assert sizes and max(sizes) <= 2 * predict_module.BAND_VALUES < 3 * 600 * 700 // 10
+    assert result.labels.shape == (600, 700) and result._probs is None
