@@ -146,3 +146,37 @@ def test_killed_three_times_the_rerun_completes_with_every_output_once(trained_r
         except json.JSONDecodeError:  # a line cut by a kill
             pass
     assert sorted(names) == sorted(f.stem for f in files)  # every micrograph recorded exactly once
+
+
+def test_torchrun_ranks_share_a_folder(trained_run, tmp_path):
+    import shutil
+
+    files = _folder(tmp_path / "in", 7, size=32)
+    out = tmp_path / "out"
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun comes with torch"
+    command = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "napari_metalseg.cli",
+        "predict",
+        "--model",
+        str(trained_run[0]),
+        "--input",
+        str(tmp_path / "in"),
+        "--out",
+        str(out),
+        "--fp32",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob("manifest*.jsonl")) == ["manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl"]
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted(f.stem for f in files)
+    again = subprocess.run(
+        command[:1] + ["--standalone", "--nproc_per_node=1"] + command[3:], capture_output=True, text=True, timeout=300
+    )  # one process now: everything is done already
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout[again.stdout.index("{") : again.stdout.rindex("}") + 1])
+    assert summary["written"] == 0 and summary["skipped (done before)"] == 7

@@ -71,6 +71,13 @@ def predict(
     box_values = floats(box, "--box")
     ratios = floats(ratio, "--ratio")
     shard = shard_of_environment()
+    if device == "auto" and shard[1] > 1:  # under torchrun: one GPU per local rank where there are GPUs
+        import os
+
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard[0])) % torch.cuda.device_count()}"
     predictor = Predictor.from_run(run, device=device, bf16=False if fp32 else None)
     job = predict_folder_job(predictor, files, out, ratios=ratios, box=box_values, tta=tta, shard=shard)
     result = run_with_bar(job, "predicting", bar_kinds=("predict",), show_message=False)
