@@ -333,3 +333,12 @@ def test_a_prediction_never_upsamples_the_whole_map_at_once(monkeypatch):
     result = Predictor(model(), PHASES, bf16=False).predict(image((600, 700)))
     assert sizes and max(sizes) <= 2 * predict_module.BAND_VALUES < 3 * 600 * 700 // 10
     assert result.labels.shape == (600, 700) and result._probs is None
+
+
+def test_the_predict_dock_job_computes_probabilities_in_its_worker():
+    from napari_metalseg._widgets.predict import _with_probabilities
+    from napari_metalseg.progress import run_job
+
+    job = Predictor(model(), PHASES, bf16=False).predict_job(image((100, 120)))
+    result = run_job(_with_probabilities(job))  # run_job drives it as the napari worker does
+    assert result._probs is not None and result.probs.shape == (3, 100, 120)

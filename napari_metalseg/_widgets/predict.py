@@ -156,7 +156,18 @@ def start_prediction(
         if on_done is not None:
             on_done(phase_map, layer)
 
-    return dock.start_job(predictor.predict_job(image, ratios=ratios), desc, done, on_finish=on_finish)
+    job = predictor.predict_job(image, ratios=ratios)
+    if probabilities or uncertainty:
+        job = _with_probabilities(job)
+    return dock.start_job(job, desc, done, on_finish=on_finish)
+
+
+def _with_probabilities(job):
+    """The job, with its phase map's probabilities computed in the worker (they are computed on first use, which
+    would otherwise be the GUI thread showing the probability or uncertainty layers)."""
+    phase_map = yield from job
+    phase_map.probs  # noqa: B018  (the property computes and keeps them)
+    return phase_map
 
 
 class PredictWidget(DockWidget):
