@@ -153,8 +153,9 @@ class Predictor:
         reopening the same micrographs later; a store that cannot be read or written is skipped, it never fails a
         prediction.
     bf16 : bool or None
-        bfloat16 autocast for the encoder; default (None): :func:`napari_metalseg.precision.prediction_bf16`, on for
-        CUDA and CPUs with native bf16 (AVX512-BF16 / AMX) unless ``METALSEG_FP32=1``.
+        bfloat16 autocast for the networks (SAM's encoder and decoder, the CNNs); default (None):
+        :func:`napari_metalseg.precision.prediction_bf16`, on for CUDA and CPUs with native bf16 (AVX512-BF16 / AMX)
+        unless ``METALSEG_FP32=1``.
     batch_size : int
         Tiles per encoder batch (the decoder takes at least :data:`DECODE_BATCH` tiles per call).
 
@@ -411,9 +412,15 @@ class Predictor:
 
         with self._decoding():
             emb = emb.to(self.device)
-            r = None if ratio is None else torch.from_numpy(np.repeat(ratio[None], emb.shape[0], 0)).to(self.device)
+            r = self._ratio_rows(ratio, emb.shape[0])
             b = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
             return self.model.decode(emb, ratios=r, boxes=b, out_size=out_size).float().cpu()
+
+    def _ratio_rows(self, ratio: np.ndarray | None, n: int):
+        """The ratio vector repeated for ``n`` tiles, on the device (``None`` without guidance)."""
+        import torch
+
+        return None if ratio is None else torch.from_numpy(np.repeat(ratio[None], n, 0)).to(self.device)
 
     @contextlib.contextmanager
     def _decoding(self):
@@ -441,7 +448,7 @@ class Predictor:
         cell = m // self.model.embedding_size[0]
         cells = [(r0 // cell, -(-r1 // cell), c0 // cell, -(-c1 // cell)) for r0, r1, c0, c1 in rects]
         with self._decoding():
-            r = None if ratio is None else torch.from_numpy(np.repeat(ratio[None], len(boxes), 0)).to(self.device)
+            r = self._ratio_rows(ratio, len(boxes))
             b = torch.from_numpy(boxes.astype(np.float32)).to(self.device)
             parts = self.model.decode_masks(emb.to(self.device), r, b, cells)
         return [

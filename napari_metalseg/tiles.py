@@ -61,13 +61,6 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.origins)
 
-    @cached_property
-    def window(self) -> np.ndarray:
-        """Blending weight of a tile's pixels (all ones when one tile covers the image)."""
-        if len(self) == 1:
-            return np.ones((self.size, self.size), np.float32)
-        return blend_window(self.size)
-
     def tiles_for_box(self, box: tuple[int, int, int, int], margin: int = 0) -> list[int]:
         """The tiles a box prompt ``x0, y0, x1, y1`` is decoded on.
 
