@@ -29,7 +29,8 @@ Fields (``None`` where a field does not apply, with the reason in ``notes``):
 ``notes`` also flags a step that did not do what its name says: a cold prediction without an encoder call, or a
 cache hit or ratio update with one (the image encoder, ``model.embed``, is counted throughout).
 
-:func:`tiled_memory` measures the peak memory of a tiled prediction of a large micrograph.
+Peak memory of huge micrographs is measured by ``python -m benchmarks.memory`` (whole-process resident memory, in
+a fresh process per size; docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import os
 import platform
 import statistics
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -459,28 +459,3 @@ def format_table(results: dict) -> str:
     value_width = max(len(r[1]) for r in rows)
     lines += [f"{name:<{width}}  {value:>{value_width}}  {unit}".rstrip() for name, value, unit in rows]
     return "\n".join(lines)
-
-
-def tiled_memory(kind: str = "tiny", img_size: int = 256, image_size: int = 4096) -> dict:
-    """Peak Python-heap memory (tracemalloc, numpy buffers included; torch's own allocations, e.g. the cached
-    embeddings, are not seen) of a tiled prediction on a large image."""
-    from napari_metalseg.models.phase_sam import build_phase_sam
-    from napari_metalseg.phases import PhaseSet
-    from napari_metalseg.predict import Predictor
-
-    model, _ = build_phase_sam(kind, img_size=img_size, num_phases=3)
-    image = np.random.default_rng(0).random((image_size, image_size), dtype=np.float32)
-    predictor = Predictor(model.eval(), PhaseSet.from_names(["a", "b", "c"]))
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    result = predictor.predict(image)
-    seconds = time.perf_counter() - t0
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return {
-        "image_size": image_size,
-        "img_size": img_size,
-        "seconds": seconds,
-        "peak_mib": peak / 2**20,
-        "output_mib": (result.probs.nbytes + result.labels.nbytes) / 2**20,
-    }
