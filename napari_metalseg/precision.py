@@ -74,7 +74,7 @@ def prediction_bf16(device: str, *, fp32: bool = False) -> bool:
     return not fp32 and not fp32_forced() and native_bf16(device)
 
 
-def encoder_precision(kind: str, bf16: bool) -> str:
+def precision_label(kind: str, bf16: bool) -> str:
     """How a predictor with ``bf16`` runs a model ``kind``, for display: ``"bf16 autocast"`` or ``"fp32"``.
 
     The networks (SAM's encoder and decoder, the CNNs) run under autocast; the classical classifier alone is numpy

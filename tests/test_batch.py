@@ -30,6 +30,22 @@ def _folder(root: Path, count: int, size: int = 48) -> list[Path]:
     return paths
 
 
+def _predict_args(run: Path, folder: Path, out: Path) -> list[str]:
+    """``-m napari_metalseg.cli predict ...`` of a folder, for a Python or torchrun command line."""
+    return [
+        "-m",
+        "napari_metalseg.cli",
+        "predict",
+        "--model",
+        str(run),
+        "--input",
+        str(folder),
+        "--out",
+        str(out),
+        "--fp32",
+    ]
+
+
 @pytest.fixture(scope="module")
 def predictor(trained_run):
     return Predictor.from_run(trained_run[0], device="cpu", bf16=False)
@@ -107,19 +123,7 @@ def test_shards_split_the_folder_and_each_writes_its_own_manifest(predictor, tmp
 def test_killed_three_times_the_rerun_completes_with_every_output_once(trained_run, tmp_path):
     files = _folder(tmp_path / "in", 60, size=32)
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "napari_metalseg.cli",
-        "predict",
-        "--model",
-        str(trained_run[0]),
-        "--input",
-        str(tmp_path / "in"),
-        "--out",
-        str(out),
-        "--fp32",
-    ]
+    command = [sys.executable, *_predict_args(trained_run[0], tmp_path / "in", out)]
     rng = np.random.default_rng(7)
 
     def recorded() -> int:
@@ -155,21 +159,7 @@ def test_torchrun_ranks_share_a_folder(trained_run, tmp_path):
     out = tmp_path / "out"
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun comes with torch"
-    command = [
-        torchrun,
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "napari_metalseg.cli",
-        "predict",
-        "--model",
-        str(trained_run[0]),
-        "--input",
-        str(tmp_path / "in"),
-        "--out",
-        str(out),
-        "--fp32",
-    ]
+    command = [torchrun, "--standalone", "--nproc_per_node=2", *_predict_args(trained_run[0], tmp_path / "in", out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("manifest*.jsonl")) == ["manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl"]

@@ -232,21 +232,23 @@ def test_box_writes_inside_only_as_one_undo_step(loaded, qtbot):
     assert (np.asarray(target.data) == 0).all()
 
 
-def test_boxes_on_a_predicted_micrograph_run_no_encoder(loaded, qtbot):
-    """The Box prompts dock decodes from the micrograph's cached tile embeddings (issue 12)."""
-    session = session_of(loaded)
-    predict(loaded, qtbot)
+def _encoder_calls(monkeypatch, session) -> list:
+    """A list that grows by one at each call of the session model's image encoder from now on."""
     calls = []
     embed = session.model.embed
-    session.model.embed = lambda *a, **k: calls.append(1) or embed(*a, **k)
-    try:
-        widget = dock(loaded, "Box prompts")
-        widget.image.set_layer(IMAGE)
-        for corners in (((10, 10), (60, 90)), ((150, 200), (300, 330)), ((5, 300), (40, 380))):
-            _draw_box(loaded, qtbot, widget, corners)
-            assert widget.last_error is None
-    finally:
-        session.model.embed = embed
+    monkeypatch.setattr(session.model, "embed", lambda *a, **k: calls.append(1) or embed(*a, **k))
+    return calls
+
+
+def test_boxes_on_a_predicted_micrograph_run_no_encoder(loaded, qtbot, monkeypatch):
+    """The Box prompts dock decodes from the micrograph's cached tile embeddings (issue 12)."""
+    predict(loaded, qtbot)
+    calls = _encoder_calls(monkeypatch, session_of(loaded))
+    widget = dock(loaded, "Box prompts")
+    widget.image.set_layer(IMAGE)
+    for corners in (((10, 10), (60, 90)), ((150, 200), (300, 330)), ((5, 300), (40, 380))):
+        _draw_box(loaded, qtbot, widget, corners)
+        assert widget.last_error is None
     assert widget.last_box == (300, 5, 380, 40) and calls == []
 
 
@@ -276,12 +278,10 @@ def test_rebalance_keeps_sum_one():
     assert np.allclose(r, [0.4, 0.3, 0.3])
 
 
-def test_ratio_sliders_stay_normalised_and_rerun_only_the_decoder(loaded, qtbot):
+def test_ratio_sliders_stay_normalised_and_rerun_only_the_decoder(loaded, qtbot, monkeypatch):
     session = session_of(loaded)
     predict(loaded, qtbot)
-    calls = []
-    embed = session.model.embed
-    session.model.embed = lambda *a, **k: calls.append(1) or embed(*a, **k)
+    calls = _encoder_calls(monkeypatch, session)
     widget = dock(loaded, "Phase ratios")
     assert len(widget.sliders) == 3
     for index, value in ((0, 700), (2, 1000), (1, 300), (0, 0), (2, 123)):

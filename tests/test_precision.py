@@ -10,7 +10,7 @@ from napari_metalseg import precision
 from napari_metalseg.cli import main
 from napari_metalseg.data.synth import synthesize_micrograph
 from napari_metalseg.phases import PhaseSet, phase_fractions
-from napari_metalseg.precision import FP32_ENV, encoder_precision, native_bf16, prediction_bf16
+from napari_metalseg.precision import FP32_ENV, native_bf16, precision_label, prediction_bf16
 from napari_metalseg.predict import Predictor
 from napari_metalseg.training import TrainConfig, train, use_bf16
 
@@ -65,7 +65,7 @@ def test_trained_cnn_gives_the_same_phases_in_bf16_and_fp32(trained_cnn):
         a, b = fp32.predict(image, ratios=r), bf16.predict(image, ratios=r)
         assert _agreement(a, b) >= 0.99
         assert not np.array_equal(a.probs, b.probs)  # autocast really ran
-    assert encoder_precision(fp32.model.kind, True) == "bf16 autocast"
+    assert precision_label(fp32.model.kind, True) == "bf16 autocast"
 
 
 # -- the decision --------------------------------------------------------------------------------------------------
@@ -128,8 +128,8 @@ def test_the_predictor_and_training_ask_the_same_check(cpu_bf16, monkeypatch):
 
 
 def test_what_the_model_dock_says():
-    assert encoder_precision("tiny", True) == encoder_precision("elunet", True) == "bf16 autocast"
-    assert encoder_precision("vit_b", False) == encoder_precision("classical", True) == "fp32"
+    assert precision_label("tiny", True) == precision_label("elunet", True) == "bf16 autocast"
+    assert precision_label("vit_b", False) == precision_label("classical", True) == "fp32"
     assert precision.__doc__ and FP32_ENV in precision.__doc__
 
 

@@ -247,14 +247,14 @@ class ModelWidget(DockWidget):
             self.report.setPlainText("")
             return
         from napari_metalseg.models.lora import count_parameters
-        from napari_metalseg.precision import encoder_precision
+        from napari_metalseg.precision import precision_label
 
         model = session.model
         total, trainable = count_parameters(model)
         share = 100.0 * trainable / total if total else 0.0
         lora = getattr(model, "lora", None)
         finetune = getattr(model, "finetune_mode", None) or "?"
-        precision = encoder_precision(getattr(model, "kind", "?"), bool(getattr(session.predictor, "bf16", False)))
+        precision = precision_label(getattr(model, "kind", "?"), bool(getattr(session.predictor, "bf16", False)))
         lines = [
             f"<b>Phases</b>: {phase_legend_html(session.phases)}",
             f"<b>Model</b>: {getattr(model, 'kind', '?')} at {getattr(model, 'img_size', '?')} px, "
