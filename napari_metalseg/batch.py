@@ -7,7 +7,8 @@ micrograph whose line matches its input file and settings and whose mask exists,
 most the micrograph in flight (its mask, if written, is written again). A micrograph that cannot be read or
 predicted is reported and the batch goes on; the failures are summed up at the end.
 
-Several processes share a folder by rank (``RANK`` / ``WORLD_SIZE`` of ``torchrun``, or ``shard=(rank, count)``):
+Several processes share a folder by rank (``RANK`` / ``WORLD_SIZE`` of ``torchrun``,
+:func:`napari_metalseg.distributed.environment_rank`, or ``shard=(rank, count)``):
 process ``r`` takes every ``count``-th micrograph from the ``r``-th and appends to its own manifest file.
 """
 
@@ -44,17 +45,6 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def shard_of_environment() -> tuple[int, int]:
-    """``(rank, count)`` from ``torchrun``'s ``RANK`` and ``WORLD_SIZE`` (``(0, 1)`` when not set)."""
-    try:
-        rank, count = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise MetalsegError("RANK and WORLD_SIZE must be integers (set by torchrun)") from None
-    if not 0 <= rank < count:
-        raise MetalsegError(f"rank {rank} is not in 0..{count - 1} (WORLD_SIZE {count})")
-    return rank, count
 
 
 class Manifest:

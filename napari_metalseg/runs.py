@@ -191,7 +191,7 @@ def save_run(
             save_file(tensors, str(tmp), metadata={"format": "napari-metalseg", "version": str(FORMAT_VERSION)})
     write_run_config(run_dir, RunConfig(spec=spec, training=training or {}, metrics=metrics or {}))
     if history is not None:
-        atomic_write_text(run_dir / METRICS, json.dumps(history, indent=1, default=_json_default) + "\n")
+        write_history(run_dir, history)
     return run_dir
 
 
@@ -260,6 +260,20 @@ def load_run_weights(model, run_dir: str | Path) -> None:
         load_trainable_state_dict(model, state, source=str(adapter))
     except (RuntimeError, KeyError, ValueError) as exc:
         raise MetalsegError(f"{adapter}: does not fit the model in {CONFIG} ({exc})") from None
+
+
+def write_history(run_dir: str | Path, history: list) -> None:
+    """Write a run's history (one entry per step and per validation) as :data:`METRICS`, atomically."""
+    atomic_write_text(Path(run_dir) / METRICS, json.dumps(history, indent=1, default=_json_default) + "\n")
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """A run's history (:data:`METRICS`; empty when it has none or it cannot be read)."""
+    try:
+        history = json.loads((Path(run_dir) / METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [entry for entry in history if isinstance(entry, dict)] if isinstance(history, list) else []
 
 
 def update_training(run_dir: str | Path, **provenance: Any) -> RunConfig:

@@ -59,8 +59,9 @@ def predict(
     manifest.jsonl: a rerun after an interruption skips what is done. A micrograph that fails is reported and the
     others go on (exit status 1 when any failed). Under torchrun, each rank takes its share of the folder.
     """
-    from napari_metalseg.batch import predict_folder_job, shard_of_environment
+    from napari_metalseg.batch import predict_folder_job
     from napari_metalseg.cli.progress import run_with_bar
+    from napari_metalseg.distributed import environment_rank, rank_device
     from napari_metalseg.predict import Predictor
 
     if bf16:
@@ -70,15 +71,8 @@ def predict(
     files = input_files(input_path)
     box_values = floats(box, "--box")
     ratios = floats(ratio, "--ratio")
-    shard = shard_of_environment()
-    if device == "auto" and shard[1] > 1:  # under torchrun: one GPU per local rank where there are GPUs
-        import os
-
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard[0])) % torch.cuda.device_count()}"
-    predictor = Predictor.from_run(run, device=device, bf16=False if fp32 else None)
+    shard = environment_rank()
+    predictor = Predictor.from_run(run, device=rank_device(device), bf16=False if fp32 else None)
     job = predict_folder_job(predictor, files, out, ratios=ratios, box=box_values, tta=tta, shard=shard)
     result = run_with_bar(job, "predicting", bar_kinds=("predict",), show_message=False)
     if len(files) == 1 and result.failed:  # one micrograph asked for: its error is the command's error

@@ -10,7 +10,9 @@ import click
 
 from napari_metalseg.cli.errors import user_errors
 from napari_metalseg.cli.progress import TerminalProgress
+from napari_metalseg.cli.signals import StopOnSignal
 from napari_metalseg.cli.values import ratio_vectors
+from napari_metalseg.distributed import environment_rank
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
 from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS
@@ -158,29 +160,63 @@ def train(
     if not train_samples:
         raise MetalsegError(f"{data}: no labelled training images (masks/ with split train or no split)")
     val_samples = load_samples(dataset.labelled_split("val"))
-    click.echo(
-        f"training on {len(train_samples)} image(s), validating on {len(val_samples) or 'the training'} image(s)",
-        err=True,
-    )
-    progress = TerminalProgress("training")
-    progress.run(
-        run_training(
-            train_samples,
-            dataset.phases,
-            out,
-            config,
-            val_samples=val_samples or None,
-            resume=resume,
-            export_full=export_full,
+    rank, world = environment_rank()
+    if rank == 0:
+        ranks = f" on {world} processes (torchrun)" if world > 1 else ""
+        click.echo(
+            f"training on {len(train_samples)} image(s){ranks}, validating on "
+            f"{len(val_samples) or 'the training'} image(s)",
+            err=True,
         )
+    stop = StopOnSignal("training", echo=rank == 0)
+    job = run_training(
+        train_samples,
+        dataset.phases,
+        out,
+        config,
+        val_samples=val_samples or None,
+        stop=stop,
+        resume=resume,
+        export_full=export_full,
     )
-    last = progress.last
+    with stop:
+        last = _drive(job, rank=rank, world=world, out=out)
+    if stop():
+        if rank == 0:
+            click.echo(f"stopped: the run so far is in {out}; continue it with the same command and --resume", err=True)
+        sys.exit(stop.exit_status)
+    if rank != 0:  # rank 0 reports
+        return
     from napari_metalseg.runs import read_run_config
 
     steps_done = read_run_config(out).steps_done
     click.echo(
         json.dumps({"run": str(out), "steps_done": steps_done, "metrics": last.metrics if last else {}}, indent=2)
     )
+
+
+def _drive(job, *, rank: int, world: int, out: Path):
+    """Run the training ``job``: rank 0 shows its progress, the other ranks of a distributed run stay silent. A rank
+    that loses the others (one of them crashed or was killed) ends with one error line; returns the last event."""
+    from napari_metalseg.progress import run_job
+
+    try:
+        if rank == 0:
+            progress = TerminalProgress("training")
+            progress.run(job)
+            return progress.last
+        run_job(job)
+        return None
+    except RuntimeError as exc:  # torch.distributed's errors when a peer is gone
+        if world == 1:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(
+            f"error: rank {rank} of {world}: the distributed run ended ({first}); the last kept model and resume "
+            f"state are in {out}: rerun the same command with --resume",
+            err=True,
+        )
+        sys.exit(1)
 
 
 OPTION_OF_SETTING = {"model": "kind", "bf16": "fp32"}

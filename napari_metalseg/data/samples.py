@@ -159,9 +159,10 @@ class CropSampler:
         if not self.present:
             raise MetalsegError("the training masks contain no labelled pixels")
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One augmented crop: (image float32 size x size, mask uint8 size x size)."""
-        rng = self.rng
+    def sample(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One augmented crop: (image float32 size x size, mask uint8 size x size), drawn with ``rng`` (default: the
+        sampler's own generator)."""
+        rng = self.rng if rng is None else rng
         phase = self.present[rng.integers(len(self.present))]
         candidates = [i for i, w in enumerate(self._where) if len(w[phase])]
         i = candidates[rng.integers(len(candidates))]
@@ -180,26 +181,27 @@ class CropSampler:
             mask = ndimage.zoom(mask, zoom, order=0)[: self.size, : self.size]
             image, mask = _pad_to(image, mask, self.size)
         if self.augment:
-            image, mask = self._geometric(image, mask)
-            image = self._intensity(image)
+            image, mask = _geometric(image, mask, rng)
+            image = _intensity(image, rng)
         return image.astype(np.float32), mask
 
-    def _geometric(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        k = int(self.rng.integers(4))
-        image, mask = np.rot90(image, k), np.rot90(mask, k)
-        if self.rng.random() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
-    def _intensity(self, image: np.ndarray) -> np.ndarray:
-        rng = self.rng
-        image = np.clip(image, 0, 1) ** float(np.exp(rng.uniform(-0.4, 0.4)))
-        image = (image - image.mean()) * rng.uniform(0.7, 1.4) + image.mean() + rng.uniform(-0.1, 0.1)
-        if rng.random() < 0.3:
-            image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.2))
-        if rng.random() < 0.5:
-            image = image + rng.normal(0, rng.uniform(0.005, 0.04), image.shape)
-        return np.clip(image, 0, 1)
+def _geometric(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    k = int(rng.integers(4))
+    image, mask = np.rot90(image, k), np.rot90(mask, k)
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    image = np.clip(image, 0, 1) ** float(np.exp(rng.uniform(-0.4, 0.4)))
+    image = (image - image.mean()) * rng.uniform(0.7, 1.4) + image.mean() + rng.uniform(-0.1, 0.1)
+    if rng.random() < 0.3:
+        image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.2))
+    if rng.random() < 0.5:
+        image = image + rng.normal(0, rng.uniform(0.005, 0.04), image.shape)
+    return np.clip(image, 0, 1)
 
 
 def _crop_padded(image: np.ndarray, mask: np.ndarray, y0: int, x0: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ request and a wall-clock budget, validates periodically, keeps the best validate
 (atomically), records the steps it actually did, can resume, and can start from the weights of another run
 (``TrainConfig.init_from``). It trains every family of :mod:`napari_metalseg.models.registry` the same way: the
 gradient families (SAM, the CNNs) through one loop, the classical pixel classifier through its one-call fit.
-It is ready for ``torch.distributed``: no global state, sampling seeded per rank, only rank 0 validates and writes.
+Under ``torchrun`` it trains with DistributedDataParallel (:mod:`napari_metalseg.distributed`): each rank draws its
+own crops of the global batch, gradients are all-reduced, the ranks stop together, only rank 0 validates and writes.
 
 Modules
 -------
@@ -116,13 +117,16 @@ def train(
             f"init_from {config.init_from}: does not go with resume (resume continues the interrupted run in {out}; "
             "init_from starts a new run from the weights of another one): choose one"
         )
-    plan = plan_run(samples, phases, out, config, val_samples)
-    if family_of(config.model).gradient:
-        from napari_metalseg.training.loop import fit_gradient
+    from napari_metalseg.distributed import process_group
 
-        yield from fit_gradient(plan, stop=stop, resume=resume, export_full=export_full)
-    else:
-        from napari_metalseg.training.one_call import fit_once
+    with process_group(config.device):
+        plan = plan_run(samples, phases, out, config, val_samples)
+        if family_of(config.model).gradient:
+            from napari_metalseg.training.loop import fit_gradient
 
-        yield from fit_once(plan)
+            yield from fit_gradient(plan, stop=stop, resume=resume, export_full=export_full)
+        else:
+            from napari_metalseg.training.one_call import fit_once
+
+            yield from fit_once(plan)
     return plan.out

@@ -33,8 +33,16 @@ def box_from_mask(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.
     return box
 
 
-def make_batch(sampler: CropSampler, config: TrainConfig, num_phases: int, rng: np.random.Generator) -> tuple:
-    """One training batch of ``config.batch_size`` crops.
+def make_batch(
+    sampler: CropSampler, config: TrainConfig, num_phases: int, *, step: int, rank: int = 0, world: int = 1
+) -> tuple:
+    """The crops of ``rank`` for optimizer step ``step``: ``config.batch_size`` of the ``world * batch_size`` crops of
+    the global batch.
+
+    Every crop is drawn with its own generator, seeded by ``config.seed``, ``step`` and the crop's place in the global
+    batch; whether the batch carries phase ratios or boxes is drawn with one seeded by ``config.seed`` and ``step``
+    alone. So the ranks of a distributed run draw different crops, and together exactly those one process draws with
+    the same global batch; a resumed run draws the crops the uninterrupted one would have.
 
     Returns
     -------
@@ -42,24 +50,27 @@ def make_batch(sampler: CropSampler, config: TrainConfig, num_phases: int, rng: 
         Images (B, H, W), targets (B, H, W), ratios (B, K) or None, boxes (B, 4) or None. With boxes, the targets
         outside each box are unlabeled.
     """
-    crops = [sampler.sample() for _ in range(config.batch_size)]
+    first = rank * config.batch_size
+    rngs = [np.random.default_rng([config.seed, step, first + i]) for i in range(config.batch_size)]
+    shared = np.random.default_rng([config.seed, step])
+    crops = [sampler.sample(rng) for rng in rngs]
     images = np.stack([c[0] for c in crops])
     masks = np.stack([c[1] for c in crops])
     ratios = None
-    if config.encoder_guidance != "none" and rng.random() >= config.ratio_dropout:
+    if config.encoder_guidance != "none" and shared.random() >= config.ratio_dropout:
         vectors = []
-        for m in masks:
+        for m, rng in zip(masks, rngs, strict=True):
             r = phase_fractions(m, num_phases)
             r = np.full(num_phases, 1 / num_phases) if r is None else r
             r = np.clip(r + rng.normal(0, config.ratio_noise, num_phases), 0, None)
             vectors.append(r / max(r.sum(), 1e-6))
         ratios = np.stack(vectors).astype(np.float32)
     boxes = None
-    if config.uses_boxes and rng.random() < config.box_probability:
-        found = [box_from_mask(m, rng) for m in masks]
+    if config.uses_boxes and shared.random() < config.box_probability:
+        found = [box_from_mask(m, rng) for m, rng in zip(masks, rngs, strict=True)]
         if all(b is not None for b in found):
             boxes = np.stack(found).astype(np.float32)
-            for m, b in zip(masks, boxes):  # the loss only sees the inside of the box
+            for m, b in zip(masks, boxes, strict=True):  # the loss only sees the inside of the box
                 inside = np.zeros(m.shape, bool)
                 inside[int(b[1]) : int(np.ceil(b[3])), int(b[0]) : int(np.ceil(b[2]))] = True
                 m[~inside] = UNLABELED

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import math
 
-from napari_metalseg.runs import ENDED, KEPT_STEP, RESUME, STEPS_DONE, TRAIN_SECONDS, is_run, save_run, update_training
+from napari_metalseg.runs import (
+    ENDED,
+    KEPT_STEP,
+    RESUME,
+    STEPS_DONE,
+    TRAIN_SECONDS,
+    is_run,
+    read_history,
+    save_run,
+    update_training,
+    write_history,
+)
 from napari_metalseg.training.plan import RunPlan
 
 
@@ -56,12 +67,14 @@ class RunKeeper:
 
     def finish(self, step: int, seconds: float, ended: str) -> None:
         """Record in the run's configuration how it ended: ``step`` optimizer steps done in ``seconds`` of training,
-        ``ended`` one of :data:`~napari_metalseg.runs.ENDINGS` (the planned ``steps`` stay what they were)."""
+        ``ended`` one of :data:`~napari_metalseg.runs.ENDINGS` (the planned ``steps`` stay what they were), and write
+        the whole history (the steps after the kept model's too)."""
         if self.plan.rank == 0 and is_run(self.plan.out):
+            write_history(self.plan.out, self.history)
             update_training(self.plan.out, **{STEPS_DONE: step, TRAIN_SECONDS: round(seconds, 3), ENDED: ended})
 
     def save_resume(self, step: int, seconds: float) -> None:
-        """Write the resume state after ``step`` optimizer steps and ``seconds`` of training."""
+        """Write the resume state after ``step`` optimizer steps and ``seconds`` of training, and the history so far."""
         if self.plan.rank != 0:
             return
         import torch
@@ -78,6 +91,8 @@ class RunKeeper:
         }
         with atomic_path(self.plan.out / RESUME) as tmp:
             torch.save(state, tmp)
+        if is_run(self.plan.out):  # the history a resumed run continues
+            write_history(self.plan.out, self.history)
 
     def resume(self) -> tuple[int, float] | None:
         """Load the resume state into the model and the optimizer.
@@ -98,7 +113,9 @@ class RunKeeper:
         load_trainable_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.best = float(state["best"])
-        return int(state["step"]), float(state.get("seconds", 0.0))
+        step = int(state["step"])
+        self.history = [entry for entry in read_history(self.plan.out) if entry.get("step", 0) <= step]
+        return step, float(state.get("seconds", 0.0))
 
     def keep_on_stop(self, step: int) -> None:
         """On a stop request after ``step`` steps: save the current model unless a validated one is kept already."""

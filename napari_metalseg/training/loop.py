@@ -7,8 +7,6 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-import numpy as np
-
 from napari_metalseg.data.samples import CropSampler, normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import family_of
@@ -33,41 +31,45 @@ def fit_gradient(
     """
     import torch
 
+    from napari_metalseg.distributed import Agreement
+
     config = plan.config
     model, report = plan.spec.build(plan.device, seed=config.seed)
     yield _setup_event(model, report, plan)
     if config.init_from is not None:
         yield _initialise(model, plan)
-    net = model
-    if plan.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    net = _distributed(model, plan)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.total_steps(plan.samples)
     keeper = RunKeeper(plan=plan, model=model, optimizer=optimizer)
-    start, spent, rng = 0, 0.0, plan.rng
+    agree = Agreement(world=plan.world, device=plan.device)
+    start, spent = 0, 0.0
     resumed = keeper.resume() if resume else None
     if resumed is not None:
         start, spent = resumed
-        rng = np.random.default_rng([config.seed, plan.rank, start])
         yield ProgressEvent("info", step=start, total=total, message=f"resumed at step {start}")
-    sampler = _sampler(model, plan, rng)
+    sampler = _sampler(model, plan)
     amp = use_bf16(config, plan.device)
     if plan.spec.pooled:  # fitted before the network's clock starts: the budget is the network's training time
         yield from fit_companion(plan)
     pace = Pace(total=total, budget=config.budget_s, warmup=config.warmup, val_every=config.val_every, spent=spent)
     step, ended = start, None
     while step < total:
-        if stop is not None and stop():
+        if agree.stop(stop is not None and stop()):
             keeper.keep_on_stop(step)
             keeper.save_resume(step, pace.elapsed())
             keeper.finish(step, pace.elapsed(), "stopped")
             yield ProgressEvent("stopped", step, total, message=str(plan.out))
             return
         model.train()
-        batch = make_batch(sampler, config, len(plan.phases), rng)
+        batch = make_batch(sampler, config, len(plan.phases), step=step, rank=plan.rank, world=plan.world)
         lr = config.lr * pace.lr_factor(step)
         loss_value = _optimizer_step(model, net, optimizer, params, batch, lr=lr, plan=plan, amp=amp)
+        elapsed = pace.elapsed()
+        loss_value, out_of_time, due = agree.step(
+            loss_value, out_of_time=pace.out_of_time(elapsed), validate=pace.validation_due(step + 1, elapsed)
+        )
         if not math.isfinite(loss_value):
             keeper.save_resume(step, pace.elapsed())
             raise MetalsegError(
@@ -75,14 +77,13 @@ def fit_gradient(
                 f"{plan.out} is kept; try a lower learning rate (lr)"
             )
         step += 1
-        elapsed = pace.elapsed()
         shown_total = pace.shown_total(step, elapsed)
         keeper.history.append({"step": step, "loss": loss_value, "lr": lr, "seconds": round(elapsed, 3)})
         yield ProgressEvent(
             "train", step, shown_total, loss_value, {"lr": lr, "seconds": elapsed}, message=f"loss {loss_value:.4f}"
         )
-        ended = "steps" if step == total else "budget" if pace.out_of_time(elapsed) else None
-        if pace.validation_due(step, elapsed) or ended:
+        ended = "steps" if step == total else "budget" if out_of_time else None
+        if due or ended:
             pace.validated()
             yield from _validate(model, plan, keeper, step, shown_total, loss_value)
             keeper.save_resume(step, pace.elapsed())
@@ -98,6 +99,20 @@ def fit_gradient(
 
         export_full_model(plan.out, merge_lora(model))
     yield ProgressEvent("done", total, total, metrics=keeper.last_metrics, message=str(plan.out))
+
+
+def _distributed(model, plan: RunPlan):
+    """``model`` wrapped for a distributed run (DistributedDataParallel: gradients all-reduced over the ranks; batch
+    norm synchronised across GPUs), or itself in a single process. The wrapper shares ``model``'s parameters: the
+    loop saves ``model``."""
+    if plan.world == 1:
+        return model
+    import torch
+
+    if plan.device.startswith("cuda"):
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # guidance inputs (ratios, boxes) are drawn per batch: a step without them leaves their parameters unused
+    return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
 
 def _setup_event(model, report, plan: RunPlan) -> ProgressEvent:
@@ -126,21 +141,22 @@ def _initialise(model, plan: RunPlan) -> ProgressEvent:
     return ProgressEvent("info", message=f"continuing from the model of {source['run']}{companion}")
 
 
-def _sampler(model, plan: RunPlan, rng: np.random.Generator) -> CropSampler:
+def _sampler(model, plan: RunPlan) -> CropSampler:
     """Random crops of the training images; contrast-stretched first for a model that expects it (as the
     predictor does for every micrograph it is given)."""
     crops_from = plan.samples
     if getattr(model, "contrast", None) == "image":
         crops_from = [replace(s, image=normalize_contrast(s.image)) for s in plan.samples]
-    config = plan.config
-    seed = int(rng.integers(2**31))
-    return CropSampler(crops_from, config.img_size, len(plan.phases), seed=seed, augment=config.augment)
+    config = plan.config  # one seed for every rank: the crops are drawn per step (make_batch)
+    return CropSampler(crops_from, config.img_size, len(plan.phases), seed=config.seed, augment=config.augment)
 
 
 def _optimizer_step(model, net, optimizer, params, batch: tuple, *, lr: float, plan: RunPlan, amp: bool) -> float:
     """One AdamW step on ``batch`` at learning rate ``lr`` (bf16 autocast with ``amp``, gradients clipped to 1);
-    returns the loss."""
+    returns the loss (in a distributed run, that of the global batch)."""
     import torch
+
+    from napari_metalseg.distributed import sum_over_ranks
 
     images, masks, ratios, boxes = batch
     device = plan.device
@@ -152,7 +168,8 @@ def _optimizer_step(model, net, optimizer, params, batch: tuple, *, lr: float, p
         group["lr"] = lr
     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
         outputs = net(x, ratios=r, boxes=b)
-    loss = deep_supervision_loss(outputs, target, len(plan.phases))
+    reduce = sum_over_ranks if plan.world > 1 else None  # the loss of the global batch
+    loss = deep_supervision_loss(outputs, target, len(plan.phases), reduce=reduce)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)

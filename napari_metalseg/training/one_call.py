@@ -19,7 +19,7 @@ def fit_companion(plan: RunPlan) -> Iterator[ProgressEvent]:
     """Fit the classical pixel classifier a CNN is pooled with (spec ``pooled``) on the contrast-stretched training
     images and write it as the run's classifier file (``"info"`` events; ``load_run`` pools the two).
 
-    A resumed run keeps the classifier it already has.
+    A resumed run keeps the classifier it already has. Only rank 0 of a distributed run fits it (it writes the run).
     """
     from dataclasses import replace
 
@@ -29,17 +29,16 @@ def fit_companion(plan: RunPlan) -> Iterator[ProgressEvent]:
     from napari_metalseg.models.registry import CLASSIFIER
 
     path = plan.out / CLASSIFIER
-    if path.is_file() and (plan.out / RESUME).is_file():
-        return
+    if plan.rank != 0 or (path.is_file() and (plan.out / RESUME).is_file()):
+        return  # rank 0 writes the run
     t0 = time.perf_counter()
     yield ProgressEvent("info", message=f"fitting the classical pixel classifier pooled with the {plan.config.model}")
     stretched = [replace(s, image=normalize_contrast(s.image)) for s in plan.samples]
     tile = max(plan.config.img_size, MIN_PREDICT_SIZE)  # the tile the pooled model predicts at
     model = fit_classifier(stretched, len(plan.phases), tile_size=tile, seed=plan.config.seed, **CLASSICAL_FIT)
     seconds = time.perf_counter() - t0
-    if plan.rank == 0:
-        plan.out.mkdir(parents=True, exist_ok=True)
-        save_classifier(model, path)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    save_classifier(model, path)
     yield ProgressEvent(
         "info", metrics={"seconds": seconds}, message=f"classical pixel classifier fitted in {seconds:.1f} s"
     )

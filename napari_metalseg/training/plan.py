@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from napari_metalseg.data.samples import Sample, holdout_pixels
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.spec import ModelSpec
@@ -40,8 +38,6 @@ class RunPlan:
         The resolved torch device.
     rank, world : int
         This process's rank and the number of processes (``torch.distributed``; 0 and 1 without it).
-    rng : numpy.random.Generator
-        Seeded by ``config.seed`` and the rank.
     """
 
     out: Path
@@ -55,7 +51,6 @@ class RunPlan:
     device: str
     rank: int
     world: int
-    rng: np.random.Generator
 
 
 def plan_run(
@@ -65,7 +60,8 @@ def plan_run(
     config: TrainConfig,
     val_samples: list[Sample] | None = None,
 ) -> RunPlan:
-    """Plan a run of ``config``: seed torch and numpy, resolve the device, choose what validates.
+    """Plan a run of ``config``: seed torch, resolve the device (the local rank's GPU under torchrun), choose what
+    validates.
 
     Without ``val_samples``, ``config.holdout`` of the labelled pixels (whole 32 px squares) are set aside for
     validation (:func:`~napari_metalseg.data.samples.holdout_pixels`); with ``holdout=0`` the training images
@@ -78,14 +74,14 @@ def plan_run(
     """
     import torch
 
+    from napari_metalseg.distributed import rank_device
     from napari_metalseg.predict import resolve_device
 
     if not samples:
         raise MetalsegError("no labelled images to train on")
     rank, world = _rank()
-    device = resolve_device(config.device)
+    device = resolve_device(rank_device(config.device))
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng([config.seed, rank])
     spec = model_spec(config, phases)
     val_set = val_samples if val_samples else None
     source = "val"
@@ -112,7 +108,6 @@ def plan_run(
         device=device,
         rank=rank,
         world=world,
-        rng=rng,
     )
 
 
