@@ -48,26 +48,30 @@ def file_digest(path: str | Path) -> str:
 
 
 class Manifest:
-    """The append-only manifests of an output folder (one file per process).
+    """The append-only manifests of an output folder (one file per process): one JSON line per item done.
 
     Parameters
     ----------
     root : path
-        The output dataset folder.
+        The output folder.
     shard : (int, int)
         This process's rank and the number of processes: which file it appends to.
+    stem : str
+        The files' name: ``<stem>.jsonl`` for a single process, ``<stem>-r-of-n.jsonl`` for rank ``r`` of ``n``
+        (``manifest`` for predicted masks, ``quantify`` for measured fields).
     """
 
-    def __init__(self, root: str | Path, shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(self, root: str | Path, shard: tuple[int, int] = (0, 1), *, stem: str = "manifest") -> None:
         self.root = Path(root)
+        self.stem = stem
         rank, count = shard
-        self.path = self.root / (MANIFEST if count == 1 else f"manifest-{rank}-of-{count}.jsonl")
+        self.path = self.root / (f"{stem}.jsonl" if count == 1 else f"{stem}-{rank}-of-{count}.jsonl")
 
     def entries(self) -> dict[str, dict]:
-        """Every recorded micrograph, by name (the last line wins), from all processes' files; a line cut by a kill
-        (the last of a file) is ignored."""
+        """Every recorded item, by name (the last line wins), from all processes' files; a line cut by a kill (the
+        last of a file) is ignored."""
         entries: dict[str, dict] = {}
-        for path in sorted(self.root.glob("manifest*.jsonl")):
+        for path in sorted(self.root.glob(f"{self.stem}.jsonl")) + sorted(self.root.glob(f"{self.stem}-*-of-*.jsonl")):
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     entry = json.loads(line)

@@ -413,3 +413,63 @@ def test_docstring_examples_of_every_quantify_module():
         assert result.failed == 0, name
         attempted += result.attempted
     assert attempted >= 20
+
+
+class _CountingMeasure:
+    """Counts the fields actually measured (not taken from the record)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from napari_metalseg.quantify import sources
+
+        self.calls = 0
+        original = sources.quantify_mask
+
+        def counting(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(sources, "quantify_mask", counting)
+
+
+def test_a_rerun_takes_the_recorded_fields_and_measures_only_what_changed(tmp_path, monkeypatch):
+    from napari_metalseg.progress import run_job
+
+    folder = _mask_folder(tmp_path, {f"f{i}": _two_phase(n) for i, n in enumerate([30, 34, 32, 28, 26])})
+    plain = quantify_masks(folder).table()  # no record kept
+    assert not (folder / "quantify.jsonl").exists()
+    measured = _CountingMeasure(monkeypatch)
+    job = quantify_masks_job(folder, record=True)
+    for _ in range(2):  # interrupted after two fields
+        next(job)
+    job.close()
+    assert measured.calls == 2
+    with open(folder / "quantify.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"name": "f2", "sha')  # a line cut by a kill
+    first = run_job(quantify_masks_job(folder, record=True))
+    assert measured.calls == 5 and first.reused == 2  # the two recorded ones are not measured again
+    again = quantify_masks(folder, record=True)
+    assert measured.calls == 5 and again.reused == 5
+    assert again.table() == first.table() == plain
+    write_mask(folder / "f3.png", _two_phase(10))  # a mask predicted again
+    changed = quantify_masks(folder, record=True)
+    assert measured.calls == 6 and changed.reused == 4
+    assert changed.fields[3].fractions["martensite"] == pytest.approx(0.1)
+    quantify_masks(folder, record=True, grid_spacing=3)  # other settings: every field measured again
+    assert measured.calls == 11
+
+
+def test_a_folder_goes_on_past_a_bad_mask_and_the_cli_lists_it(tmp_path):
+    bad = _two_phase(30)
+    bad[9, 9] = 7
+    folder = _mask_folder(tmp_path, {"a": _two_phase(20), "bad": bad, "c": _two_phase(40)})
+    report = quantify_masks(folder, keep_going=True)
+    assert [f.image for f in report.fields] == ["a", "c"]
+    assert list(report.failed) == ["bad"] and "label values 7" in report.failed["bad"]
+    assert any(w.startswith("bad: ") for w in report.warnings) and report.to_dict()["failed"] == report.failed
+    out = tmp_path / "fields.csv"
+    result = CliRunner().invoke(main, ["quantify", "--masks", str(folder), "--csv", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "failed: bad: " in result.output and "1 mask(s) failed" in result.output
+    assert [row["image"] for row in csv.DictReader(out.open())] == ["a", "c"]  # the others are written
+    rerun = CliRunner().invoke(main, ["quantify", "--masks", str(folder)])
+    assert "2 field(s) taken from the record" in rerun.output

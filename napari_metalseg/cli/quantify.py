@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -77,11 +78,26 @@ def quantify(
     json_out: Path | None,
     plot_out: Path | None,
 ) -> None:
-    """Phase fractions per field and per sample: area fraction, ASTM E562 point count, 95 % CI, %RA, islands."""
+    """Phase fractions per field and per sample: area fraction, ASTM E562 point count, 95 % CI, %RA, islands.
+
+    A folder is quantified mask by mask, each field recorded in the folder's quantify.jsonl: a rerun after an
+    interruption takes the fields done from it. A mask that fails is reported and the others go on (exit status 1
+    when any failed).
+    """
     from napari_metalseg.quantify import quantify_masks_job
 
     spacing = grid_spacing(grid)
-    job = quantify_masks_job(masks, phases=phases, by=by, grid_spacing=spacing, truth=truth, pixel_size_um=pixel_size)
+    folder = masks.is_dir()  # a folder of thousands: keep going past a bad mask, keep a record for a rerun
+    job = quantify_masks_job(
+        masks,
+        phases=phases,
+        by=by,
+        grid_spacing=spacing,
+        truth=truth,
+        pixel_size_um=pixel_size,
+        record=folder,
+        keep_going=folder,
+    )
     report = run_with_bar(job, "quantifying", show_message=False, length=0)
     click.echo(report.table())
     if csv_out:
@@ -91,3 +107,10 @@ def quantify(
         report.to_json(json_out)
     if plot_out:
         report.plot(plot_out)
+    if report.reused:
+        click.echo(f"{report.reused} field(s) taken from the record of an earlier run (quantify.jsonl)", err=True)
+    if report.failed:
+        for name, reason in report.failed.items():
+            click.echo(f"failed: {name}: {reason}", err=True)
+        click.echo(f"{len(report.failed)} mask(s) failed (the others are quantified)", err=True)
+        sys.exit(1)

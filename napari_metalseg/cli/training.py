@@ -88,7 +88,12 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS
     help="Also fit the classical pixel classifier on the same labels and pool its probabilities with the CNN's "
     "(default for unet/unet3plus/elunet; docs/quality.md).",
 )
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run in --out (from the start when it has no resume state yet). Ctrl-C or SIGTERM "
+    "stops a run cleanly after the current step.",
+)
 @click.option(
     "--init-from",
     type=click.Path(path_type=Path),

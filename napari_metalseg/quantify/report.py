@@ -39,6 +39,8 @@ class Report:
     by: str = "sample"
     source: str = ""
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    reused: int = 0
 
     @property
     def has_truth(self) -> bool:
@@ -46,8 +48,10 @@ class Report:
 
     @property
     def warnings(self) -> list[str]:
-        """Skipped fields, then the area-fraction warnings (samples with %RA > 10 % or one field)."""
-        return [*self.skipped, *(w for s in self.samples for w in s.warnings)]
+        """Fields that failed, skipped fields, then the area-fraction warnings (samples with %RA > 10 % or one
+        field)."""
+        failed = [f"{name}: {reason}; not quantified" for name, reason in self.failed.items()]
+        return [*failed, *self.skipped, *(w for s in self.samples for w in s.warnings)]
 
     # -- tables -------------------------------------------------------------------------------------
 
@@ -94,6 +98,7 @@ class Report:
                 "fields": [f.to_dict() for f in self.fields],
                 "samples": [_sample_dict(s, points.get(s.sample)) for s in self.samples],
                 "skipped": self.skipped,
+                "failed": self.failed,
                 "warnings": self.warnings,
             }
         )

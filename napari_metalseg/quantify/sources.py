@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,9 @@ def quantify_masks(
     grid_spacing: int | None = None,
     truth: str | Path | None = None,
     pixel_size_um: float | None = None,
+    *,
+    record: bool = False,
+    keep_going: bool = False,
 ) -> Report:
     """Quantify every mask of a dataset or folder and summarise per sample.
 
@@ -52,9 +56,20 @@ def quantify_masks(
     """
     return run_job(
         quantify_masks_job(
-            source, phases=phases, by=by, grid_spacing=grid_spacing, truth=truth, pixel_size_um=pixel_size_um
+            source,
+            phases=phases,
+            by=by,
+            grid_spacing=grid_spacing,
+            truth=truth,
+            pixel_size_um=pixel_size_um,
+            record=record,
+            keep_going=keep_going,
         )
     )
+
+
+RECORD = "quantify"
+"""Stem of a folder's record of measured fields (``quantify.jsonl``, see :func:`quantify_masks_job`)."""
 
 
 def quantify_masks_job(
@@ -64,8 +79,13 @@ def quantify_masks_job(
     grid_spacing: int | None = None,
     truth: str | Path | None = None,
     pixel_size_um: float | None = None,
+    *,
+    record: bool = False,
+    keep_going: bool = False,
 ) -> Job[Report]:
     """Quantify every mask of a dataset or folder and summarise per sample, as a job (:mod:`napari_metalseg.progress`).
+
+    The masks are read one at a time: memory holds one mask and the measurements, whatever the number of fields.
 
     Parameters
     ----------
@@ -85,6 +105,16 @@ def quantify_masks_job(
         are used when present for every phase.
     pixel_size_um : float, optional
         Pixel size for fields whose metadata.csv has none.
+    record : bool
+        Keep the folder's record of measured fields, ``quantify.jsonl`` next to ``phases.json``: one line per
+        field (its name, the sha256 of its mask file, the settings that change its measurements, the
+        measurements), appended and flushed to disk as each field is done. A rerun takes every field whose line
+        matches its mask file and settings from the record instead of measuring it again, so an interrupted
+        quantification of thousands of fields goes on where it stopped. A folder that cannot be written is
+        quantified without a record (a warning says so).
+    keep_going : bool
+        A mask that cannot be read or holds values that are not phases is reported in :attr:`Report.failed` and the
+        others are quantified (default: the error ends the job).
 
     Yields
     ------
@@ -94,30 +124,105 @@ def quantify_masks_job(
     Returns
     -------
     Report
+        With :attr:`Report.reused`: the fields taken from the record.
 
     Raises
     ------
     MetalsegError
-        No masks, no phases.json, a mask value that is not a phase (naming the file), every mask empty, a bad
-        metadata value, a missing true mask, a bad grouping. Empty masks (all 255) are skipped with a warning.
+        No masks, no phases.json, a mask value that is not a phase (naming the file; without ``keep_going``), every
+        mask empty or failed, a bad metadata value, a missing true mask, a bad grouping. Empty masks (all 255) are
+        skipped with a warning.
     """
     by = _check_by(by)
     if grid_spacing is not None:
         _check_spacing(grid_spacing)
-    sources, phase_set, label = _collect(source, phases, pixel_size_um)
+    sources, phase_set, label, root = _collect(source, phases, pixel_size_um)
     if truth is not None:
         _attach_truth(sources, Path(truth), phase_set)
-    fields, skipped = [], []
+    kept = _FieldRecord(root) if record and root is not None else None
+    fields, skipped, failed, reused = [], [], {}, 0
     for i, src in enumerate(sources):
-        field_result = _quantify_source(src, phase_set, grid_spacing)
+        settings = _settings(src, phase_set, grid_spacing)
+        field_result, found = kept.lookup(src, settings) if kept is not None else (None, False)
+        reused += found
+        if not found:
+            try:
+                field_result = _quantify_source(src, phase_set, grid_spacing)
+            except MetalsegError as exc:
+                if not keep_going:
+                    raise
+                failed[src.name] = str(exc)
+                yield ProgressEvent("quantify", i + 1, len(sources), message=src.name)
+                continue
+            if kept is not None:
+                kept.add(src, settings, field_result)
         if field_result is None:
             skipped.append(f"{src.name}: no labelled pixels (all 255 = unlabeled); skipped")
         else:
             fields.append(field_result)
         yield ProgressEvent("quantify", i + 1, len(sources), message=src.name)
+    if kept is not None and kept.warning:
+        skipped.append(kept.warning)
     if not fields:
-        raise MetalsegError(f"{label}: every mask is empty (all pixels 255 = unlabeled); nothing to quantify")
-    return make_report(fields, phase_set, by=by, source=label, skipped=skipped)
+        reason = "every mask failed or is empty" if failed else "every mask is empty (all pixels 255 = unlabeled)"
+        raise MetalsegError(f"{label}: {reason}; nothing to quantify")
+    report = make_report(fields, phase_set, by=by, source=label, skipped=skipped)
+    report.failed, report.reused = failed, reused
+    return report
+
+
+def _settings(src: _Source, phases: PhaseSet, grid_spacing: int | None) -> dict:
+    """What a field's measurements depend on besides its mask (as JSON gives it back)."""
+    settings = {
+        "phases": phases.names,
+        "grid_spacing": grid_spacing,
+        "pixel_size_um": src.pixel_size_um,
+        "magnification": src.magnification,
+        "sample": src.sample,
+        "true_fractions": src.true_fractions,
+    }
+    return json.loads(json.dumps(settings))
+
+
+class _FieldRecord:
+    """A folder's ``quantify.jsonl`` (:func:`quantify_masks_job`'s ``record``)."""
+
+    def __init__(self, root: Path) -> None:
+        from napari_metalseg.batch import Manifest
+
+        self.manifest: Manifest | None = Manifest(root, stem=RECORD)
+        self.done = self.manifest.entries()
+        self.warning = ""
+
+    def lookup(self, src: _Source, settings: dict) -> tuple[FieldResult | None, bool]:
+        """``(the recorded measurements or None for an empty mask, True)`` when the record has this field with
+        this mask file and these settings; ``(None, False)`` otherwise."""
+        from napari_metalseg.batch import file_digest
+
+        entry = self.done.get(src.name)
+        if entry is None or entry.get("settings") != settings or entry.get("sha256") != file_digest(src.path):
+            return None, False
+        try:
+            return (FieldResult(**entry["field"]) if entry["field"] is not None else None), True
+        except (KeyError, TypeError):  # a line of another version: measure again
+            return None, False
+
+    def add(self, src: _Source, settings: dict, field_result: FieldResult | None) -> None:
+        from napari_metalseg.batch import file_digest
+
+        if self.manifest is None:
+            return
+        entry = {
+            "name": src.name,
+            "sha256": file_digest(src.path),
+            "settings": settings,
+            "field": asdict(field_result) if field_result is not None else None,
+        }
+        try:
+            self.manifest.record(entry)
+        except OSError as exc:
+            self.warning = f"{self.manifest.path}: cannot be written ({exc.strerror}); no record of the fields kept"
+            self.manifest = None
 
 
 def _quantify_source(src: _Source, phases: PhaseSet, grid_spacing: int | None) -> FieldResult | None:
@@ -138,12 +243,14 @@ def _quantify_source(src: _Source, phases: PhaseSet, grid_spacing: int | None) -
     )
 
 
-def _collect(source: Any, phases: Any, pixel_size_um: float | None) -> tuple[list[_Source], PhaseSet, str]:
+def _collect(source: Any, phases: Any, pixel_size_um: float | None) -> tuple[list[_Source], PhaseSet, str, Path | None]:
+    """The masks to quantify, their phases, the source's label and the folder that keeps the record (None: one
+    file)."""
     from napari_metalseg.data.dataset import Dataset
 
     pixel_size_um = _check_pixel_size(pixel_size_um, "pixel size")
     if isinstance(source, Dataset):
-        return _from_dataset(source, phases, pixel_size_um)
+        return (*_from_dataset(source, phases, pixel_size_um), Path(source.root))
     path = Path(source)
     if path.is_file():
         root, files = path.parent, [(path.stem, path, "")]
@@ -156,7 +263,7 @@ def _collect(source: Any, phases: Any, pixel_size_um: float | None) -> tuple[lis
     meta = _read_meta(root)
     folder = root.resolve().name
     sources = [_source_from_meta(name, p, meta, phase_set, sub or folder, pixel_size_um) for name, p, sub in files]
-    return sources, phase_set, str(path)
+    return sources, phase_set, str(path), root if path.is_dir() else None
 
 
 def _from_dataset(ds: Dataset, phases: Any, pixel_size_um: float | None) -> tuple[list[_Source], PhaseSet, str]:
