@@ -41,17 +41,52 @@ class PhaseMap:
     (15 ms saved on 2048 x 1536), and a huge micrograph's labels never need a full-size float map.
     """
 
-    def __init__(self, labels: np.ndarray, probs: np.ndarray | None = None, *, logits=None, scale: int = 1) -> None:
-        if (probs is None) == (logits is None):
-            raise ValueError("a PhaseMap needs either probs or logits")
+    def __init__(
+        self,
+        labels: np.ndarray,
+        probs: np.ndarray | None = None,
+        *,
+        logits=None,
+        scale: int = 1,
+        num_phases: int | None = None,
+    ) -> None:
+        if probs is not None and logits is not None:
+            raise ValueError("a PhaseMap takes probs or logits, not both")
+        if probs is None and logits is None and num_phases is None:
+            raise ValueError("a PhaseMap of labels only needs num_phases")
         self.labels = labels
         self._probs = probs
         self._logits = logits
         self._scale = scale
+        self._num_phases = num_phases
+
+    @property
+    def num_phases(self) -> int:
+        """K."""
+        if self._num_phases is not None:
+            return self._num_phases
+        return self._probs.shape[0] if self._probs is not None else self._logits.shape[0]
+
+    @property
+    def has_probs(self) -> bool:
+        """Whether the probabilities exist (or can be computed): not for a micrograph predicted as a stream."""
+        return self._probs is not None or self._logits is not None
 
     @property
     def probs(self) -> np.ndarray:
-        """Probability of each phase (K, H, W), float32."""
+        """Probability of each phase (K, H, W), float32.
+
+        Raises
+        ------
+        MetalsegError
+            For a micrograph predicted as a stream (:data:`STREAM_PIXELS`): only its labels are kept.
+        """
+        if not self.has_probs:
+            h, w = self.labels.shape
+            raise MetalsegError(
+                f"the {w} x {h} micrograph was predicted as a stream of tiles (more than {STREAM_PIXELS:,} pixels): "
+                "only its labels are kept, no probability maps"
+            )
         if self._probs is None:
             import torch
             import torch.nn.functional as F
@@ -67,7 +102,7 @@ class PhaseMap:
 
     def fractions(self) -> np.ndarray:
         """Area fraction of each phase over the predicted pixels."""
-        k = self.probs.shape[0] if self._logits is None else self._logits.shape[0]
+        k = self.num_phases
         fractions = phase_fractions(self.labels, k)
         return np.zeros(k) if fractions is None else fractions
 
@@ -77,6 +112,10 @@ DECODE_BATCH = 16
 
 BAND_VALUES = 1 << 24
 """Upsampled logits per band when a prediction's labels are taken (64 MiB of float32)."""
+
+STREAM_PIXELS = 1 << 25
+"""Micrographs with more pixels (5793 x 5793) are predicted as a stream: row of tiles after row of tiles, their
+embeddings not cached and only the labels kept, so memory grows with one row of tiles, not with the micrograph."""
 
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
 """The 8 symmetries of the square as (quarter turns, horizontal flip first): the test-time augmentations."""
@@ -238,24 +277,32 @@ class Predictor:
                     entry.store(range(len(grid)), torch.from_numpy(stored["embeddings"]))
         missing = entry.missing(tiles)
         if missing:
-            padded = _pad_image(image, *grid.padded_shape)
-            s = grid.size
+            fill = float(image.mean())
             for i in range(0, len(missing), self.batch_size):
                 batch_tiles = missing[i : i + self.batch_size]
-                origins = (grid.origins[t] for t in batch_tiles)
-                stack = np.stack([padded[y : y + s, x : x + s] for y, x in origins]).astype(np.float32, copy=False)
-                batch = torch.from_numpy(stack).to(self.device)
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16),
-                ):
-                    entry.store(batch_tiles, self.model.embed(self.model.preprocess(batch)).float().cpu())
+                entry.store(batch_tiles, self._encode(image, grid, batch_tiles, fill))
                 done = min(i + self.batch_size, len(missing))
                 yield ProgressEvent("embed", done, len(missing), message="image encoder")
             if entry.complete and self.store is not None:
                 with contextlib.suppress(MetalsegError):  # a full disk or a read-only folder: memory cache only
                     self.store.save(disk_key, {"embeddings": entry.tensor.numpy()}, metadata={"entry": key})
         return entry.get(tiles)
+
+    def _encode(self, image: np.ndarray, grid: TileGrid, tiles: Sequence[int], fill: float):
+        """The embeddings (B, C, h, w), float32 on the CPU, of ``tiles`` of the micrograph padded with ``fill`` (its
+        mean: as training crops are padded) to the grid's padded shape, tile by tile (one encoder call; under bf16
+        autocast when :attr:`bf16`)."""
+        import torch
+
+        s = grid.size
+        stack = np.full((len(tiles), s, s), fill, np.float32)
+        for tile, t in zip(stack, tiles, strict=True):
+            y, x = grid.origins[t]
+            inside = image[y : y + s, x : x + s]
+            tile[: inside.shape[0], : inside.shape[1]] = inside
+        batch = torch.from_numpy(stack).to(self.device)
+        with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.embed(self.model.preprocess(batch)).float().cpu()
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict_job(
@@ -306,6 +353,14 @@ class Predictor:
             try:
                 if box is not None:
                     return (yield from self._predict_box(image, box, ratio))
+                if image.size > STREAM_PIXELS:
+                    if tta:
+                        raise MetalsegError(
+                            f"test-time augmentation needs the probability maps, which a micrograph of more than "
+                            f"{STREAM_PIXELS:,} pixels does not keep ({image.shape[1]} x {image.shape[0]}); "
+                            "predict it without tta"
+                        )
+                    return (yield from self._predict_stream(image, ratio))
                 if not tta:
                     return (yield from self._predict_tiled(image, ratio))
                 return (yield from self._predict_tta(image, ratio))
@@ -388,6 +443,52 @@ class Predictor:
             a0, a1, _, _ = _low_res_rows((y0, y1, 0, w), f, acc.shape[1:])
             labels[y0:y1] = _argmax(_upsample_region(acc[:, a0:a1], (a0, 0), f, (y0, y1, 0, w))).numpy()
         return PhaseMap(labels, logits=acc, scale=f)
+
+    def _predict_stream(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
+        """Job: a huge micrograph predicted row of tiles after row of tiles, blended like :meth:`_predict_tiled`
+        (the same labels), without caching its embeddings. The blended map is held only for the rows a later row
+        of tiles still overlaps; the rows no tile changes any more become labels at once. One ``"predict"`` event
+        per row of tiles."""
+        import torch
+
+        h, w = image.shape
+        grid = self.tile_grid(image.shape)
+        m, f = self._mask_scale()
+        ph, pw = grid.padded_shape
+        k, margin = len(self.phases), 1 if f > 1 else 0  # bilinear upsampling reads one map row beyond
+        fill = float(image.mean())
+        window = self._window(grid)
+        starts = sorted({y for y, _ in grid.origins})
+        labels = np.empty((h, w), np.uint8)
+        acc, weight = torch.zeros((k, 0, pw // f)), torch.zeros((0, pw // f))
+        top, emitted, done = 0, 0, 0  # map row of acc[:, 0]; pixel rows labelled; tiles done
+        for r, y in enumerate(starts):
+            row = [t for t, (ty, _) in enumerate(grid.origins) if ty == y]
+            grow = (y + grid.size) // f - top - acc.shape[1]
+            if grow > 0:
+                acc = torch.cat([acc, torch.zeros((k, grow, pw // f))], 1)
+                weight = torch.cat([weight, torch.zeros((grow, pw // f))], 0)
+            for i in range(0, len(row), self.batch_size):
+                tiles = row[i : i + self.batch_size]
+                logits = self._decode(self._encode(image, grid, tiles, fill), ratio, None, (m, m))
+                for j, t in enumerate(tiles):
+                    ty, tx = grid.origins[t]
+                    acc[:, ty // f - top : ty // f - top + m, tx // f : tx // f + m].addcmul_(logits[j], window)
+                    weight[ty // f - top : ty // f - top + m, tx // f : tx // f + m] += window
+            done += len(row)
+            yield ProgressEvent("predict", done, len(grid), message="rows of tiles")
+            last = r == len(starts) - 1
+            final = h if last else min(h, (starts[r + 1] // f - margin) * f)  # no later tile reaches above
+            if final > emitted:
+                a0, a1, _, _ = _low_res_rows((emitted, final, 0, w), f, (ph // f, pw // f))
+                band = acc[:, a0 - top : a1 - top] / weight[a0 - top : a1 - top]
+                labels[emitted:final] = _argmax(_upsample_region(band, (a0, 0), f, (emitted, final, 0, w))).numpy()
+                emitted = final
+            keep = max(top, emitted // f - 1)  # the map rows the next labels still read (_low_res_rows' margin)
+            if keep > top:
+                acc, weight = acc[:, keep - top :].clone(), weight[keep - top :].clone()
+                top = keep
+        return PhaseMap(labels, num_phases=k)
 
     def tile_grid(self, shape: tuple[int, int]) -> TileGrid:
         """The tile layout of a micrograph, padded so that tiles start on whole pixels of the decoder's maps."""
@@ -579,13 +680,3 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if not all(np.isfinite(image[y : y + rows]).all() for y in range(0, image.shape[0], rows)):
         raise MetalsegError("image contains NaN or infinite values")
     return image
-
-
-def _pad_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pad at the bottom/right to (h, w) with the image mean (as training crops are padded)."""
-    ih, iw = image.shape
-    if ih >= h and iw >= w:
-        return image
-    out = np.full((max(h, ih), max(w, iw)), float(image.mean()), np.float32)
-    out[:ih, :iw] = image
-    return out

@@ -188,6 +188,30 @@ def test_predict_creates_coloured_phase_layer(loaded, qtbot):
     assert np.allclose(probs.sum(0), 1.0, atol=1e-4)
 
 
+def test_a_huge_micrograph_is_shown_as_a_read_only_multiscale_layer(loaded, qtbot, monkeypatch):
+    """A micrograph predicted as a stream (above STREAM_PIXELS, lowered here) is shown lazily: multiscale levels
+    that are views of the labels, read-only, no probability layers; its fractions and mask read the full level."""
+    import napari_metalseg._widgets.layers as layers_module
+    import napari_metalseg.predict as predict_module
+    from napari_metalseg._widgets.layers import mask_of_layer
+
+    image = loaded.layers[IMAGE]
+    monkeypatch.setattr(predict_module, "STREAM_PIXELS", image.data.size - 1)
+    monkeypatch.setattr(layers_module, "PYRAMID_SIDE", max(image.data.shape) // 4)
+    layer = predict(loaded, qtbot, probabilities=True)
+    widget = dock(loaded, "Predict")
+    assert layer.multiscale and len(layer.data) == 3 and not layer.editable
+    expected = session_of(loaded).predictor.predict(np.asarray(image.data)).labels
+    assert np.array_equal(np.asarray(layer.data[0]), expected + 1)
+    assert np.shares_memory(layer.data[2], layer.data[0])  # the coarser levels are views, not copies
+    assert np.array_equal(mask_of_layer(layer), expected)
+    assert not [n for n in loaded.layers if " P(" in n.name]  # a stream keeps no probabilities
+    assert "multiscale" in widget.result.text() and "no probability" in widget.result.text()
+    assert widget.forget_corrections() == 0
+    predict(loaded, qtbot)  # predicted again: the multiscale layer is replaced, not duplicated
+    assert [n.name for n in loaded.layers].count(PHASE_LAYER) == 1
+
+
 # -- box prompts ---------------------------------------------------------------------------------------------------
 
 

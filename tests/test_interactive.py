@@ -342,3 +342,35 @@ def test_the_predict_dock_job_computes_probabilities_in_its_worker():
     job = Predictor(model(), PHASES, bf16=False).predict_job(image((100, 120)))
     result = run_job(_with_probabilities(job))  # run_job drives it as the napari worker does
     assert result._probs is not None and result.probs.shape == (3, 100, 120)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "elunet"])
+def test_a_huge_micrograph_is_streamed_by_rows_of_tiles_to_the_same_labels(kind, monkeypatch):
+    """Above STREAM_PIXELS the micrograph is predicted row of tiles after row of tiles (nothing cached, labels only):
+    the labels are those of the cached, whole-map path, for SAM (maps 4 times coarser) and a CNN (full resolution)."""
+    import napari_metalseg.predict as predict_module
+    from napari_metalseg.models.spec import ModelSpec
+
+    if kind == "tiny":
+        m, img = model(), image((150, 170), seed=4)
+    else:
+        m = ModelSpec(kind="elunet", img_size=64, phases=PHASES.to_json()).build("cpu")[0].eval()
+        img = image((1100, 700), seed=4)  # 3 x 2 tiles of 512 px
+    whole = Predictor(m, PHASES, bf16=False).predict(img)
+    monkeypatch.setattr(predict_module, "STREAM_PIXELS", img.size - 1)
+    streamed_by = Predictor(m, PHASES, bf16=False)
+    grid = streamed_by.tile_grid(img.shape)
+    assert len({y for y, _ in grid.origins}) >= 3  # several rows of tiles, so rows are labelled before the end
+    counter = CountingEncoder(m)
+    events = []
+    from napari_metalseg.progress import run_job
+
+    streamed = run_job(streamed_by.predict_job(img), events.append)
+    assert np.array_equal(streamed.labels, whole.labels)
+    assert counter.tiles == len(grid) and len(streamed_by.cache) == 0  # each tile once, nothing cached
+    assert [e.step for e in events][-1] == len(grid)
+    np.testing.assert_allclose(streamed.fractions(), whole.fractions())
+    with pytest.raises(MetalsegError, match="predicted as a stream of tiles"):
+        streamed.probs  # noqa: B018
+    with pytest.raises(MetalsegError, match="predict it without tta"):
+        streamed_by.predict(img, tta=True)

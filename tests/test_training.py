@@ -229,7 +229,7 @@ def test_the_loss_of_ranks_sharing_a_batch_is_the_loss_and_gradient_of_the_whole
 
     losses = [segmentation_loss(halves[r], targets[r], 3, reduce=reduce_over(r)) for r in (0, 1)]
     for loss in losses:
-        assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+        assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
         loss.backward()
     averaged = torch.cat([h.grad for h in halves]) / 2
     torch.testing.assert_close(averaged, whole.grad, rtol=1e-5, atol=1e-7)

@@ -194,9 +194,56 @@ def phases_of_layer(layer: Layer | None) -> PhaseSet | None:
         return None
 
 
+PYRAMID_SIDE = 2048
+"""The coarsest level of a multiscale phases layer has its longer side at most this (:func:`label_pyramid`)."""
+
+
+def label_pyramid(labels: np.ndarray, coarsest: int | None = None) -> list[np.ndarray]:
+    """The levels of a multiscale Labels layer: ``labels``, then every second pixel of the level above, until the
+    longer side is at most ``coarsest`` (default :data:`PYRAMID_SIDE`; at least two levels, as napari needs). Every
+    level but the first is a strided view: no copy."""
+    coarsest = PYRAMID_SIDE if coarsest is None else coarsest
+    levels = [labels]
+    while len(levels) < 2 or max(levels[-1].shape) > coarsest:
+        levels.append(levels[-1][::2, ::2])
+    return levels
+
+
+def show_phase_pyramid(
+    viewer,
+    mask: np.ndarray,
+    phases: PhaseSet,
+    name: str,
+    scale: tuple | None = None,
+    translate: tuple | None = None,
+    metadata: dict | None = None,
+    units: tuple | None = None,
+) -> Labels:
+    """Show the phase map of a huge micrograph lazily, in layer ``name``: a multiscale Labels layer, of which napari
+    reads only the level and the region on screen. napari paints on single-scale layers only, so it is read-only.
+
+    Raises
+    ------
+    MetalsegError
+        When ``name`` is a single-scale layer (it may hold the user's work: it is kept as it is).
+    """
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is not None and not getattr(layer, "multiscale", False):
+        raise MetalsegError(
+            f"layer {name!r} is a single-scale layer and the new phase map of {mask.shape[1]} x {mask.shape[0]} "
+            "pixels is shown as a multiscale one: rename or remove that layer first (it is kept as it is)"
+        )
+    if layer is not None:
+        viewer.layers.remove(layer)
+    kwargs = labels_layer_kwargs(phases, name, scale, translate, metadata, units)
+    layer = viewer.add_labels(label_pyramid(mask_to_labels(mask)), multiscale=True, **kwargs)
+    layer.editable = False
+    return layer
+
+
 def mask_of_layer(layer: Labels, num_phases: int | None = None) -> np.ndarray:
-    """The mask (phase index, 255 unlabeled) of a 2-D phase Labels layer."""
-    data = np.asarray(layer.data)
+    """The mask (phase index, 255 unlabeled) of a 2-D phase Labels layer (multiscale: its full resolution)."""
+    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
     if data.ndim != 2:
         raise MetalsegError(f"labels layer {layer.name!r} has shape {data.shape}; a 2-D phase map is needed")
     return labels_to_mask(data, num_phases)

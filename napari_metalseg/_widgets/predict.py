@@ -24,6 +24,7 @@ from napari_metalseg._widgets.layers import (
     is_micrograph_layer,
     phase_legend_html,
     show_phase_map,
+    show_phase_pyramid,
 )
 from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg._widgets.roles import (
@@ -63,6 +64,10 @@ def show_prediction(
     """Show a prediction of a micrograph in its ``<image> phases`` layer (the user's corrections kept and outlined)
     and, when asked, its ``<image> P(<phase>)`` and ``<image> uncertainty`` layers.
 
+    A huge micrograph predicted as a stream (:data:`~napari_metalseg.predict.STREAM_PIXELS`) has labels only: they
+    are shown as a read-only multiscale layer (:func:`~napari_metalseg._widgets.layers.show_phase_pyramid`), without
+    probability or uncertainty layers.
+
     Returns
     -------
     napari.layers.Labels
@@ -70,6 +75,15 @@ def show_prediction(
     """
     from napari.utils.colormaps import Colormap
 
+    if not phase_map.has_probs:  # a huge micrograph predicted as a stream: labels only, shown lazily
+        return show_phase_pyramid(
+            viewer,
+            phase_map.labels,
+            phases,
+            layer_name(image.name, PHASES),
+            **image_transform(image),
+            metadata={**role_metadata(image.name, PHASES), **(metadata or {})},
+        )
     layer = show_phase_map(
         viewer,
         phase_map,
@@ -166,7 +180,8 @@ def _with_probabilities(job):
     """The job, with its phase map's probabilities computed in the worker (they are computed on first use, which
     would otherwise be the GUI thread showing the probability or uncertainty layers)."""
     phase_map = yield from job
-    phase_map.probs  # noqa: B018  (the property computes and keeps them)
+    if phase_map.has_probs:  # a micrograph predicted as a stream has none (show_prediction says so)
+        phase_map.probs  # noqa: B018  (the property computes and keeps them)
     return phase_map
 
 
@@ -257,7 +272,7 @@ class PredictWidget(DockWidget):
         if fractions is None:
             self.result.setText("")
             return
-        edited = int(edited_pixels(layer).sum())
+        edited = 0 if layer.multiscale else int(edited_pixels(layer).sum())
         note = f"; {edited:,} px corrected by you (kept)" if edited else ""
         self.result.setText(f"<b>{image.name}</b>: {phase_legend_html(phases, fractions)}{note}")
 
@@ -289,7 +304,7 @@ class PredictWidget(DockWidget):
     def forget_corrections(self) -> int:
         """Let the next prediction overwrite the corrections of the chosen micrograph; returns their pixel count."""
         layer = self.phases_layer()
-        if layer is None:
+        if layer is None or layer.multiscale:  # a read-only multiscale layer holds no corrections
             return 0
         count = forget_edits(layer)
         show_edits(self.viewer, layer)
@@ -330,4 +345,16 @@ class PredictWidget(DockWidget):
         self.show_cache()
         self.image.set_layer(layer.metadata.get("metalseg_image", self.image.currentText()))
         self._show_fractions()
+        if layer.multiscale:
+            h, w = phase_map.labels.shape
+            extra = (
+                "; no probability or uncertainty layers"
+                if self.probabilities.isChecked() or self.uncertainty.isChecked()
+                else ""
+            )
+            self.result.setText(
+                f"{self.result.text()}<br><i>{w} x {h} px: predicted as a stream of tiles and shown as a read-only "
+                f"multiscale layer{extra} (napari paints on single-scale layers only: crop a region to correct "
+                "it)</i>"
+            )
         self.viewer.layers.selection.active = layer

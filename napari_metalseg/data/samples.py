@@ -49,11 +49,19 @@ def normalize_contrast(image: np.ndarray, low: float = 0.5, high: float = 99.5) 
     Computed over the whole micrograph, so every tile and every training crop of it sees the same mapping (a
     per-tile standardisation changes with what the tile holds). A flat image maps to 0.5.
     """
-    image = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(image[:: max(1, image.shape[0] // 512), :: max(1, image.shape[1] // 512)], (low, high))
+    image = np.asarray(image)
+    sample = image[:: max(1, image.shape[0] // 512), :: max(1, image.shape[1] // 512)].astype(np.float32)
+    lo, hi = np.percentile(sample, (low, high))
     if not hi - lo > 1e-6:
         return np.full(image.shape, 0.5, np.float32)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out = np.empty(image.shape, np.float32)  # in bands: a huge 8-bit mosaic gets one float copy, no temporaries
+    rows = max(1, (1 << 22) // max(1, image.shape[1]))
+    for y in range(0, image.shape[0], rows):
+        band = out[y : y + rows]
+        np.subtract(image[y : y + rows], lo, out=band, dtype=np.float32)
+        np.divide(band, hi - lo, out=band, casting="unsafe")
+        np.clip(band, 0.0, 1.0, out=band)
+    return out
 
 
 def holdout_pixels(

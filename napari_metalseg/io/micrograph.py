@@ -364,7 +364,8 @@ def _to_gray(pixels: _Pixels, name: str) -> np.ndarray:
         gray = _channels_to_gray(unit, name) if unit.ndim == 3 else unit
         if pixels.min_is_white:
             gray = 1.0 - gray
-    return np.clip(gray, 0.0, 1.0).astype(np.float32, copy=False)
+    gray = gray.astype(np.float32, copy=False)  # a new array: clipped in place (no copy of a huge mosaic)
+    return np.clip(gray, 0.0, 1.0, out=gray)
 
 
 def _to_unit(data: np.ndarray, name: str) -> np.ndarray:
@@ -375,6 +376,8 @@ def _to_unit(data: np.ndarray, name: str) -> np.ndarray:
         info = np.iinfo(data.dtype)
         if info.min < 0 and data.min() < 0:
             return _min_max(data.astype(np.float64))
+        if data.dtype.itemsize <= 2:  # exact in float32 (the same values as through float64), no float64 copies
+            return np.divide(data, np.float32(info.max), dtype=np.float32)
         return (data.astype(np.float64) / info.max).astype(np.float32)
     if np.issubdtype(data.dtype, np.floating):
         if not np.isfinite(data).all():
