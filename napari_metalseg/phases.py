@@ -183,6 +183,10 @@ def labels_to_mask(labels: np.ndarray, num_phases: int | None = None) -> np.ndar
     return mask
 
 
+COUNT_CHUNK = 1 << 24
+"""Pixels counted at a time by :func:`phase_pixel_counts`."""
+
+
 def phase_pixel_counts(mask: np.ndarray, num_phases: int) -> np.ndarray:
     """Pixels of each phase ``0..num_phases-1`` in a mask (int64, length ``num_phases``); other values are ignored.
 
@@ -190,8 +194,12 @@ def phase_pixel_counts(mask: np.ndarray, num_phases: int) -> np.ndarray:
     quantification all use it.
     """
     values = np.asarray(mask).ravel()
-    values = values[values < num_phases].astype(np.int64)
-    return np.bincount(values, minlength=num_phases)[:num_phases]
+    counts = np.zeros(num_phases, np.int64)
+    for start in range(0, values.size, COUNT_CHUNK):  # in chunks: no int64 copy of a huge mosaic's labels
+        chunk = values[start : start + COUNT_CHUNK]
+        chunk = chunk[(chunk >= 0) & (chunk < num_phases)]
+        counts += np.bincount(chunk.astype(np.intp), minlength=num_phases)[:num_phases]
+    return counts
 
 
 def phase_fractions(mask: np.ndarray, num_phases: int) -> np.ndarray | None:

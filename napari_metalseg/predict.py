@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_metalseg.data.samples import normalize_contrast
+from napari_metalseg.data.samples import StretchedImage, normalize_contrast
 from napari_metalseg.embeddings import DEFAULT_CACHE_BYTES, EmbeddingCache
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import check_model_options
@@ -344,11 +344,12 @@ class Predictor:
             takes none, or ``tta`` with a box.
         """
         image = _check_image(image)
-        if getattr(self.model, "contrast", None) == "image":
-            image = normalize_contrast(image)
         ratio = self.check_options(ratios=ratios, box=box, tta=tta)
         if box is not None:
             box = check_box(box, image.shape)
+        if getattr(self.model, "contrast", None) == "image":  # a stream reads the stretched tiles only
+            streamed = box is None and image.size > STREAM_PIXELS
+            image = StretchedImage(image) if streamed else normalize_contrast(image)
         with self.lock:
             try:
                 if box is not None:

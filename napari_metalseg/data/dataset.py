@@ -163,8 +163,12 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     """Write a grayscale image atomically: float in [0, 1] or uint8 -> 8-bit, uint16 -> 16-bit (PNG or TIFF)."""
     path = Path(path)
     image = np.asarray(image)
-    if image.dtype.kind == "f":
-        image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if image.dtype.kind == "f":  # in bands of rows: a huge mosaic gets its 8-bit copy, no float temporaries
+        out = np.empty(image.shape, np.uint8)
+        rows = max(1, (1 << 22) // max(1, image[:1].size))
+        for y in range(0, image.shape[0], rows):
+            out[y : y + rows] = (np.clip(image[y : y + rows], 0, 1) * 255 + 0.5).astype(np.uint8)
+        image = out
     with atomic_path(path) as tmp:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile

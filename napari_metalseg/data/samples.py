@@ -50,18 +50,58 @@ def normalize_contrast(image: np.ndarray, low: float = 0.5, high: float = 99.5) 
     per-tile standardisation changes with what the tile holds). A flat image maps to 0.5.
     """
     image = np.asarray(image)
-    sample = image[:: max(1, image.shape[0] // 512), :: max(1, image.shape[1] // 512)].astype(np.float32)
-    lo, hi = np.percentile(sample, (low, high))
-    if not hi - lo > 1e-6:
-        return np.full(image.shape, 0.5, np.float32)
+    bounds = contrast_bounds(image, low, high)
     out = np.empty(image.shape, np.float32)  # in bands: a huge 8-bit mosaic gets one float copy, no temporaries
     rows = max(1, (1 << 22) // max(1, image.shape[1]))
     for y in range(0, image.shape[0], rows):
-        band = out[y : y + rows]
-        np.subtract(image[y : y + rows], lo, out=band, dtype=np.float32)
-        np.divide(band, hi - lo, out=band, casting="unsafe")
-        np.clip(band, 0.0, 1.0, out=band)
+        _stretch(image[y : y + rows], bounds, out[y : y + rows])
     return out
+
+
+def contrast_bounds(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float] | None:
+    """The intensities :func:`normalize_contrast` maps to 0 and 1 (percentiles of about 512 x 512 pixels spread
+    over the micrograph), or ``None`` for a flat image."""
+    sample = image[:: max(1, image.shape[0] // 512), :: max(1, image.shape[1] // 512)].astype(np.float32)
+    lo, hi = np.percentile(sample, (low, high))
+    return (lo, hi) if hi - lo > 1e-6 else None
+
+
+def _stretch(values: np.ndarray, bounds: tuple[float, float] | None, out: np.ndarray) -> np.ndarray:
+    """``values`` mapped by ``bounds`` (:func:`contrast_bounds`) into the float32 array ``out``."""
+    if bounds is None:
+        out[...] = 0.5
+        return out
+    lo, hi = bounds
+    np.subtract(values, lo, out=out, dtype=np.float32)
+    np.divide(out, hi - lo, out=out, casting="unsafe")
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+class StretchedImage:
+    """A micrograph seen through :func:`normalize_contrast`, computed only on the parts read (``image[rows, cols]``,
+    :meth:`mean`), with the same values: a huge mosaic is predicted tile by tile without a float copy of it.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        The 2-D micrograph (any real dtype).
+    """
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = np.asarray(image)
+        self.bounds = contrast_bounds(self.image)
+        self.shape = self.image.shape
+        self.size = self.image.size
+
+    def __getitem__(self, key) -> np.ndarray:
+        part = self.image[key]
+        return _stretch(part, self.bounds, np.empty(np.shape(part), np.float32))
+
+    def mean(self) -> float:
+        """The mean of the stretched micrograph (computed in bands)."""
+        rows = max(1, (1 << 22) // max(1, self.shape[1]))
+        total = sum(float(self[y : y + rows].sum(dtype=np.float64)) for y in range(0, self.shape[0], rows))
+        return total / max(1, self.size)
 
 
 def holdout_pixels(

@@ -109,9 +109,14 @@ class _RowStats:
             self.mode[i] = values[np.argmax(counts)]
             self.flat[i] = counts.max() / row.size
         tol = EXTREME_TOLERANCE * span
-        extreme = ((rows <= lo + tol) | (rows >= hi - tol)).mean(axis=1)
+        extreme = np.empty(rows.shape[0], dtype=np.float64)
+        self.contrast = np.empty(rows.shape[0], dtype=np.float64)
+        chunk = max(1, (1 << 22) // max(1, rows.shape[1]))  # rows at a time: a mosaic's bottom quarter is huge
+        for s in range(0, rows.shape[0], chunk):
+            block, mode = rows[s : s + chunk], self.mode[s : s + chunk, None]
+            extreme[s : s + chunk] = ((block <= lo + tol) | (block >= hi - tol)).mean(axis=1)
+            self.contrast[s : s + chunk] = (np.abs(block - mode) >= STRUCTURE_CONTRAST * span).mean(axis=1)
         self.bandlike = (self.flat >= FLAT_FRACTION) | (extreme >= EXTREME_FRACTION)
-        self.contrast = (np.abs(rows - self.mode[:, None]) >= STRUCTURE_CONTRAST * span).mean(axis=1)
         self.span = span
 
     def has_structure(self, top: int) -> bool:
