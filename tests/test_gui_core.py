@@ -208,6 +208,10 @@ def test_a_huge_micrograph_is_shown_as_a_read_only_multiscale_layer(loaded, qtbo
     assert not [n for n in loaded.layers if " P(" in n.name]  # a stream keeps no probabilities
     assert "multiscale" in widget.result.text() and "no probability" in widget.result.text()
     assert widget.forget_corrections() == 0
+    boxes = dock(loaded, "Box prompts")
+    boxes.activate().add(np.array([[5, 5], [5, 40], [40, 40], [40, 5]], float), shape_type="rectangle")
+    qtbot.waitUntil(lambda: boxes.last_error is not None, timeout=WAIT_MS)
+    assert "read-only multiscale layer" in str(boxes.last_error)
     predict(loaded, qtbot)  # predicted again: the multiscale layer is replaced, not duplicated
     assert [n.name for n in loaded.layers].count(PHASE_LAYER) == 1
 

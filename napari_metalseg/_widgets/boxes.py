@@ -258,6 +258,11 @@ class BoxPromptWidget(DockWidget):
                 metadata=role_metadata(image_layer.name, PHASES),
             )
             watch_edits(self.viewer, target)
+        if target.multiscale:
+            raise MetalsegError(
+                f"labels layer {target.name!r} is the read-only multiscale layer of a micrograph predicted as a stream "
+                "of tiles: box prompts write into single-scale layers; crop the region into a micrograph of its own"
+            )
         if tuple(target.data.shape) != tuple(shape):
             raise MetalsegError(
                 f"labels layer {target.name!r} has shape {tuple(target.data.shape)} but the "
