@@ -5,7 +5,8 @@ of a distributed training run and the decisions its ranks take together.
 command with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address in their environment. Training joins
 the process group they form (:func:`process_group`: gloo on CPUs, nccl on GPUs) and wraps the model in
 :class:`torch.nn.parallel.DistributedDataParallel`, which all-reduces the gradients; :class:`Agreement` makes every
-rank take the same decision at every step (stop, end of the time budget, validation). Batch prediction only reads
+rank take the same decision at every step (stop, the clock of the learning rate, end of the time budget,
+validation). Batch prediction only reads
 the rank (:func:`environment_rank`) to take its share of a folder. Nothing here communicates by itself: all
 communication is ``torch.distributed``'s.
 
@@ -105,8 +106,8 @@ class Agreement:
     Each rank has its own stop request (a signal it received), its own clock and its own loss; a rank that ended
     alone would leave the others waiting forever in the gradient all-reduce. One all-reduce per question makes the
     answer every rank's: a stop asked by any rank stops all, the budget spent on any rank's clock ends all, and the
-    loss is the mean over the ranks (the loss of the global batch). In a single process every answer is the local
-    one and nothing is communicated.
+    loss is the mean over the ranks (the loss of the global batch), and the clock a time-budget schedule follows is
+    the ranks' mean. In a single process every answer is the local one and nothing is communicated.
 
     Parameters
     ----------
@@ -130,9 +131,11 @@ class Agreement:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def stop(self, requested: bool) -> bool:
-        """Whether any rank was asked to stop."""
-        return self._sum([float(requested)])[0] > 0
+    def before_step(self, requested: bool, elapsed: float) -> tuple[bool, float]:
+        """Before a step: ``(whether any rank was asked to stop, the ranks' mean clock)``. The learning rate of a run
+        on a time budget follows the clock: every rank must use the same one, or their weights drift apart."""
+        stops, seconds = self._sum([float(requested), elapsed])
+        return stops > 0, seconds / self.world
 
     def step(self, loss: float, *, out_of_time: bool, validate: bool) -> tuple[float, bool, bool]:
         """After a step: ``(mean loss over the ranks, whether any rank's budget is spent, whether any rank's

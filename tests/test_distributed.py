@@ -132,3 +132,29 @@ def test_a_stop_request_ends_every_rank_and_a_crashed_rank_ends_the_others(synth
     model, _ = load_run(run, device="cpu")
     assert model is not None
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file of an atomic write left
+
+
+def _agree(rank: int, world: int, rendezvous: str, out: str) -> None:
+    """One rank of the agreement test: its own stop request, clock, loss and budget, then the answers it got."""
+    import torch.distributed as dist
+
+    from napari_metalseg.distributed import Agreement
+
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        agree = Agreement(world=world, device="cpu")
+        stop, clock = agree.before_step(rank == 1, 10.0 * rank)
+        loss, late, due = agree.step(1.0 + rank, out_of_time=rank == 0, validate=False)
+        Path(out, f"{rank}.json").write_text(json.dumps([stop, clock, loss, late, due]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_ranks_take_every_decision_together(tmp_path):
+    """A stop asked of one rank stops both; the clock a time-budget schedule follows is the same on both (else their
+    learning rates, then their weights, drift apart); the loss is the mean; one rank's spent budget ends both."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    answers = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert answers[0] == answers[1] == [True, 5.0, 1.5, True, False]

@@ -56,7 +56,8 @@ def fit_gradient(
     pace = Pace(total=total, budget=config.budget_s, warmup=config.warmup, val_every=config.val_every, spent=spent)
     step, ended = start, None
     while step < total:
-        if agree.stop(stop is not None and stop()):
+        stopping, clock = agree.before_step(stop is not None and stop(), pace.elapsed())
+        if stopping:
             keeper.keep_on_stop(step)
             keeper.save_resume(step, pace.elapsed())
             keeper.finish(step, pace.elapsed(), "stopped")
@@ -64,7 +65,7 @@ def fit_gradient(
             return
         model.train()
         batch = make_batch(sampler, config, len(plan.phases), step=step, rank=plan.rank, world=plan.world)
-        lr = config.lr * pace.lr_factor(step)
+        lr = config.lr * pace.lr_factor(step, clock)
         loss_value = _optimizer_step(model, net, optimizer, params, batch, lr=lr, plan=plan, amp=amp)
         elapsed = pace.elapsed()
         loss_value, out_of_time, due = agree.step(

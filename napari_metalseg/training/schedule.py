@@ -55,10 +55,11 @@ class Pace:
         """Seconds of training so far (with those of the run this one resumes)."""
         return time.perf_counter() - self.t0
 
-    def lr_factor(self, step: int) -> float:
-        """Factor of the base learning rate at ``step``: on the clock for a run until the budget, else by steps."""
+    def lr_factor(self, step: int, elapsed: float | None = None) -> float:
+        """Factor of the base learning rate at ``step``: on the clock (``elapsed`` seconds, default this process's
+        clock) for a run until the budget, else by steps."""
         if self.total == UNTIL_BUDGET:
-            return time_lr_factor(self.elapsed(), self.budget, self.warmup)
+            return time_lr_factor(self.elapsed() if elapsed is None else elapsed, self.budget, self.warmup)
         return lr_factor(step, self.total, self.warmup)
 
     def out_of_time(self, elapsed: float) -> bool:
