@@ -164,3 +164,17 @@ def test_torchrun_ranks_share_a_folder(trained_run, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("manifest*.jsonl")) == ["manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl"]
     assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted(f.stem for f in files)
+
+
+def test_workers_share_a_folder_with_one_merged_summary(trained_run, tmp_path):
+    files = _folder(tmp_path / "in", 6, size=32)
+    files[3].write_bytes(b"not an image")  # fails in whichever worker takes it; the others go on
+    out = tmp_path / "out"
+    command = [sys.executable, *_predict_args(trained_run[0], tmp_path / "in", out), "--workers", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["workers"] == 2 and summary["written"] == 5 and list(summary["failed"]) == [files[3].name]
+    assert f"failed: {files[3].name}" in done.stderr and "1 of 6 micrographs failed" in done.stderr
+    assert sorted(p.name for p in out.glob("manifest*.jsonl")) == ["manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl"]
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted(f.stem for f in files if f != files[3])

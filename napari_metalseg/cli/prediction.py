@@ -41,6 +41,14 @@ fp32_option = click.option("--fp32", is_flag=True, help=FP32_HELP)
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average the 8 flips/rotations (8x the time).")
 @fp32_option
 @click.option("--bf16", is_flag=True, hidden=True, help="Deprecated, does nothing: bf16 is the default (see --fp32).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes sharing a folder on this machine (each takes every N-th micrograph; the CPU cores are divided "
+    "among them). torchrun does the same across GPUs and nodes.",
+)
 @user_errors
 def predict(
     run: Path,
@@ -52,6 +60,7 @@ def predict(
     fp32: bool,
     bf16: bool,
     tta: bool,
+    workers: int,
 ) -> None:
     """Predict phase masks for micrographs and write them in the dataset format.
 
@@ -72,6 +81,15 @@ def predict(
     box_values = floats(box, "--box")
     ratios = floats(ratio, "--ratio")
     shard = environment_rank()
+    workers = min(workers, len(files))  # no idle worker
+    if workers > 1:
+        if shard[1] > 1:
+            raise MetalsegError("--workers under torchrun: its ranks already share the folder; use one or the other")
+        options = [*(["--ratio", ratio] if ratio else []), *(["--box", box] if box else [])]
+        flags = [*(["--tta"] if tta else []), *(["--fp32"] if fp32 else [])]
+        args = ["predict", "--model", str(run), "--input", str(input_path), "--out", str(out), "--device", device]
+        _predict_with_workers(workers, [*args, *options, *flags], files, out)
+        return
     predictor = Predictor.from_run(run, device=rank_device(device), bf16=False if fp32 else None)
     job = predict_folder_job(predictor, files, out, ratios=ratios, box=box_values, tta=tta, shard=shard)
     result = run_with_bar(job, "predicting", bar_kinds=("predict",), show_message=False)
@@ -90,6 +108,45 @@ def predict(
         for name, reason in result.failed.items():
             click.echo(f"failed: {name}: {reason}", err=True)
         click.echo(f"{len(result.failed)} of {len(files)} micrographs failed (the others are written)", err=True)
+        sys.exit(1)
+
+
+def _predict_with_workers(count: int, args: list[str], files: list[Path], out: Path) -> None:
+    """``predict`` of a folder by ``count`` worker processes (:func:`~napari_metalseg.cli.workers.run_workers`): one
+    progress bar from the manifests, then the workers' summaries merged into one (exit status 1 when a micrograph
+    failed, the worker's status when one crashed)."""
+    from napari_metalseg.batch import Manifest
+    from napari_metalseg.cli.workers import run_workers
+
+    names = {f.stem for f in files}
+    results = run_workers(count, args, done=lambda: len(names & Manifest(out).entries().keys()), total=len(files))
+    summary: dict = {"out": str(out), "workers": count, "written": 0, "skipped (done before)": 0, "failed": {}}
+    summary["fractions"] = {}
+    crashed = []
+    for result in results:
+        try:
+            part = json.loads(result.stdout[result.stdout.index("{") : result.stdout.rindex("}") + 1])
+        except ValueError:
+            crashed.append(result)
+            continue
+        for key in ("written", "skipped (done before)"):
+            summary[key] += part[key]
+        summary["failed"] |= part["failed"]
+        summary["fractions"] |= part["fractions"]
+    click.echo(json.dumps(summary, indent=2))
+    for result in crashed:
+        lines = result.stderr.strip().splitlines()
+        click.echo(
+            f"worker {result.rank} of {count} ended with status {result.returncode}: "
+            f"{lines[-1] if lines else 'no message'} (rerun the command: what is done is skipped)",
+            err=True,
+        )
+    for name, reason in summary["failed"].items():
+        click.echo(f"failed: {name}: {reason}", err=True)
+    if crashed:
+        sys.exit(max(r.returncode for r in crashed) or 1)
+    if summary["failed"]:
+        click.echo(f"{len(summary['failed'])} of {len(files)} micrographs failed (the others are written)", err=True)
         sys.exit(1)
 
 
