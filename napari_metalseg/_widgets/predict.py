@@ -355,6 +355,6 @@ class PredictWidget(DockWidget):
             self.result.setText(
                 f"{self.result.text()}<br><i>{w} x {h} px: predicted as a stream of tiles and shown as a read-only "
                 f"multiscale layer{extra} (napari paints on single-scale layers only: crop a region to correct "
-                "it)</i>"
+                "it); nothing is cached, so a ratio change predicts it again</i>"
             )
         self.viewer.layers.selection.active = layer
