@@ -6,9 +6,8 @@ command with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address
 the process group they form (:func:`process_group`: gloo on CPUs, nccl on GPUs) and wraps the model in
 :class:`torch.nn.parallel.DistributedDataParallel`, which all-reduces the gradients; :class:`Agreement` makes every
 rank take the same decision at every step (stop, the clock of the learning rate, end of the time budget,
-validation). Batch prediction only reads
-the rank (:func:`environment_rank`) to take its share of a folder. Nothing here communicates by itself: all
-communication is ``torch.distributed``'s.
+validation). Batch prediction only reads the rank (:func:`environment_rank`) to take its share of a folder. Nothing
+here communicates by itself: all communication is ``torch.distributed``'s.
 
 torch is imported lazily: reading the rank costs nothing.
 """

@@ -1,16 +1,29 @@
 """The tile layout of a micrograph: which model-sized tiles cover it, how they blend, and which ones a box needs.
 
-GUI-free and torch-free. The :class:`~napari_metalseg.predict.Predictor` embeds every tile of a :class:`TileGrid`
+GUI-free and torch-free (also :func:`row_bands`, bands of rows of a huge micrograph). The
+:class:`~napari_metalseg.predict.Predictor` embeds every tile of a :class:`TileGrid`
 once and caches the embeddings; a prediction decodes all tiles and blends them with :func:`blend_window`, a box
 prompt decodes only :meth:`TileGrid.tiles_for_box`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
+BAND_PIXELS = 1 << 22
+"""Pixels in a band of rows of :func:`row_bands` (16 MiB of float32)."""
+
+
+def row_bands(height: int, width: int, pixels: int = BAND_PIXELS) -> Iterator[slice]:
+    """Slices of consecutive rows, about ``pixels`` pixels each (at least one row), covering ``height`` rows of
+    ``width`` pixels: how a huge micrograph is converted or checked without full-size temporaries."""
+    rows = max(1, pixels // max(1, width))
+    for y in range(0, height, rows):
+        yield slice(y, min(height, y + rows))
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

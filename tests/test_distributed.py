@@ -158,3 +158,20 @@ def test_the_ranks_take_every_decision_together(tmp_path):
     mp.spawn(_agree, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
     answers = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
     assert answers[0] == answers[1] == [True, 5.0, 1.5, True, False]
+
+
+def test_the_first_signal_asks_to_stop_the_second_aborts():
+    """Ctrl-C or SIGTERM (scancel, pre-emption) stops a training run after its step, with the shell's status for that
+    signal; a second signal aborts at once; the previous handlers come back afterwards."""
+    from napari_metalseg.cli.signals import StopOnSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSignal("training", echo=False) as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert stop() and stop.exit_status == 128 + signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -104,11 +104,7 @@ def predict(
         "fractions": {name: dict(zip(names, values, strict=True)) for name, values in result.fractions.items()},
     }
     click.echo(json.dumps(summary, indent=2))
-    if result.failed:
-        for name, reason in result.failed.items():
-            click.echo(f"failed: {name}: {reason}", err=True)
-        click.echo(f"{len(result.failed)} of {len(files)} micrographs failed (the others are written)", err=True)
-        sys.exit(1)
+    _exit_on_failures(result.failed, len(files))
 
 
 def _predict_with_workers(count: int, args: list[str], files: list[Path], out: Path) -> None:
@@ -120,8 +116,14 @@ def _predict_with_workers(count: int, args: list[str], files: list[Path], out: P
 
     names = {f.stem for f in files}
     results = run_workers(count, args, done=lambda: len(names & Manifest(out).entries().keys()), total=len(files))
-    summary: dict = {"out": str(out), "workers": count, "written": 0, "skipped (done before)": 0, "failed": {}}
-    summary["fractions"] = {}
+    summary: dict = {
+        "out": str(out),
+        "workers": count,
+        "written": 0,
+        "skipped (done before)": 0,
+        "failed": {},
+        "fractions": {},
+    }
     crashed = []
     for result in results:
         try:
@@ -141,13 +143,19 @@ def _predict_with_workers(count: int, args: list[str], files: list[Path], out: P
             f"{lines[-1] if lines else 'no message'} (rerun the command: what is done is skipped)",
             err=True,
         )
-    for name, reason in summary["failed"].items():
+    crash_status = (max(r.returncode for r in crashed) or 1) if crashed else 0
+    _exit_on_failures(summary["failed"], len(files), status=crash_status)
+
+
+def _exit_on_failures(failed: dict[str, str], total: int, status: int = 0) -> None:
+    """One ``failed: <file>: <reason>`` line per micrograph that failed, then exit with ``status`` (a crashed
+    worker's) or 1 when one failed; nothing when neither."""
+    for name, reason in failed.items():
         click.echo(f"failed: {name}: {reason}", err=True)
-    if crashed:
-        sys.exit(max(r.returncode for r in crashed) or 1)
-    if summary["failed"]:
-        click.echo(f"{len(summary['failed'])} of {len(files)} micrographs failed (the others are written)", err=True)
-        sys.exit(1)
+    if failed:
+        click.echo(f"{len(failed)} of {total} micrographs failed (the others are written)", err=True)
+    if status or failed:
+        sys.exit(status or 1)
 
 
 @click.command()

@@ -27,6 +27,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.io.atomic import atomic_path, atomic_write_text
 from napari_metalseg.io.micrograph import MICROGRAPH_SUFFIXES, TIFF_SUFFIXES
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_pixel_counts
+from napari_metalseg.tiles import row_bands
 
 SPLITS = ("train", "val", "test")
 METADATA_COLUMNS = ("name", "magnification", "pixel_size_um", "split")
@@ -165,9 +166,8 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     image = np.asarray(image)
     if image.dtype.kind == "f":  # in bands of rows: a huge mosaic gets its 8-bit copy, no float temporaries
         out = np.empty(image.shape, np.uint8)
-        rows = max(1, (1 << 22) // max(1, image[:1].size))
-        for y in range(0, image.shape[0], rows):
-            out[y : y + rows] = (np.clip(image[y : y + rows], 0, 1) * 255 + 0.5).astype(np.uint8)
+        for band in row_bands(image.shape[0], image[:1].size):
+            out[band] = (np.clip(image[band], 0, 1) * 255 + 0.5).astype(np.uint8)
         image = out
     with atomic_path(path) as tmp:
         if path.suffix.lower() in TIFF_SUFFIXES:

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.phases import UNLABELED, phase_pixel_counts
+from napari_metalseg.tiles import row_bands
 
 
 @dataclass
@@ -52,9 +53,8 @@ def normalize_contrast(image: np.ndarray, low: float = 0.5, high: float = 99.5) 
     image = np.asarray(image)
     bounds = contrast_bounds(image, low, high)
     out = np.empty(image.shape, np.float32)  # in bands: a huge 8-bit mosaic gets one float copy, no temporaries
-    rows = max(1, (1 << 22) // max(1, image.shape[1]))
-    for y in range(0, image.shape[0], rows):
-        _stretch(image[y : y + rows], bounds, out[y : y + rows])
+    for band in row_bands(*image.shape):
+        _stretch(image[band], bounds, out[band])
     return out
 
 
@@ -99,8 +99,7 @@ class StretchedImage:
 
     def mean(self) -> float:
         """The mean of the stretched micrograph (computed in bands)."""
-        rows = max(1, (1 << 22) // max(1, self.shape[1]))
-        total = sum(float(self[y : y + rows].sum(dtype=np.float64)) for y in range(0, self.shape[0], rows))
+        total = sum(float(self[band].sum(dtype=np.float64)) for band in row_bands(*self.shape))
         return total / max(1, self.size)
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_metalseg.tiles import row_bands
+
 FLAT_FRACTION = 0.6
 """A row whose most common exact value covers at least this fraction is flat (band background)."""
 EXTREME_FRACTION = 0.9
@@ -111,11 +113,10 @@ class _RowStats:
         tol = EXTREME_TOLERANCE * span
         extreme = np.empty(rows.shape[0], dtype=np.float64)
         self.contrast = np.empty(rows.shape[0], dtype=np.float64)
-        chunk = max(1, (1 << 22) // max(1, rows.shape[1]))  # rows at a time: a mosaic's bottom quarter is huge
-        for s in range(0, rows.shape[0], chunk):
-            block, mode = rows[s : s + chunk], self.mode[s : s + chunk, None]
-            extreme[s : s + chunk] = ((block <= lo + tol) | (block >= hi - tol)).mean(axis=1)
-            self.contrast[s : s + chunk] = (np.abs(block - mode) >= STRUCTURE_CONTRAST * span).mean(axis=1)
+        for band in row_bands(*rows.shape):  # a band at a time: a mosaic's bottom quarter is huge
+            block, mode = rows[band], self.mode[band, None]
+            extreme[band] = ((block <= lo + tol) | (block >= hi - tol)).mean(axis=1)
+            self.contrast[band] = (np.abs(block - mode) >= STRUCTURE_CONTRAST * span).mean(axis=1)
         self.bandlike = (self.flat >= FLAT_FRACTION) | (extreme >= EXTREME_FRACTION)
         self.span = span
 

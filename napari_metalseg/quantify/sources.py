@@ -142,8 +142,8 @@ def quantify_masks_job(
     kept = _FieldRecord(root) if record and root is not None else None
     fields, skipped, failed, reused = [], [], {}, 0
     for i, src in enumerate(sources):
-        settings = _settings(src, phase_set, grid_spacing)
-        field_result, found = kept.lookup(src, settings) if kept is not None else (None, False)
+        key = kept.key(src, phase_set, grid_spacing) if kept is not None else None
+        field_result, found = kept.lookup(src.name, key) if kept is not None else (None, False)
         reused += found
         if not found:
             try:
@@ -155,7 +155,7 @@ def quantify_masks_job(
                 yield ProgressEvent("quantify", i + 1, len(sources), message=src.name)
                 continue
             if kept is not None:
-                kept.add(src, settings, field_result)
+                kept.add(src.name, key, field_result)
         if field_result is None:
             skipped.append(f"{src.name}: no labelled pixels (all 255 = unlabeled); skipped")
         else:
@@ -171,19 +171,6 @@ def quantify_masks_job(
     return report
 
 
-def _settings(src: _Source, phases: PhaseSet, grid_spacing: int | None) -> dict:
-    """What a field's measurements depend on besides its mask (as JSON gives it back)."""
-    settings = {
-        "phases": phases.names,
-        "grid_spacing": grid_spacing,
-        "pixel_size_um": src.pixel_size_um,
-        "magnification": src.magnification,
-        "sample": src.sample,
-        "true_fractions": src.true_fractions,
-    }
-    return json.loads(json.dumps(settings))
-
-
 class _FieldRecord:
     """A folder's ``quantify.jsonl`` (:func:`quantify_masks_job`'s ``record``)."""
 
@@ -194,30 +181,39 @@ class _FieldRecord:
         self.done = self.manifest.entries()
         self.warning = ""
 
-    def lookup(self, src: _Source, settings: dict) -> tuple[FieldResult | None, bool]:
-        """``(the recorded measurements or None for an empty mask, True)`` when the record has this field with
-        this mask file and these settings; ``(None, False)`` otherwise."""
+    @staticmethod
+    def key(src: _Source, phases: PhaseSet, grid_spacing: int | None) -> dict:
+        """What a field's measurements depend on (as JSON gives it back): the sha256 of its mask file and the
+        settings."""
         from napari_metalseg.batch import file_digest
 
-        entry = self.done.get(src.name)
-        if entry is None or entry.get("settings") != settings or entry.get("sha256") != file_digest(src.path):
+        settings = {
+            "phases": phases.names,
+            "grid_spacing": grid_spacing,
+            "pixel_size_um": src.pixel_size_um,
+            "magnification": src.magnification,
+            "sample": src.sample,
+            "true_fractions": src.true_fractions,
+        }
+        return {"sha256": file_digest(src.path), "settings": json.loads(json.dumps(settings))}
+
+    def lookup(self, name: str, key: dict) -> tuple[FieldResult | None, bool]:
+        """``(the recorded measurements or None for an empty mask, True)`` when the record has field ``name`` with
+        this ``key``; ``(None, False)`` otherwise."""
+        entry = self.done.get(name)
+        if entry is None or any(entry.get(k) != v for k, v in key.items()):
             return None, False
         try:
             return (FieldResult(**entry["field"]) if entry["field"] is not None else None), True
         except (KeyError, TypeError):  # a line of another version: measure again
             return None, False
 
-    def add(self, src: _Source, settings: dict, field_result: FieldResult | None) -> None:
-        from napari_metalseg.batch import file_digest
-
+    def add(self, name: str, key: dict, field_result: FieldResult | None) -> None:
+        """Record field ``name`` (appended and flushed to disk); a record that cannot be written is given up with
+        :attr:`warning`."""
         if self.manifest is None:
             return
-        entry = {
-            "name": src.name,
-            "sha256": file_digest(src.path),
-            "settings": settings,
-            "field": asdict(field_result) if field_result is not None else None,
-        }
+        entry = {"name": name, **key, "field": asdict(field_result) if field_result is not None else None}
         try:
             self.manifest.record(entry)
         except OSError as exc:

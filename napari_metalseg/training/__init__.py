@@ -119,8 +119,8 @@ def train(
         )
     from napari_metalseg.distributed import process_group
 
-    with process_group(config.device):
-        plan = plan_run(samples, phases, out, config, val_samples)
+    with process_group(config.device) as device:
+        plan = plan_run(samples, phases, out, config, val_samples, device=device)
         if family_of(config.model).gradient:
             from napari_metalseg.training.loop import fit_gradient
 

@@ -59,9 +59,11 @@ def plan_run(
     out: str | Path,
     config: TrainConfig,
     val_samples: list[Sample] | None = None,
+    *,
+    device: str,
 ) -> RunPlan:
-    """Plan a run of ``config``: seed torch, resolve the device (the local rank's GPU under torchrun), choose what
-    validates.
+    """Plan a run of ``config`` on ``device`` (resolved by :func:`~napari_metalseg.distributed.process_group`: the
+    local rank's GPU under torchrun): seed torch, choose what validates.
 
     Without ``val_samples``, ``config.holdout`` of the labelled pixels (whole 32 px squares) are set aside for
     validation (:func:`~napari_metalseg.data.samples.holdout_pixels`); with ``holdout=0`` the training images
@@ -74,13 +76,9 @@ def plan_run(
     """
     import torch
 
-    from napari_metalseg.distributed import rank_device
-    from napari_metalseg.predict import resolve_device
-
     if not samples:
         raise MetalsegError("no labelled images to train on")
     rank, world = _rank()
-    device = resolve_device(rank_device(config.device))
     torch.manual_seed(config.seed)
     spec = model_spec(config, phases)
     val_set = val_samples if val_samples else None
