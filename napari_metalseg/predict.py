@@ -25,6 +25,7 @@ from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
 from napari_metalseg.precision import prediction_bf16
+from napari_metalseg.priors import MAX_PIXELS, fraction_biases
 from napari_metalseg.progress import Job, ProgressEvent, run_job
 from napari_metalseg.prompts import check_box
 from napari_metalseg.tiles import TileGrid, blend_window, row_bands
@@ -311,8 +312,15 @@ class Predictor:
         ratios: Sequence[float] | None = None,
         box: Sequence[float] | None = None,
         tta: bool = False,
+        match_fractions: bool = True,
     ) -> Job[PhaseMap]:
         """Job: the phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given.
+
+        ``ratios`` are the phase fractions of the micrograph, when the user knows them. A model trained with ratio
+        guidance reads them (in its guidance encoder). With ``match_fractions`` the labels of a whole micrograph are
+        then given these fractions, for any model: one constant per phase is added to the blended logits
+        (:func:`~napari_metalseg.priors.fraction_biases`, a change of prior), so only the pixels the model was least
+        sure of change phase. The fractions of such a map are the ones given, not a measurement.
 
         The micrograph is cut into tiles of the model input size (:class:`~napari_metalseg.tiles.TileGrid`);
         each tile is encoded once and its embedding cached, so a new ratio vector or a box reruns only the
@@ -340,18 +348,22 @@ class Predictor:
         Raises
         ------
         MetalsegError
-            A bad image, ratio vector or box, ratios for a model trained without guidance, a box for a model that
-            takes none, or ``tta`` with a box.
+            A bad image, ratio vector or box, ratios that the model cannot use (a box, or no fraction matching, with
+            a model trained without guidance), a box for a model that takes none, ``tta`` with a box, or ``tta`` or
+            matched fractions on a micrograph too large for its probability maps.
         """
         image = _check_image(image)
-        ratio = self.check_options(ratios=ratios, box=box, tta=tta)
+        ratio = self.check_options(ratios=ratios, box=box, tta=tta, match_fractions=match_fractions)
         if box is not None:
             box = check_box(box, image.shape)
         streamed = box is None and image.size > STREAM_PIXELS
-        if streamed and tta:
+        matched = match_fractions and ratio is not None and box is None
+        if streamed and (tta or matched):
+            what = "test-time augmentation" if tta else "matching the given phase fractions"
             raise MetalsegError(
-                f"test-time augmentation needs the probability maps, which a micrograph of more than "
-                f"{STREAM_PIXELS:,} pixels does not keep ({image.shape[1]} x {image.shape[0]}); predict it without tta"
+                f"{what} needs the probability maps, which a micrograph of more than {STREAM_PIXELS:,} pixels does "
+                f"not keep ({image.shape[1]} x {image.shape[0]}); predict it without "
+                f"{'tta' if tta else 'phase ratios'}"
             )
         if getattr(self.model, "contrast", None) == "image":  # a stream reads the stretched tiles only
             image = StretchedImage(image) if streamed else normalize_contrast(image)
@@ -362,13 +374,18 @@ class Predictor:
                 if streamed:
                     return (yield from self._predict_stream(image, ratio))
                 if not tta:
-                    return (yield from self._predict_tiled(image, ratio))
-                return (yield from self._predict_tta(image, ratio))
+                    return (yield from self._predict_tiled(image, ratio, matched))
+                return (yield from self._predict_tta(image, ratio, matched))
             finally:
                 self.cache.trim()
 
     def check_options(
-        self, *, ratios: Sequence[float] | None = None, box: Sequence[float] | None = None, tta: bool = False
+        self,
+        *,
+        ratios: Sequence[float] | None = None,
+        box: Sequence[float] | None = None,
+        tta: bool = False,
+        match_fractions: bool = True,
     ) -> np.ndarray | None:
         """Check prediction options against this model (the box against an image is checked per image); returns
         the normalised ratio vector.
@@ -376,17 +393,26 @@ class Predictor:
         Raises
         ------
         MetalsegError
-            A bad ratio vector, ratios for a model trained without guidance, a box for a model that takes none, or
-            ``tta`` with a box.
+            A bad ratio vector, ratios that the model cannot use (with a box or without ``match_fractions``, for a
+            model trained without guidance), a box for a model that takes none, or ``tta`` with a box.
         """
         ratio = check_ratios(ratios, self.phases)
-        if ratio is not None and getattr(self.model, "guidance", "none") == "none":
-            raise MetalsegError("this model was trained without ratio guidance; predict without phase ratios")
+        if ratio is not None and not self.guided and (box is not None or not match_fractions):
+            where = "inside a box" if box is not None else "without matching the fractions"
+            raise MetalsegError(
+                f"this model was trained without ratio guidance: it uses phase ratios only to match the fractions of "
+                f"a whole micrograph, not {where}; predict without phase ratios"
+            )
         if box is not None:
             check_model_options(self.model.kind, boxes=True)
             if tta:
                 raise MetalsegError("test-time augmentation applies to whole micrographs, not to box prompts")
         return ratio
+
+    @property
+    def guided(self) -> bool:
+        """Whether the model reads phase ratios (trained with ratio or spatial guidance)."""
+        return getattr(self.model, "guidance", "none") != "none"
 
     def predict(
         self,
@@ -394,26 +420,34 @@ class Predictor:
         ratios: Sequence[float] | None = None,
         box: Sequence[float] | None = None,
         tta: bool = False,
+        match_fractions: bool = True,
     ) -> PhaseMap:
         """The phase map of ``image``: :meth:`predict_job` run to its end (see there)."""
-        return run_job(self.predict_job(image, ratios=ratios, box=box, tta=tta))
+        return run_job(self.predict_job(image, ratios=ratios, box=box, tta=tta, match_fractions=match_fractions))
 
-    def _predict_tta(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
-        """Job: the 8 dihedral views predicted and averaged, one ``"predict"`` event per view."""
+    def _predict_tta(self, image: np.ndarray, ratio: np.ndarray | None, matched: bool) -> Job[PhaseMap]:
+        """Job: the 8 dihedral views predicted and averaged, one ``"predict"`` event per view; with ``matched`` the
+        averaged map is given the fractions ``ratio``."""
         acc = None
         for i, (k, flip) in enumerate(DIHEDRAL):
             view = np.rot90(image[:, ::-1] if flip else image, k)
-            probs = run_job(self._predict_tiled(np.ascontiguousarray(view), ratio)).probs
+            probs = run_job(self._predict_tiled(np.ascontiguousarray(view), ratio, False)).probs
             probs = np.rot90(probs, -k, axes=(1, 2))
             probs = probs[:, :, ::-1] if flip else probs
             acc = probs.copy() if acc is None else acc + probs
             yield ProgressEvent("predict", i + 1, len(DIHEDRAL), message="test-time augmentation")
         acc /= len(DIHEDRAL)
+        if matched:
+            import torch
+
+            log_probs = torch.from_numpy(np.log(np.maximum(acc, 1e-12)))
+            acc = torch.softmax(log_probs + fraction_biases(log_probs, ratio)[:, None, None], 0).numpy()
         return PhaseMap(acc.argmax(0).astype(np.uint8), acc)
 
-    def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
+    def _predict_tiled(self, image: np.ndarray, ratio: np.ndarray | None, matched: bool) -> Job[PhaseMap]:
         """Job: every tile decoded at the decoder's own resolution, the tiles' logits blended there, the blended
-        map upsampled band by band into labels (the probabilities on first use)."""
+        map upsampled band by band into labels (the probabilities on first use); with ``matched`` the blended map
+        is first given the fractions ``ratio`` (:func:`~napari_metalseg.priors.fraction_biases`)."""
         import torch
 
         h, w = image.shape
@@ -431,6 +465,8 @@ class Predictor:
             _blend(acc, weight, logits, origins, f, window)
             yield ProgressEvent("predict", i + len(origins), len(grid), message="decoder")
         acc /= weight
+        if matched:
+            acc += fraction_biases(_pixel_sample(acc, (h, w), f), ratio)[:, None, None]
         if f == 1:
             return PhaseMap(_argmax(acc[:, :h, :w]).numpy(), logits=acc)
         # labels band by band: the full-size K x H x W map is never held (16384 x 16384 x 3 floats: 3 GiB)
@@ -505,7 +541,7 @@ class Predictor:
 
         with self._decoding():
             emb = emb.to(self.device)
-            r = self._ratio_rows(ratio, emb.shape[0])
+            r = self._ratio_rows(ratio, emb.shape[0]) if self.guided else None
             b = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
             return self.model.decode(emb, ratios=r, boxes=b, out_size=out_size).float().cpu()
 
@@ -651,6 +687,25 @@ def _row_labels(acc, weight, top: int, rows: tuple[int, int], width: int, f: int
     if weight is not None:
         band = band / weight[a0 - top : a1 - top]
     return _argmax(_upsample_region(band, (a0, 0), f, (y0, y1, 0, width))).numpy()
+
+
+def _pixel_sample(acc, shape: tuple[int, int], f: int):
+    """An evenly strided sample (K, n), at most :data:`~napari_metalseg.priors.MAX_PIXELS` pixels, of the logits of
+    the micrograph's ``shape`` pixels that the blended map ``acc`` (``f`` times coarser, divided) upsamples to: the
+    pixels whose labels the fractions count. Upsampled band by band."""
+    import torch
+
+    h, w = shape
+    if f == 1:
+        return acc[:, :h, :w]
+    step = max(1, int(np.ceil(np.sqrt(h * w / MAX_PIXELS))))
+    rows = max(step, (BAND_VALUES // (acc.shape[0] * w)) // step * step)
+    parts = []
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        a0, a1, _, _ = _low_res_rows((y0, y1, 0, w), f, acc.shape[1:])
+        parts.append(_upsample_region(acc[:, a0:a1], (a0, 0), f, (y0, y1, 0, w))[:, ::step, ::step])
+    return torch.cat(parts, 1)
 
 
 def _argmax(logits):

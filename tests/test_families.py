@@ -112,8 +112,12 @@ def test_each_family_trains_saves_loads_and_predicts_identically(kind, split_sam
     assert np.allclose(a.probs.sum(0), 1, atol=1e-4)
     with pytest.raises(MetalsegError, match="box prompts need a SAM model"):
         Predictor(model, cfg.spec.phase_set).predict(image, box=(0, 0, 32, 32))
+    # without guidance, phase ratios only give the whole micrograph's labels these fractions
+    matched = Predictor(model, cfg.spec.phase_set).predict(image, ratios=[0.3, 0.3, 0.4])
+    np.testing.assert_allclose(matched.fractions(), [0.3, 0.3, 0.4], atol=0.005)
+    assert (matched.probs.argmax(0) == matched.labels).mean() > 0.999  # the probabilities carry the same prior
     with pytest.raises(MetalsegError, match="without ratio guidance"):
-        Predictor(model, cfg.spec.phase_set).predict(image, ratios=[0.3, 0.3, 0.4])
+        Predictor(model, cfg.spec.phase_set).predict(image, ratios=[0.3, 0.3, 0.4], match_fractions=False)
 
 
 def test_guided_cnn_takes_ratios_in_prediction(split_samples, synth_dataset, tmp_path):

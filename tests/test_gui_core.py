@@ -19,7 +19,13 @@ from scipy import ndimage
 import napari_metalseg._widgets  # noqa: F401  (blocks triton before any viewer exists)
 from napari_metalseg._widgets.boxes import MODE_OBJECT, BoxPromptWidget
 from napari_metalseg._widgets.features import ADAPTED_LAYER, BASE_LAYER, FeaturesWidget
-from napari_metalseg._widgets.layers import IMAGE_KEY, phases_of_layer, session_of, show_phase_map
+from napari_metalseg._widgets.layers import (
+    IMAGE_KEY,
+    phase_fractions_of_layer,
+    phases_of_layer,
+    session_of,
+    show_phase_map,
+)
 from napari_metalseg._widgets.model import ModelWidget
 from napari_metalseg._widgets.predict import RATIOS_KEY, PredictWidget
 from napari_metalseg._widgets.ratios import RatioWidget, rebalance
@@ -491,3 +497,13 @@ def test_other_families_load_predict_and_refuse_boxes_and_feature_maps_clearly(v
     features.compute()
     qtbot.waitUntil(lambda: features.last_error is not None, timeout=WAIT_MS)
     assert "SAM's image encoder" in str(features.last_error)
+
+    # trained without guidance, the model still takes known phase fractions: the phases layer gets them
+    ratios = dock(viewer, "Phase ratios")
+    assert all(slider.isEnabled() for slider in ratios.sliders) and "without ratio guidance" in ratios.note.text()
+    ratios.image.set_layer(IMAGE)
+    ratios.set_ratios([0.2, 0.3, 0.5])
+    qtbot.waitUntil(lambda: not ratios.busy, timeout=WAIT_MS)
+    assert ratios.last_error is None, ratios.last_error
+    np.testing.assert_allclose(phase_fractions_of_layer(viewer.layers[PHASE_LAYER], 3), [0.2, 0.3, 0.5], atol=0.01)
+    assert "given the fractions" in dock(viewer, "Predict").guidance.text()

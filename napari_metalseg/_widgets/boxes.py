@@ -287,7 +287,7 @@ class BoxPromptWidget(DockWidget):
         target = self._target_layer(image_layer, image.shape)
         mode = self.mode
         phase = session.phases.index(self.phase.currentText()) if mode == MODE_OBJECT else None
-        predictor, ratios = session.predictor, effective_ratios(session)
+        predictor, ratios = session.predictor, effective_ratios(session, box=True)
         self.last_error = None
         self.status.setText(f"box x {box[0]}..{box[2]}, y {box[1]}..{box[3]}: predicting")
 

@@ -43,10 +43,12 @@ RATIOS_KEY = "metalseg_ratios"
 """``metadata`` key of a phases layer: the ratio guidance it was predicted with (None = none)."""
 
 
-def effective_ratios(session) -> list[float] | None:
-    """The session's ratio guidance when the model can use it, else None."""
+def effective_ratios(session, *, box: bool = False) -> list[float] | None:
+    """The session's phase ratios when the model can use them, else None: every model gives a whole micrograph's
+    labels these fractions (:mod:`napari_metalseg.priors`); inside a box only a model trained with ratio guidance
+    reads them."""
     model = session.model
-    if model is None or getattr(model, "guidance", "none") == "none":
+    if model is None or (box and getattr(model, "guidance", "none") == "none"):
         return None
     return session.ratios
 
@@ -250,10 +252,10 @@ class PredictWidget(DockWidget):
         self.button.setEnabled(session.model is not None and not self.busy)
         if session.model is None:
             self.guidance.setText("<i>build or open a model first (Model dock)</i>")
-        elif getattr(session.model, "guidance", "none") == "none":
-            self.guidance.setText("none (the model was trained without ratio guidance)")
         elif session.ratios is None:
-            self.guidance.setText("none (set phase ratios in the Phase ratios dock)")
+            self.guidance.setText("none (give known phase fractions in the Phase ratios dock)")
+        elif getattr(session.model, "guidance", "none") == "none":
+            self.guidance.setText(f"labels given the fractions {phase_legend_html(session.phases, session.ratios)}")
         else:
             self.guidance.setText(f"ratios {phase_legend_html(session.phases, session.ratios)}")
 

@@ -1,4 +1,6 @@
-"""The Phase ratios dock widget: phase-fraction guidance with one slider per phase, applied live.
+"""The Phase ratios dock widget: the phase fractions the user knows (point count, lever rule), one slider per phase,
+applied live. A model trained with ratio guidance reads them; with every model the labels of the whole micrograph are
+given these fractions (:mod:`napari_metalseg.priors`).
 
 The sliders always sum to 1: moving one rescales the others proportionally (:func:`rebalance`). Every change
 sets :meth:`Session.set_ratios <napari_metalseg._widgets.session.Session.set_ratios>` and, after a 150 ms pause
@@ -71,7 +73,7 @@ class RatioWidget(DockWidget):
         self._values: list[QLabel] = []
         self._pending = False
 
-        self.none = QCheckBox("no guidance")
+        self.none = QCheckBox("fractions unknown (no guidance)")
         self.live = QCheckBox("update the micrograph's phases live")
         self.live.setChecked(True)
         self.image = LayerPicker(napari_viewer, Image, accept=is_2d_image)
@@ -142,9 +144,14 @@ class RatioWidget(DockWidget):
             self._values.append(value)
         guided = getattr(model, "guidance", "none") != "none"
         self.note.setText(
-            "Target area fraction of each phase; the sliders always sum to 100 %."
-            if guided
-            else "This model was trained without ratio guidance (retrain with guidance 'ratio')."
+            "Known area fraction of each phase (point count, lever rule); the sliders always sum to 100 %. "
+            + (
+                "The model reads them, and the micrograph's phases get these fractions."
+                if guided
+                else "The micrograph's phases get these fractions (the model was trained without ratio guidance: "
+                "box prompts ignore them)."
+            )
+            + " The fractions shown are then yours, not a measurement."
         )
         ratios = self.session.ratios
         self.ratios = np.asarray(ratios, np.float64) if ratios is not None else np.full(k, 1.0 / k)
@@ -152,7 +159,7 @@ class RatioWidget(DockWidget):
         self.none.blockSignals(True)
         self.none.setChecked(ratios is None)
         self.none.blockSignals(False)
-        self._set_enabled(guided)
+        self._set_enabled(True)
 
     def _set_enabled(self, enabled: bool) -> None:
         for widget in (*self.sliders, self.none, self.estimate_button, self.labels, self.live):
@@ -246,7 +253,7 @@ class RatioWidget(DockWidget):
         return self.worker
 
     def _shown(self, phase_map, layer) -> None:
-        guide = "no guidance" if self.session.ratios is None else "guided"
+        guide = "fractions unknown" if self.session.ratios is None else "fractions given"
         self.result.setText(
             f"<b>{self.image.currentText()}</b> ({guide}): "
             f"{phase_legend_html(self.session.phases, phase_map.fractions())}"

@@ -35,7 +35,12 @@ fp32_option = click.option("--fp32", is_flag=True, help=FP32_HELP)
     type=click.Path(path_type=Path),
     help="Output dataset folder (images/, masks/, phases.json), ready for correction and retraining.",
 )
-@click.option("--ratio", default=None, help="Phase-ratio guidance, e.g. 0.1,0.7,0.2 (one value per phase).")
+@click.option(
+    "--ratio",
+    default=None,
+    help="Known phase fractions, e.g. 0.1,0.7,0.2 (one value per phase): the masks get these fractions (a model "
+    "trained with ratio guidance also reads them).",
+)
 @click.option("--box", default=None, help="Predict only inside this box: x0,y0,x1,y1 in pixels.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average the 8 flips/rotations (8x the time).")
@@ -162,8 +167,8 @@ def _exit_on_failures(failed: dict[str, str], total: int, status: int = 0) -> No
 @click.option("--model", "run", required=True, type=click.Path(path_type=Path), help="Trained run directory.")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder with masks.")
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", show_default=True)
-@click.option("--ratio", default=None, help="Ratio guidance for every image (e.g. 0.1,0.7,0.2).")
-@click.option("--true-ratio", is_flag=True, help="Guide each image with its true phase fractions (upper bound).")
+@click.option("--ratio", default=None, help="Known phase fractions for every image (e.g. 0.1,0.7,0.2).")
+@click.option("--true-ratio", is_flag=True, help="Give each image its true phase fractions (upper bound).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write all scores here.")
 @click.option("--device", default="auto", show_default=True)
 @fp32_option
