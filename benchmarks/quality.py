@@ -104,7 +104,7 @@ def run_recipe(
     """Train recipe ``name`` and score it on ``test``: without phase fractions (``dice``), given each test image's
     true fractions (``dice_true_ratio``: the guidance encoder of a guided run reads them, and every run's labels are
     given them, :mod:`napari_metalseg.priors`) and given fractions off by about 2 points, as a point count gives
-    them (``dice_noisy_ratio``). A guided run (``guidance`` ``ratio`` or ``spatial``) is scored only with fractions."""
+    them (``dice_noisy_ratio``); ``guidance`` (``ratio`` or ``spatial``) trains a guided run."""
     from napari_metalseg.phases import phase_fractions
     from napari_metalseg.training import TrainConfig, train, validate
 
@@ -123,18 +123,18 @@ def run_recipe(
     from napari_metalseg.runs import load_run
 
     model, _ = load_run(out)
-    evaluation = validate(model, test, phases, "cpu", ratios=guided)
+    evaluation = validate(model, test, phases, "cpu")
     frac_err = []
     from napari_metalseg.metrics import Evaluation
     from napari_metalseg.predict import Predictor
 
     predictor = Predictor(model, phases)
-    true_ratio = validate(model, test, phases, "cpu", ratios=True).average
+    true_ratio = validate(model, test, phases, "cpu", ratios=True)
     noisy = Evaluation(phases.names)
     rng = np.random.default_rng(11)
     for s in test:
         truth = phase_fractions(s.mask, len(phases))
-        pred = predictor.predict(s.image, ratios=truth if guided else None).fractions()
+        pred = predictor.predict(s.image).fractions()  # measured: without the fractions
         frac_err.append(float(np.abs(pred - truth).max() * 100))
         off = np.clip(truth + rng.normal(0, 0.02, truth.size), 0, None)
         noisy.add(s.name, predictor.predict(s.image, ratios=off / off.sum()).labels, s.mask, s.magnification)
@@ -143,7 +143,8 @@ def run_recipe(
         "guided": guided,
         "guidance": guidance,
         "dice": evaluation.average,
-        "dice_true_ratio": true_ratio,
+        "dice_true_ratio": true_ratio.average,
+        "dice_per_phase_true_ratio": true_ratio.dice_per_phase(),
         "dice_noisy_ratio": noisy.average,
         "by_magnification": evaluation.by_magnification(),
         "dice_per_phase": evaluation.dice_per_phase(),
@@ -228,6 +229,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="Also train ratio- and spatially guided variants (scored with the true fractions) of each CNN recipe.",
     )
+    parser.add_argument("--seed", type=int, default=0, help="Training seed of every run (repeat runs with others).")
     parser.add_argument("--zeiss", action="store_true", help="Also score the real Zeiss image (2 %% scribbles).")
     parser.add_argument("--no-grid", action="store_true", help="Only the Zeiss image.")
     args = parser.parse_args(argv)
@@ -251,10 +253,11 @@ def main(argv=None) -> int:
                     variants = ["none", "ratio", "spatial"] if guide else ["none"]
                     for guidance in variants:
                         tag = f"{source}-{labels}-{name}{'' if guidance == 'none' else '-' + guidance}"
+                        run = args.out / tag
                         result = run_recipe(
-                            name, train_set, test, phases, args.out / tag, args.budget_s, guidance=guidance
+                            name, train_set, test, phases, run, args.budget_s, seed=args.seed, guidance=guidance
                         )
-                        result |= {"source": source, "labels": labels}
+                        result |= {"source": source, "labels": labels, "seed": args.seed}
                         results.append(result)
                         print(json.dumps(result), flush=True)
                         record.write_text(json.dumps(results, indent=1))
@@ -273,7 +276,7 @@ def main(argv=None) -> int:
         guidance = r.get("guidance", "none")
         lines.append(
             f"| {r['source']} | {r['labels']} | {r['recipe']}{'' if guidance == 'none' else ' + ' + guidance} "
-            f"| {'-' if guidance != 'none' else format(r['dice'], '.2f')} | {' | '.join(given)} "
+            f"| {r['dice']:.2f} | {' | '.join(given)} "
             f"| {r['train_s']:.0f} | {err:.2f} |"
         )
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")

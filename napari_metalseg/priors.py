@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_PIXELS = 1 << 18
-"""The most map pixels the biases are fitted on (an evenly strided subset of a larger map)."""
+MAX_PIXELS = 1 << 16
+"""The most map pixels the biases are fitted on (an even grid of a larger map's pixels)."""
 
 
 def fraction_biases(logits, fractions: np.ndarray, *, tolerance: float = 0.002, max_iter: int = 50):
@@ -45,9 +45,8 @@ def fraction_biases(logits, fractions: np.ndarray, *, tolerance: float = 0.002, 
     import torch
 
     k = logits.shape[0]
-    flat = logits.reshape(k, -1).double()
-    stride = max(1, -(-flat.shape[1] // MAX_PIXELS))
-    flat = flat[:, ::stride]
+    step = max(1, int(np.ceil(np.sqrt(logits[0].numel() / MAX_PIXELS))))
+    flat = logits[:, ::step, ::step].reshape(k, -1).double()  # an even grid of pixels
     n = flat.shape[1]
     target = torch.as_tensor(np.asarray(fractions, np.float64), dtype=torch.float64)
     bias = torch.zeros(k, dtype=torch.float64)
@@ -62,13 +61,15 @@ def fraction_biases(logits, fractions: np.ndarray, *, tolerance: float = 0.002, 
         for j in range(k):
             shifted = flat + bias[:, None]
             shifted[j] = -torch.inf
-            margin = torch.sort(shifted.max(0).values - flat[j]).values  # phase j wins where its bias > margin
+            margin = shifted.max(0).values - flat[j]  # phase j wins the pixels where its bias exceeds the margin
             wins = int(round(float(target[j]) * n))
             if wins <= 0:
-                bias[j] = margin[0] - 1.0
+                bias[j] = margin.min() - 1.0
             elif wins >= n:
-                bias[j] = margin[-1] + 1.0
+                bias[j] = margin.max() + 1.0
             else:  # between the margins of the last pixel won and the first one lost
-                bias[j] = (margin[wins - 1] + margin[wins]) / 2
+                last_won = torch.kthvalue(margin, wins).values
+                first_lost = margin[margin > last_won].min() if bool((margin > last_won).any()) else last_won + 1.0
+                bias[j] = (last_won + first_lost) / 2
         bias -= bias.mean()
     return best.float()

@@ -52,7 +52,8 @@ def ratio_effect(
     """Predict ``samples`` with one guided run under several ratio vectors; write ratio_effect.json/.md/.png.
 
     ``("true", None)`` stands for each image's true phase fractions, ``("none", None)`` for no guidance. The figure
-    shows the first sample: the micrograph, its target and each vector's prediction with its Dice.
+    shows the first sample: the micrograph, its target and each vector's prediction with its Dice. The fractions go
+    through the guidance encoder only (``match_fractions=False``), the effect the study measured.
     """
     from napari_metalseg.metrics import Evaluation
     from napari_metalseg.predict import Predictor
@@ -76,7 +77,7 @@ def ratio_effect(
         fractions = []
         for s, t in zip(samples, truth):
             r = t if label == "true" else vector
-            phase_map = predictor.predict(s.image, ratios=r)
+            phase_map = predictor.predict(s.image, ratios=r, match_fractions=False)  # the encoder's effect alone
             evaluation.add(s.name, phase_map.labels, s.mask, s.magnification)
             fractions.append(phase_map.fractions())
             if s is samples[0]:

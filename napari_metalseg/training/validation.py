@@ -7,9 +7,17 @@ from napari_metalseg.phases import PhaseSet, phase_fractions
 
 
 def validate(
-    model, samples: list[Sample], phases: PhaseSet, device: str, ratios: bool = False, *, bf16: bool | None = None
+    model,
+    samples: list[Sample],
+    phases: PhaseSet,
+    device: str,
+    ratios: bool = False,
+    *,
+    bf16: bool | None = None,
+    match_fractions: bool = True,
 ):
-    """Evaluate ``model`` on whole images (tiled); with ``ratios`` each image gets its true phase fractions; ``bf16``
+    """Evaluate ``model`` on whole images (tiled); with ``ratios`` each image gets its true phase fractions (its
+    labels get them too unless ``match_fractions`` is False: then only a guided model's encoder reads them); ``bf16``
     as in :class:`~napari_metalseg.predict.Predictor` (None: the default precision of prediction)."""
     from napari_metalseg.metrics import Evaluation
     from napari_metalseg.predict import Predictor
@@ -18,7 +26,8 @@ def validate(
     evaluation = Evaluation(phases.names)
     for s in samples:
         r = phase_fractions(s.mask, len(phases)) if ratios else None
-        evaluation.add(s.name, predictor.predict(s.image, ratios=r).labels, s.mask, s.magnification)
+        labels = predictor.predict(s.image, ratios=r, match_fractions=match_fractions).labels
+        evaluation.add(s.name, labels, s.mask, s.magnification)
     return evaluation
 
 
