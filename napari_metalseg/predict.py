@@ -22,6 +22,7 @@ import numpy as np
 from napari_metalseg.data.samples import StretchedImage, normalize_contrast
 from napari_metalseg.embeddings import DEFAULT_CACHE_BYTES, EmbeddingCache
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.options import reads_ratios
 from napari_metalseg.models.registry import check_model_options
 from napari_metalseg.phases import UNLABELED, PhaseSet, phase_fractions
 from napari_metalseg.precision import prediction_bf16
@@ -412,7 +413,7 @@ class Predictor:
     @property
     def guided(self) -> bool:
         """Whether the model reads phase ratios (trained with ratio or spatial guidance)."""
-        return getattr(self.model, "guidance", "none") != "none"
+        return reads_ratios(self.model)
 
     def predict(
         self,

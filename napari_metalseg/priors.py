@@ -69,7 +69,7 @@ def fraction_biases(logits, fractions: np.ndarray, *, tolerance: float = 0.002, 
                 bias[j] = margin.max() + 1.0
             else:  # between the margins of the last pixel won and the first one lost
                 last_won = torch.kthvalue(margin, wins).values
-                first_lost = margin[margin > last_won].min() if bool((margin > last_won).any()) else last_won + 1.0
-                bias[j] = (last_won + first_lost) / 2
+                lost = margin[margin > last_won]
+                bias[j] = (last_won + (lost.min() if lost.numel() else last_won + 1.0)) / 2
         bias -= bias.mean()
     return best.float()

@@ -37,6 +37,7 @@ from napari_metalseg._widgets.roles import (
     show_image_layer,
 )
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.options import reads_ratios
 from napari_metalseg.phases import PhaseSet
 
 RATIOS_KEY = "metalseg_ratios"
@@ -48,7 +49,7 @@ def effective_ratios(session, *, box: bool = False) -> list[float] | None:
     labels these fractions (:mod:`napari_metalseg.priors`); inside a box only a model trained with ratio guidance
     reads them."""
     model = session.model
-    if model is None or (box and getattr(model, "guidance", "none") == "none"):
+    if model is None or (box and not reads_ratios(model)):
         return None
     return session.ratios
 
@@ -254,7 +255,7 @@ class PredictWidget(DockWidget):
             self.guidance.setText("<i>build or open a model first (Model dock)</i>")
         elif session.ratios is None:
             self.guidance.setText("none (give known phase fractions in the Phase ratios dock)")
-        elif getattr(session.model, "guidance", "none") == "none":
+        elif not reads_ratios(session.model):
             self.guidance.setText(f"labels given the fractions {phase_legend_html(session.phases, session.ratios)}")
         else:
             self.guidance.setText(f"ratios {phase_legend_html(session.phases, session.ratios)}")

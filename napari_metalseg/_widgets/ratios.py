@@ -33,6 +33,7 @@ from napari_metalseg._widgets.picker import LayerPicker
 from napari_metalseg._widgets.predict import start_prediction
 from napari_metalseg._widgets.roles import PHASES, find_layer, is_2d_image
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.options import reads_ratios
 
 SLIDER_STEPS = 1000
 DEBOUNCE_MS = 150
@@ -142,12 +143,11 @@ class RatioWidget(DockWidget):
             self._grid.addWidget(value, i, 2)
             self.sliders.append(slider)
             self._values.append(value)
-        guided = getattr(model, "guidance", "none") != "none"
         self.note.setText(
             "Known area fraction of each phase (point count, lever rule); the sliders always sum to 100 %. "
             + (
                 "The model reads them, and the micrograph's phases get these fractions."
-                if guided
+                if reads_ratios(model)
                 else "The micrograph's phases get these fractions (the model was trained without ratio guidance: "
                 "box prompts ignore them)."
             )

@@ -25,6 +25,11 @@ FINETUNE_MODES: tuple[str, ...] = ("lora", "decoder", "full")
 """What is trained: LoRA + decoder + guidance, decoder + guidance, or everything."""
 
 
+def reads_ratios(model) -> bool:
+    """Whether ``model`` was trained with ratio or spatial guidance, so its guidance encoder reads phase fractions."""
+    return getattr(model, "guidance", "none") != "none"
+
+
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices``.
 

@@ -62,7 +62,7 @@ def ratio_effect(
     out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.from_run(run, device=device)
     phases = predictor.phases
-    if getattr(predictor.model, "guidance", "none") == "none":
+    if not predictor.guided:
         raise MetalsegError(
             f"{run}: trained without ratio guidance; the ratio study needs a guided run "
             "(train with ratio or spatial guidance)"
