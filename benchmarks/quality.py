@@ -229,6 +229,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="Also train ratio- and spatially guided variants (scored with the true fractions) of each CNN recipe.",
     )
+    parser.add_argument(
+        "--variants",
+        default="none,ratio,spatial",
+        help="With --guided: which guidance variants to train (e.g. ratio,spatial to rerun only the guided ones).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Training seed of every run (repeat runs with others).")
     parser.add_argument("--zeiss", action="store_true", help="Also score the real Zeiss image (2 %% scribbles).")
     parser.add_argument("--no-grid", action="store_true", help="Only the Zeiss image.")
@@ -250,7 +255,7 @@ def main(argv=None) -> int:
                 train_set = train_full if labels == "full" else scribbled(train_full, args.scribble_fraction, 7)
                 for name in recipes:
                     guide = args.guided and name not in ("classical", "tiny") and labels == "full"
-                    variants = ["none", "ratio", "spatial"] if guide else ["none"]
+                    variants = args.variants.split(",") if guide else ["none"]
                     for guidance in variants:
                         tag = f"{source}-{labels}-{name}{'' if guidance == 'none' else '-' + guidance}"
                         run = args.out / tag

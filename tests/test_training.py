@@ -67,7 +67,7 @@ def test_ratio_guidance_steers_predicted_fractions(trained_run, split_samples):
             [predictor.predict(im, ratios=ratio, match_fractions=False).fractions() for im in images], axis=0
         )
 
-    rises = 0
+    rises = []
     for k in range(3):
         low = [0.45, 0.45, 0.45]
         low[k] = 0.05
@@ -76,9 +76,12 @@ def test_ratio_guidance_steers_predicted_fractions(trained_run, split_samples):
         lo, hi = mean_fractions(low)[k], mean_fractions(high)[k]
         print(f"phase {k}: fraction {lo:.3f} at ratio 0.05 -> {hi:.3f} at ratio 0.8")
         assert hi >= lo - 1e-3  # never the opposite direction (beyond a few pixels of a phase not learnt yet)
-        rises += hi > lo + 0.1
-    # a 300-step CPU model may not have learnt the rarest phase yet; the others must follow the ratio clearly
-    assert rises >= 2
+        rises.append(hi - lo)
+    # Training feeds each crop its micrograph's fractions, which vary only from one training micrograph to the next,
+    # so the encoder learns a prior, not "this view is 80 % ferrite": the rises are moderate. A 300-step CPU model may
+    # not have learnt the rarest phase yet; the others must follow the ratio.
+    assert sum(r > 0.04 for r in rises) >= 2, rises
+    assert sum(rises) > 0.1, rises
 
 
 def test_stop_and_resume(split_samples, synth_dataset, tmp_path):
@@ -253,3 +256,30 @@ def test_box_from_mask_covers_one_region():
     mask[5:15, 5:25] = 1
     box = box_from_mask(mask, np.random.default_rng(0), jitter=0.0)
     assert box.tolist() == [5, 5, 25, 15]
+
+
+def test_guided_batches_carry_the_fractions_of_the_crops_micrograph():
+    """A crop shows a part of its micrograph, but a user gives the fractions of the whole micrograph at prediction
+    time: training feeds those, so the guidance encoder learns the prior it is later given (not a crop's content)."""
+    from napari_metalseg.data.samples import CropSampler, Sample
+    from napari_metalseg.training.batches import make_batch
+
+    halves = np.zeros((256, 256), np.uint8)
+    halves[:, 128:] = 1  # 50 % / 50 %, but a 32 px crop mostly shows one half
+    thirds = np.zeros((256, 256), np.uint8)
+    thirds[:, 64:] = 2  # 25 % / 0 % / 75 %
+    samples = [
+        Sample(n, np.random.default_rng(0).random((256, 256), np.float32), m) for n, m in (("a", halves), ("b", thirds))
+    ]
+    sampler = CropSampler(samples, 32, 3, seed=0, augment=False)
+    config = TrainConfig(model="elunet", guidance="ratio", batch_size=16, ratio_noise=0.0, ratio_dropout=0.0, seed=3)
+    wholes = [np.array([0.5, 0.5, 0.0]), np.array([0.25, 0.0, 0.75])]
+    crop_fractions = []
+    for step in range(3):
+        _, masks, ratios, _ = make_batch(sampler, config, 3, step=step)
+        for mask, ratio in zip(masks, ratios, strict=True):
+            assert any(np.allclose(ratio, w, atol=1e-6) for w in wholes), ratio
+            labelled = mask[mask != 255]
+            crop_fractions.append(np.bincount(labelled, minlength=3) / labelled.size)
+    # the crops themselves are far from their micrograph's fractions, so the test tells the two apart
+    assert max(min(np.abs(c - w).max() for w in wholes) for c in crop_fractions) > 0.3

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import UNLABELED, phase_pixel_counts
+from napari_metalseg.phases import UNLABELED, phase_fractions, phase_pixel_counts
 from napari_metalseg.tiles import row_bands
 
 
@@ -153,6 +154,18 @@ def holdout_pixels(
     return train, val
 
 
+class Crop(NamedTuple):
+    """One training crop and the phase fractions of the micrograph it was cut from."""
+
+    image: np.ndarray
+    """float32, size x size."""
+    mask: np.ndarray
+    """uint8, size x size (255: unlabeled)."""
+    fractions: np.ndarray
+    """(K,) area fractions of the labelled pixels of the whole source micrograph: what a user gives for that
+    micrograph at prediction time, whatever part of it the crop shows."""
+
+
 class CropSampler:
     """Class-balanced random crops of ``size`` x ``size`` with augmentation.
 
@@ -202,13 +215,13 @@ class CropSampler:
                     ys, xs = ys[pick], xs[pick]
                 per_phase.append(np.stack([ys, xs], 1))
             self._where.append(per_phase)
+        self.fractions = [phase_fractions(s.mask, num_phases) for s in samples]
         self.present = [k for k in range(num_phases) if any(len(w[k]) for w in self._where)]
         if not self.present:
             raise MetalsegError("the training masks contain no labelled pixels")
 
-    def sample(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One augmented crop: (image float32 size x size, mask uint8 size x size), drawn with ``rng`` (default: the
-        sampler's own generator)."""
+    def sample(self, rng: np.random.Generator | None = None) -> Crop:
+        """One augmented :class:`Crop`, drawn with ``rng`` (default: the sampler's own generator)."""
         rng = self.rng if rng is None else rng
         phase = self.present[rng.integers(len(self.present))]
         candidates = [i for i, w in enumerate(self._where) if len(w[phase])]
@@ -230,7 +243,7 @@ class CropSampler:
         if self.augment:
             image, mask = _geometric(image, mask, rng)
             image = _intensity(image, rng)
-        return image.astype(np.float32), mask
+        return Crop(image.astype(np.float32), mask, self.fractions[i])
 
 
 def _geometric(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,12 @@
 """Training batches: random crops of the labelled micrographs, with the guidance inputs drawn from their masks
-(noisy phase fractions, box prompts around one phase region)."""
+(the noisy phase fractions of the micrograph each crop comes from, box prompts around one phase region)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from napari_metalseg.data.samples import CropSampler
-from napari_metalseg.phases import UNLABELED, phase_fractions
+from napari_metalseg.phases import UNLABELED
 from napari_metalseg.training.config import TrainConfig
 
 
@@ -54,15 +54,13 @@ def make_batch(
     rngs = [np.random.default_rng([config.seed, step, first + i]) for i in range(config.batch_size)]
     shared = np.random.default_rng([config.seed, step])
     crops = [sampler.sample(rng) for rng in rngs]
-    images = np.stack([c[0] for c in crops])
-    masks = np.stack([c[1] for c in crops])
+    images = np.stack([c.image for c in crops])
+    masks = np.stack([c.mask for c in crops])
     ratios = None
     if config.encoder_guidance != "none" and shared.random() >= config.ratio_dropout:
         vectors = []
-        for m, rng in zip(masks, rngs, strict=True):
-            r = phase_fractions(m, num_phases)
-            r = np.full(num_phases, 1 / num_phases) if r is None else r
-            r = np.clip(r + rng.normal(0, config.ratio_noise, num_phases), 0, None)
+        for crop, rng in zip(crops, rngs, strict=True):  # the micrograph's fractions, as given at prediction
+            r = np.clip(crop.fractions + rng.normal(0, config.ratio_noise, num_phases), 0, None)
             vectors.append(r / max(r.sum(), 1e-6))
         ratios = np.stack(vectors).astype(np.float32)
     boxes = None
