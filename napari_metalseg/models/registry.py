@@ -102,8 +102,8 @@ DEFAULT_MODEL = "elunet"
 with a checkpoint the default is LoRA on the checkpoint's SAM kind."""
 
 DEFAULT_BUDGET_S = 300.0
-"""Training time (s) of the CNNs when neither steps, epochs nor a budget is given: "train for 5 minutes" (docs/quality.md:
-+4.2 points of mean Dice over 3 minutes on held-out micrographs from full masks, 2 CPU cores)."""
+"""Training time (s) of the CNNs when neither steps, epochs nor a budget is given: "train for 5 minutes"
+(docs/quality.md: +4.2 points of mean Dice over 3 minutes on held-out micrographs from full masks, 2 CPU cores)."""
 
 TRAIN_DEFAULTS: dict[str, dict] = {
     "sam": {"batch_size": 2, "lr": 1e-3},
