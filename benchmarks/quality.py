@@ -87,7 +87,8 @@ RECIPES = {
     "unet-w24-d3": {"model": "unet", "width": 24, "depth": 3},
     "unet-w16-192": {"model": "unet", "width": 16, "img_size": 192, "batch_size": 4},
 }
-"""Candidate recipes (``default``: ``metalseg train`` without options); the CNNs train for ``--budget-s`` seconds."""
+"""Candidate recipes (``default``: ``metalseg train`` without options); the CNNs train for ``--budget-s`` seconds
+(or ``--steps`` steps)."""
 
 
 def run_recipe(
@@ -234,6 +235,9 @@ def main(argv=None) -> int:
         default="none,ratio,spatial",
         help="With --guided: which guidance variants to train (e.g. ratio,spatial to rerun only the guided ones).",
     )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Train the CNN recipes for this many steps instead of --budget-s."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Training seed of every run (repeat runs with others).")
     parser.add_argument("--zeiss", action="store_true", help="Also score the real Zeiss image (2 %% scribbles).")
     parser.add_argument("--no-grid", action="store_true", help="Only the Zeiss image.")
@@ -260,7 +264,15 @@ def main(argv=None) -> int:
                         tag = f"{source}-{labels}-{name}{'' if guidance == 'none' else '-' + guidance}"
                         run = args.out / tag
                         result = run_recipe(
-                            name, train_set, test, phases, run, args.budget_s, seed=args.seed, guidance=guidance
+                            name,
+                            train_set,
+                            test,
+                            phases,
+                            run,
+                            args.budget_s,
+                            seed=args.seed,
+                            guidance=guidance,
+                            extra={"steps": args.steps} if args.steps and name != "classical" else None,
                         )
                         result |= {"source": source, "labels": labels, "seed": args.seed}
                         results.append(result)
