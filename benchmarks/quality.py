@@ -123,7 +123,7 @@ def run_recipe(
     train_s = time.perf_counter() - t0
     from napari_metalseg.runs import load_run
 
-    model, _ = load_run(out)
+    model, run_config = load_run(out)
     evaluation = validate(model, test, phases, "cpu")
     frac_err = []
     from napari_metalseg.metrics import Evaluation
@@ -153,6 +153,7 @@ def run_recipe(
         "steps": last.step if last else 0,
         "max_fraction_error_pts": round(float(np.mean(frac_err)), 2),
         "val": (last.metrics or {}).get("mean_dice") if last else None,
+        "pool_choice": run_config.training.get("pool_choice"),
     }
 
 
@@ -194,7 +195,7 @@ def run_zeiss(recipes: list[str], out: Path, budget_s: float, fraction: float = 
         for _ in train([Sample("zeiss", image, scribbles, micrograph.magnification)], phases, run, config):
             pass
         train_s = time.perf_counter() - t0
-        model, _ = load_run(run)
+        model, run_config = load_run(run)
         pred = Predictor(model, phases).predict(image).labels
         scored = np.where(scribbles == UNLABELED, reference, UNLABELED).astype(np.uint8)
         evaluation = Evaluation(phases.names)
@@ -208,6 +209,7 @@ def run_zeiss(recipes: list[str], out: Path, budget_s: float, fraction: float = 
                 "pore_fraction_pred": round(float((pred == 1).mean() * 100), 2),
                 "pore_fraction_ref": round(float(true_pore), 2),
                 "scribbled_pct": round(float((scribbles != UNLABELED).mean() * 100), 2),
+                "pool_choice": run_config.training.get("pool_choice"),
             }
         )
         print(json.dumps(results[-1]), flush=True)

@@ -29,7 +29,7 @@ def _samples(n: int = 2, size: int = 128) -> list[Sample]:
 @pytest.fixture(scope="module")
 def pooled_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pooled") / "run"
-    events = list(train(_samples(), PHASES, out, TrainConfig(model="elunet", **QUICK)))
+    events = list(train(_samples(), PHASES, out, TrainConfig(model="elunet", pool_margin=1000.0, **QUICK)))
     return out, events
 
 
@@ -104,3 +104,72 @@ def test_the_pooled_model_refuses_members_that_do_not_fit(pooled_run):
 
     with pytest.raises(MetalsegError, match="box prompts need a SAM model"):
         model.decode(model.embed(torch.zeros(1, 1, 64, 64)), boxes=torch.zeros(1, 4))
+
+
+def test_pool_weight_keeps_the_classifier_only_close_to_the_network():
+    from napari_metalseg.models.pooled import pool_weight
+
+    assert pool_weight(network_dice=100.0, classical_dice=100.0, margin=3.0, weight=0.5) == 0.5  # a tie pools
+    assert pool_weight(network_dice=90.0, classical_dice=87.5, margin=3.0, weight=0.5) == 0.5
+    assert pool_weight(network_dice=80.0, classical_dice=95.0, margin=3.0, weight=0.5) == 0.5
+    assert pool_weight(network_dice=91.4, classical_dice=71.2, margin=3.0, weight=0.5) == 0.0
+    assert pool_weight(network_dice=90.0, classical_dice=86.9, margin=3.0, weight=0.5) == 0.0
+    with pytest.raises(MetalsegError, match="classical_dice nan"):
+        pool_weight(network_dice=90.0, classical_dice=float("nan"), margin=3.0, weight=0.5)
+    with pytest.raises(MetalsegError, match="pool_margin"):
+        TrainConfig(model="elunet", pool_margin=float("inf"))
+
+
+def test_the_pooled_run_records_what_both_members_validate(pooled_run):
+    from napari_metalseg.runs import read_run_config
+    from napari_metalseg.training import validate
+
+    out, events = pooled_run
+    config = read_run_config(out)
+    choice = config.training["pool_choice"]
+    network = [e.metrics["mean_dice"] for e in events if e.kind == "validate"][:-1]  # the network alone, then the pool
+    assert choice["weight"] == POOL_WEIGHT and choice["network_mean_dice"] == max(network)
+    model, _ = load_run(out)
+    held = [Sample(s.name, normalize_contrast(s.image), s.mask, s.magnification) for s in _held_out_pixels()]
+    assert choice["classical_mean_dice"] == pytest.approx(validate(model.classifier, held, PHASES, "cpu").average)
+    assert config.metrics["classical_mean_dice"] == choice["classical_mean_dice"]
+    assert "pooled, mean Dice" in events[-2].message
+
+
+def _held_out_pixels() -> list[Sample]:
+    """The validation pixels of :func:`pooled_run` (10 % of the labelled pixels, the run's seed)."""
+    from napari_metalseg.data.samples import holdout_pixels
+
+    return holdout_pixels(_samples(), len(PHASES), 0.1, seed=0)[1]
+
+
+def test_a_classifier_behind_the_network_by_more_than_the_margin_is_dropped(tmp_path):
+    from napari_metalseg.models.cnn import PhaseCNN
+    from napari_metalseg.runs import read_run_config
+
+    out = tmp_path / "dropped"
+    events = list(train(_samples(1), PHASES, out, TrainConfig(model="elunet", pool_margin=-1000.0, **QUICK)))
+    model, config = load_run(out)
+    assert isinstance(model, PhaseCNN) and config.spec.pooled == 0.0  # the network alone predicts
+    assert (out / CLASSIFIER).is_file()  # nothing fitted is deleted
+    choice = read_run_config(out).training["pool_choice"]
+    assert choice["weight"] == 0.0
+    assert config.metrics["mean_dice"] == pytest.approx(choice["network_mean_dice"])
+    assert "the run's model is the network alone" in events[-2].message
+
+
+def test_a_two_phase_image_keeps_the_pool_with_the_default_margin(tmp_path):
+    """Intensity-separated phases, every sixth row labelled: the classifier validates close to the network."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:128, :128]
+    truth = ((np.sin(yy / 9.0) + np.cos(xx / 7.0)) > 0.3).astype(np.uint8)
+    image = (0.3 + 0.4 * truth + rng.normal(0, 0.05, truth.shape)).astype(np.float32)
+    scribbles = np.full(truth.shape, 255, np.uint8)
+    scribbles[::6] = truth[::6]
+    phases = PhaseSet.from_names(["gold", "pore"])
+    out = tmp_path / "two"
+    list(train([Sample("two", image, scribbles, 3000.0)], phases, out, TrainConfig(model="elunet", **QUICK)))
+    model, config = load_run(out)
+    choice = config.training["pool_choice"]
+    assert choice["classical_mean_dice"] >= choice["network_mean_dice"] - TrainConfig().pool_margin
+    assert config.spec.pooled == POOL_WEIGHT and model.weight == POOL_WEIGHT

@@ -15,7 +15,7 @@ from napari_metalseg.cli.values import ratio_vectors
 from napari_metalseg.distributed import environment_rank
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
-from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS
+from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS, POOL_MARGIN
 
 
 @click.command()
@@ -89,6 +89,14 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS
     "(default for unet/unet3plus/elunet; docs/quality.md).",
 )
 @click.option(
+    "--pool-margin",
+    type=float,
+    default=POOL_MARGIN,
+    show_default=True,
+    help="Keep the pool only when the classical classifier validates within this many points of mean Dice of the "
+    "CNN; else the run's model is the CNN alone (a large value always pools).",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run in --out (from the start when it has no resume state yet). Ctrl-C or SIGTERM "
@@ -127,6 +135,7 @@ def train(
     seed: int,
     fp32: bool,
     pool_classical: bool | None,
+    pool_margin: float,
     resume: bool,
     init_from: Path | None,
     export_full: bool,
@@ -158,6 +167,7 @@ def train(
         seed=seed,
         bf16=False if fp32 else None,
         pool_classical=pool_classical,
+        pool_margin=pool_margin,
     )
     config = _train_config(settings, init_from)
     dataset = load_dataset(data)

@@ -10,6 +10,10 @@ Their probabilities are pooled log-linearly (a weighted geometric mean, renormal
 with the classical weight ``w`` of the run (:data:`~.registry.POOL_WEIGHT` by default; docs/quality.md says how it
 was chosen). A phase the classical classifier never saw labelled keeps a probability of (almost) 0.
 
+Whether a run keeps the pool is decided when its network has trained (:func:`pool_weight`): only when the classifier
+validates close to the network. Where it does not (textured phases that filter responses cannot tell apart), pooling
+only pulls the network towards the classifier's mistakes.
+
 :class:`PooledModel` honours the model contract (``preprocess`` -> ``embed`` -> ``decode``), so the tiled predictor,
 validation, the study and the docks use it like any model: the embedding of a tile is the CNN's input channel
 followed by the classifier's filter features, and the decoder pools the two.
@@ -17,12 +21,28 @@ followed by the classifier's filter features, and the decoder pools the two.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from napari_metalseg.errors import MetalsegError
+
+
+def pool_weight(*, network_dice: float, classical_dice: float, margin: float, weight: float) -> float:
+    """The classical weight a run's model keeps: ``weight`` when the classifier's validated mean Dice
+    ``classical_dice`` is within ``margin`` points of the network's ``network_dice`` (or above it), else 0 (the network
+    alone).
+
+    Validation pixels that are scribbles inside each phase do not test where boundaries go: there both members may
+    validate alike (a two-phase SEM image: both 100 %) although the classifier places boundaries far better, so a
+    tie keeps the pool. Only a classifier clearly behind the network is dropped.
+    """
+    for name, value in (("network_dice", network_dice), ("classical_dice", classical_dice), ("margin", margin)):
+        if not math.isfinite(value):
+            raise MetalsegError(f"{name} {value!r}: must be a finite number")
+    return float(weight) if classical_dice >= network_dice - margin else 0.0
 
 
 class PooledModel:

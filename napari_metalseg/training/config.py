@@ -16,6 +16,7 @@ from napari_metalseg.models.registry import (
     DEFAULT_MODEL,
     FAMILIES,
     MODEL_LABELS,
+    POOL_MARGIN,
     POOL_WEIGHT,
     POOLED_FAMILIES,
     TRAIN_DEFAULTS,
@@ -40,6 +41,10 @@ class TrainConfig:
     ``init_from`` names a run directory whose trained weights initialise the model before the first step: retraining
     continues from that model (it must be the model this config builds: :meth:`from_spec` makes such a config;
     checked when the run is planned). It does not go with resuming a run (``train(resume=True)``).
+
+    ``pool_classical`` fits the classical pixel classifier beside a CNN; the run keeps the pool only when the
+    classifier validates within ``pool_margin`` points of mean Dice of the network
+    (:func:`~napari_metalseg.models.pooled.pool_weight`; a large margin always pools, a negative one never does).
     """
 
     model: str | None = None
@@ -70,6 +75,7 @@ class TrainConfig:
     ratio_dropout: float = 0.25
     box_probability: float = 0.5
     pool_classical: bool | None = None
+    pool_margin: float = POOL_MARGIN
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -105,6 +111,8 @@ class TrainConfig:
                 f"pool_classical: the {MODEL_LABELS[self.model]} is not pooled with the classical classifier "
                 f"(only the CNNs: {'/'.join(FAMILIES['cnn'].kinds)})"
             )
+        if not isinstance(self.pool_margin, int | float) or not math.isfinite(self.pool_margin):
+            raise MetalsegError(f"pool_margin {self.pool_margin!r}: must be a finite number of Dice points")
         if family.name == "cnn" and self.steps is None and self.epochs is None and self.budget_s is None:
             self.budget_s = DEFAULT_BUDGET_S
         self.batch_size = TRAIN_DEFAULTS[family.name]["batch_size"] if self.batch_size is None else self.batch_size

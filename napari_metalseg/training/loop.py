@@ -60,6 +60,8 @@ def fit_gradient(
         if stopping:
             keeper.keep_on_stop(step)
             keeper.save_resume(step, pace.elapsed())
+            if plan.spec.pooled and plan.rank == 0 and keeper.best >= 0:
+                yield from _choose_pool(plan, keeper, step)
             keeper.finish(step, pace.elapsed(), "stopped")
             yield ProgressEvent("stopped", step, total, message=str(plan.out))
             return
@@ -92,7 +94,7 @@ def fit_gradient(
             total = step
             break
     if plan.spec.pooled and plan.rank == 0 and keeper.best >= 0:
-        yield from _validate_pooled(plan, keeper, total)
+        yield from _choose_pool(plan, keeper, total)
     keeper.finish(step, pace.elapsed(), ended or "steps")
     if export_full and plan.rank == 0 and family_of(config.model).name == "sam":
         from napari_metalseg.models.lora import merge_lora
@@ -198,22 +200,44 @@ def _validate(
     )
 
 
-def _validate_pooled(plan: RunPlan, keeper: RunKeeper, total: int) -> Iterator[ProgressEvent]:
-    """Validate the kept network pooled with the classical classifier (what the run's model is) and record it.
+def _choose_pool(plan: RunPlan, keeper: RunKeeper, total: int) -> Iterator[ProgressEvent]:
+    """Decide what the run's model is, the kept network pooled with the classical classifier or the network alone
+    (:func:`~napari_metalseg.models.pooled.pool_weight`), and record it with its validation.
 
-    During training the network is validated alone (cheap: the classifier's features would be recomputed every
-    time); the pooled model is validated once, at the end.
+    The classifier is validated alone on the run's validation pixels (contrast-stretched, as it was fitted) and
+    compared with the kept network's best validation. A pooled model is validated once more, at the end (during
+    training the network is validated alone: the classifier's features would be recomputed every time). A run that
+    keeps the network alone keeps the classifier's file too, unused.
     """
-    from napari_metalseg.runs import load_run
+    from dataclasses import replace
 
-    pooled, _ = load_run(plan.out, device=plan.device)
-    metrics = metrics_of(validate(pooled, plan.val_set or plan.samples, plan.phases, plan.device), plan.source)
-    metrics = metrics | {"network_mean_dice": keeper.best}
-    keeper.record_final(metrics)
-    yield ProgressEvent(
-        "validate",
-        total,
-        total,
-        metrics=metrics,
-        message=f"{metrics['source']} mean Dice {metrics['mean_dice']:.2f}% (pooled with the classical classifier)",
+    from napari_metalseg.models.classical import load_classifier
+    from napari_metalseg.models.pooled import pool_weight
+    from napari_metalseg.models.registry import CLASSIFIER
+    from napari_metalseg.runs import load_run, read_run_config, update_training, write_run_config
+
+    val_set = plan.val_set or plan.samples
+    stretched = [replace(s, image=normalize_contrast(s.image)) for s in val_set]
+    classifier = load_classifier(plan.out / CLASSIFIER)
+    classical = metrics_of(validate(classifier, stretched, plan.phases, "cpu"), plan.source)["mean_dice"]
+    config = read_run_config(plan.out)
+    weight = pool_weight(
+        network_dice=keeper.best, classical_dice=classical, margin=plan.config.pool_margin, weight=config.spec.pooled
     )
+    choice = {"network_mean_dice": keeper.best, "classical_mean_dice": classical, "weight": weight}
+    compared = (
+        f"{plan.source}: network {keeper.best:.2f}%, classical classifier {classical:.2f}% "
+        f"({'within' if weight else 'more than'} {plan.config.pool_margin:g} points of the network)"
+    )
+    if weight:
+        pooled, _ = load_run(plan.out, device=plan.device)
+        metrics = metrics_of(validate(pooled, val_set, plan.phases, plan.device), plan.source)
+        message = f"{compared}: pooled, mean Dice {metrics['mean_dice']:.2f}%"
+    else:
+        config = replace(config, spec=replace(config.spec, pooled=0.0))
+        write_run_config(plan.out, config)
+        metrics = dict(config.metrics)
+        message = f"{compared}: the run's model is the network alone, mean Dice {keeper.best:.2f}%"
+    update_training(plan.out, pool_choice=choice)
+    keeper.record_final(metrics | {"network_mean_dice": keeper.best, "classical_mean_dice": classical})
+    yield ProgressEvent("validate", total, total, metrics=keeper.last_metrics, message=message)
