@@ -136,7 +136,8 @@ class HyperParameterBox(QGroupBox):
             self.model_combo.setItemData(self.model_combo.count() - 1, MODEL_LABELS[kind], Qt.ToolTipRole)
         self.model_combo.setToolTip(
             "elunet (the CPU default) / unet3plus: the study's CNNs, unet: a plain U-Net; each is pooled with the "
-            "classical pixel classifier fitted on the same strokes; classical: features + boosted trees (seconds); "
+            "classical pixel classifier fitted on the same strokes when that validates close to it; "
+            "classical: features + boosted trees (seconds); "
             "tiny: compact SAM; vit_*: SAM from a checkpoint"
         )
         form.addRow("model", self.model_combo)
@@ -163,8 +164,9 @@ class HyperParameterBox(QGroupBox):
         self.pool_check.setChecked(True)
         self.pool_check.setToolTip(
             "Also fit the classical pixel classifier on the same strokes and average (geometrically) its phase "
-            "probabilities with the network's: better boundaries from strokes drawn inside the phases "
-            "(docs/quality.md). Only for the CNNs."
+            "probabilities with the network's when it validates within 3 points of the network: better boundaries "
+            "from strokes drawn inside the phases; further behind, the run keeps the network alone "
+            "(docs/training.md). Only for the CNNs."
         )
         form.addRow("", self.pool_check)
         self.budget = QSpinBox()

@@ -242,6 +242,7 @@ def demo(out: Path, budget_s: float, seed: int, device: str, fp32: bool) -> None
     from napari_metalseg.metrics import format_seed_table
     from napari_metalseg.predict import Predictor
     from napari_metalseg.quantify import quantify_masks
+    from napari_metalseg.runs import read_run_config
     from napari_metalseg.training import TrainConfig, validate
     from napari_metalseg.training import train as run_training
 
@@ -254,9 +255,9 @@ def demo(out: Path, budget_s: float, seed: int, device: str, fp32: bool) -> None
     val_samples = load_samples(dataset.labelled_split("val"))
     test_samples = load_samples(dataset.labelled_split("test"))
     config = TrainConfig(guidance="ratio", budget_s=budget_s, device=device, seed=seed, bf16=False if fp32 else None)
-    name = f"{config.model} + classical" if config.pool_classical else config.model
+    pooling = ", pooled with the classical classifier if it validates close to it" if config.pool_classical else ""
     click.echo(
-        f"[2/4] training the default model ({name}, ratio guidance) for {budget_s:g} s into {run}, "
+        f"[2/4] training the default model ({config.model}{pooling}, ratio guidance) for {budget_s:g} s into {run}, "
         "and the classical pixel classifier for comparison",
         err=True,
     )
@@ -271,6 +272,7 @@ def demo(out: Path, budget_s: float, seed: int, device: str, fp32: bool) -> None
 
     click.echo("[3/4] evaluating on the held-out test images", err=True)
     predictor = Predictor.from_run(run, device=device, bf16=False if fp32 else None)
+    name = f"{config.model} + classical" if read_run_config(run).spec.pooled else config.model  # the run's choice
     rows = {
         "classical pixel classifier": validate(
             Predictor.from_run(classical).model, test_samples, dataset.phases, "cpu"
