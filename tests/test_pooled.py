@@ -173,3 +173,17 @@ def test_a_two_phase_image_keeps_the_pool_with_the_default_margin(tmp_path):
     choice = config.training["pool_choice"]
     assert choice["classical_mean_dice"] >= choice["network_mean_dice"] - TrainConfig().pool_margin
     assert config.spec.pooled == POOL_WEIGHT and model.weight == POOL_WEIGHT
+
+
+def test_a_run_stopped_early_decides_from_the_validations_it_has(tmp_path):
+    from napari_metalseg.models.cnn import PhaseCNN
+    from napari_metalseg.runs import read_run_config
+
+    calls = iter(range(100))
+    out = tmp_path / "stopped"
+    config = TrainConfig(model="elunet", pool_margin=-1000.0, val_every=1, **(QUICK | {"steps": 50}))
+    events = list(train(_samples(1), PHASES, out, config, stop=lambda: next(calls) >= 2))
+    assert events[-1].kind == "stopped" and events[-1].step == 2
+    model, run = load_run(out)
+    assert isinstance(model, PhaseCNN) and run.spec.pooled == 0.0
+    assert read_run_config(out).training["pool_choice"]["weight"] == 0.0

@@ -44,7 +44,7 @@ class TrainConfig:
 
     ``pool_classical`` fits the classical pixel classifier beside a CNN; the run keeps the pool only when the
     classifier validates within ``pool_margin`` points of mean Dice of the network
-    (:func:`~napari_metalseg.models.pooled.pool_weight`; a large margin always pools, a negative one never does).
+    (:func:`~napari_metalseg.models.pooled.pool_weight`; a margin of 100 always pools, one of -100 never does).
     """
 
     model: str | None = None
