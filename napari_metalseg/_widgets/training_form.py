@@ -37,6 +37,7 @@ from napari_metalseg.models.registry import (
     DEFAULT_MODEL,
     MODEL_KINDS,
     MODEL_LABELS,
+    POOL_MARGIN,
     POOLED_FAMILIES,
     TRAIN_DEFAULTS,
     family_of,
@@ -164,7 +165,8 @@ class HyperParameterBox(QGroupBox):
         self.pool_check.setChecked(True)
         self.pool_check.setToolTip(
             "Also fit the classical pixel classifier on the same strokes and average (geometrically) its phase "
-            "probabilities with the network's when it validates within 3 points of the network: better boundaries "
+            f"probabilities with the network's when it validates within {POOL_MARGIN:g} points of the network: "
+            "better boundaries "
             "from strokes drawn inside the phases; further behind, the run keeps the network alone "
             "(docs/training.md). Only for the CNNs."
         )

@@ -10,6 +10,7 @@ Importing this module is cheap (no torch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from numbers import Integral, Real
 
@@ -79,6 +80,19 @@ def check_positive_int(name: str, value: object, maximum: int | None = None) -> 
         bound = f"1..{maximum}" if maximum else "at least 1"
         raise MetalsegError(f"{name} {value!r}: must be an integer {bound}")
     return int(value)
+
+
+def check_finite_number(name: str, value: object, unit: str = "") -> float:
+    """Return ``value`` as a float if it is a finite number (of either sign).
+
+    Raises
+    ------
+    MetalsegError
+        ``"<name> <value>: must be a finite number[ of <unit>]"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise MetalsegError(f"{name} {value}: must be a finite number" + (f" of {unit}" if unit else ""))
+    return float(value)
 
 
 def check_positive_number(name: str, value: object, unit: str = "") -> float:

@@ -21,13 +21,13 @@ followed by the classifier's filter features, and the decoder pools the two.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.models.options import check_finite_number
 
 
 def pool_weight(*, network_dice: float, classical_dice: float, margin: float, weight: float) -> float:
@@ -39,9 +39,9 @@ def pool_weight(*, network_dice: float, classical_dice: float, margin: float, we
     validate alike (a two-phase SEM image: both 100 %) although the classifier places boundaries far better, so a
     tie keeps the pool. Only a classifier clearly behind the network is dropped.
     """
-    for name, value in (("network_dice", network_dice), ("classical_dice", classical_dice), ("margin", margin)):
-        if not math.isfinite(value):
-            raise MetalsegError(f"{name} {value!r}: must be a finite number")
+    network_dice = check_finite_number("network_dice", network_dice)
+    classical_dice = check_finite_number("classical_dice", classical_dice)
+    margin = check_finite_number("margin", margin)
     return float(weight) if classical_dice >= network_dice - margin else 0.0
 
 

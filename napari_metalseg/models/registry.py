@@ -114,7 +114,7 @@ TRAIN_DEFAULTS: dict[str, dict] = {
 
 POOL_WEIGHT = 0.5
 """Weight of the classical pixel classifier when a CNN is pooled with it (:mod:`.pooled`, the default for the CNNs):
-equal trust in both. docs/quality.md measures 0 (the network alone), 0.25, 0.5 and 1: 0.5 costs 1.5 to 2.5 points of
+equal trust in both. docs/quality.md measures 0 (the network alone), 0.25, 0.5 and 1: 0.5 costs 1 to 3 points of
 mean Dice on held-out steel micrographs and gains 3 to 6 on the real SEM image."""
 
 POOL_MARGIN = 3.0

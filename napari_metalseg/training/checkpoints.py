@@ -122,16 +122,21 @@ class RunKeeper:
         if self.plan.val_set is None or not is_run(self.plan.out):
             self.save(self.last_metrics, step)
 
-    def record_final(self, metrics: dict) -> None:
-        """Record the metrics of the run's final model (the pooled one) in its configuration, keeping the saved
-        weights."""
+    def record_final(self, metrics: dict, spec=None, **provenance) -> None:
+        """Record in the run's configuration, in one write, the metrics of its final model, with ``spec`` (the model
+        it keeps, when that is not the one trained: a CNN without its classical companion) and ``provenance`` added
+        to its training record; the saved weights are kept."""
         from dataclasses import replace
 
         from napari_metalseg.runs import read_run_config, write_run_config
 
         self.last_metrics = metrics
         if self.plan.rank == 0:
-            write_run_config(self.plan.out, replace(read_run_config(self.plan.out), metrics=metrics))
+            config = read_run_config(self.plan.out)
+            config = replace(
+                config, spec=spec or config.spec, training={**config.training, **provenance}, metrics=metrics
+            )
+            write_run_config(self.plan.out, config)
 
     def validated(self, step: int, metrics: dict) -> None:
         """Record a validation after ``step``; save the model if it is the one to keep."""

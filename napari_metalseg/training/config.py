@@ -9,7 +9,12 @@ from pathlib import Path
 
 from napari_metalseg.data.samples import Sample
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.models.options import check_finetune, check_positive_number, check_training_guidance
+from napari_metalseg.models.options import (
+    check_finetune,
+    check_finite_number,
+    check_positive_number,
+    check_training_guidance,
+)
 from napari_metalseg.models.registry import (
     DEFAULT_BUDGET_S,
     DEFAULT_IMG_SIZE,
@@ -111,8 +116,7 @@ class TrainConfig:
                 f"pool_classical: the {MODEL_LABELS[self.model]} is not pooled with the classical classifier "
                 f"(only the CNNs: {'/'.join(FAMILIES['cnn'].kinds)})"
             )
-        if not isinstance(self.pool_margin, int | float) or not math.isfinite(self.pool_margin):
-            raise MetalsegError(f"pool_margin {self.pool_margin!r}: must be a finite number of Dice points")
+        self.pool_margin = check_finite_number("pool_margin", self.pool_margin, "Dice points")
         if family.name == "cnn" and self.steps is None and self.epochs is None and self.budget_s is None:
             self.budget_s = DEFAULT_BUDGET_S
         self.batch_size = TRAIN_DEFAULTS[family.name]["batch_size"] if self.batch_size is None else self.batch_size

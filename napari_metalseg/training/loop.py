@@ -200,9 +200,9 @@ def _validate(
     )
 
 
-def _choose_pool(plan: RunPlan, keeper: RunKeeper, total: int) -> Iterator[ProgressEvent]:
-    """Decide what the run's model is, the kept network pooled with the classical classifier or the network alone
-    (:func:`~napari_metalseg.models.pooled.pool_weight`), and record it with its validation.
+def _choose_pool(plan: RunPlan, keeper: RunKeeper, step: int) -> Iterator[ProgressEvent]:
+    """Decide what the run's model is after ``step`` steps, the kept network pooled with the classical classifier or
+    the network alone (:func:`~napari_metalseg.models.pooled.pool_weight`), and record it with its validation.
 
     The classifier is validated alone on the run's validation pixels (contrast-stretched, as it was fitted) and
     compared with the kept network's best validation. A pooled model is validated once more, at the end (during
@@ -214,30 +214,27 @@ def _choose_pool(plan: RunPlan, keeper: RunKeeper, total: int) -> Iterator[Progr
     from napari_metalseg.models.classical import load_classifier
     from napari_metalseg.models.pooled import pool_weight
     from napari_metalseg.models.registry import CLASSIFIER
-    from napari_metalseg.runs import load_run, read_run_config, update_training, write_run_config
+    from napari_metalseg.runs import load_run, read_run_config
 
     val_set = plan.val_set or plan.samples
     stretched = [replace(s, image=normalize_contrast(s.image)) for s in val_set]
-    classifier = load_classifier(plan.out / CLASSIFIER)
-    classical = metrics_of(validate(classifier, stretched, plan.phases, "cpu"), plan.source)["mean_dice"]
-    config = read_run_config(plan.out)
-    weight = pool_weight(
-        network_dice=keeper.best, classical_dice=classical, margin=plan.config.pool_margin, weight=config.spec.pooled
-    )
-    choice = {"network_mean_dice": keeper.best, "classical_mean_dice": classical, "weight": weight}
+    classical = validate(load_classifier(plan.out / CLASSIFIER), stretched, plan.phases, "cpu").average
+    margin = plan.config.pool_margin
+    weight = pool_weight(network_dice=keeper.best, classical_dice=classical, margin=margin, weight=plan.spec.pooled)
     compared = (
         f"{plan.source}: network {keeper.best:.2f}%, classical classifier {classical:.2f}% "
-        f"({'within' if weight else 'more than'} {plan.config.pool_margin:g} points of the network)"
+        f"({'within' if weight else 'more than'} {margin:g} points of the network)"
     )
     if weight:
         pooled, _ = load_run(plan.out, device=plan.device)
         metrics = metrics_of(validate(pooled, val_set, plan.phases, plan.device), plan.source)
-        message = f"{compared}: pooled, mean Dice {metrics['mean_dice']:.2f}%"
+        kept, message = None, f"{compared}: pooled, mean Dice {metrics['mean_dice']:.2f}%"
     else:
-        config = replace(config, spec=replace(config.spec, pooled=0.0))
-        write_run_config(plan.out, config)
-        metrics = dict(config.metrics)
+        saved = read_run_config(plan.out)
+        metrics = dict(saved.metrics)  # the kept network's validation
+        kept = replace(saved.spec, pooled=0.0)
         message = f"{compared}: the run's model is the network alone, mean Dice {keeper.best:.2f}%"
-    update_training(plan.out, pool_choice=choice)
-    keeper.record_final(metrics | {"network_mean_dice": keeper.best, "classical_mean_dice": classical})
-    yield ProgressEvent("validate", total, total, metrics=keeper.last_metrics, message=message)
+    choice = {"network_mean_dice": keeper.best, "classical_mean_dice": classical, "weight": weight}
+    metrics |= {"network_mean_dice": keeper.best, "classical_mean_dice": classical}
+    keeper.record_final(metrics, spec=kept, pool_choice=choice)
+    yield ProgressEvent("validate", step, step, metrics=metrics, message=message)
