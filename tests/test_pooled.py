@@ -42,7 +42,8 @@ def test_a_cnn_run_is_pooled_with_a_classifier_fitted_on_the_same_labels(pooled_
     assert any("classical pixel classifier fitted" in e.message for e in events)
     model, config = load_run(out)
     assert isinstance(model, PooledModel) and isinstance(model.network, PhaseCNN)
-    assert config.spec.pooled == POOL_WEIGHT and model.weight == POOL_WEIGHT
+    choice = config.training["pool_choice"]  # POOL_WEIGHT, or more where the classifier validates as well
+    assert config.spec.pooled == model.weight == choice["weight"] and choice["weight"] >= POOL_WEIGHT
     assert model.classifier.num_phases == len(PHASES)
     assert model.kind == "elunet" and model.predict_size == model.network.predict_size
 
@@ -109,11 +110,14 @@ def test_the_pooled_model_refuses_members_that_do_not_fit(pooled_run):
 def test_pool_weight_keeps_the_classifier_only_close_to_the_network():
     from napari_metalseg.models.pooled import pool_weight
 
-    assert pool_weight(network_dice=100.0, classical_dice=100.0, margin=3.0, weight=0.5) == 0.5  # a tie pools
+    lead = (1 + 0.5) / 2  # the classifier validates as well or better: it leads the pool
+    assert pool_weight(network_dice=100.0, classical_dice=100.0, margin=3.0, weight=0.5) == lead  # a tie
+    assert pool_weight(network_dice=80.0, classical_dice=95.0, margin=3.0, weight=0.5) == lead
+    assert pool_weight(network_dice=90.0, classical_dice=89.99, margin=3.0, weight=0.5) == 0.5
     assert pool_weight(network_dice=90.0, classical_dice=87.5, margin=3.0, weight=0.5) == 0.5
-    assert pool_weight(network_dice=80.0, classical_dice=95.0, margin=3.0, weight=0.5) == 0.5
     assert pool_weight(network_dice=91.4, classical_dice=71.2, margin=3.0, weight=0.5) == 0.0
     assert pool_weight(network_dice=90.0, classical_dice=86.9, margin=3.0, weight=0.5) == 0.0
+    assert pool_weight(network_dice=90.0, classical_dice=95.0, margin=-100.0, weight=0.5) == 0.0  # never pools
     with pytest.raises(MetalsegError, match="classical_dice nan"):
         pool_weight(network_dice=90.0, classical_dice=float("nan"), margin=3.0, weight=0.5)
     with pytest.raises(MetalsegError, match="pool_margin"):
@@ -121,6 +125,7 @@ def test_pool_weight_keeps_the_classifier_only_close_to_the_network():
 
 
 def test_the_pooled_run_records_what_both_members_validate(pooled_run):
+    from napari_metalseg.models.pooled import pool_weight
     from napari_metalseg.runs import read_run_config
     from napari_metalseg.training import validate
 
@@ -128,12 +133,18 @@ def test_the_pooled_run_records_what_both_members_validate(pooled_run):
     config = read_run_config(out)
     choice = config.training["pool_choice"]
     network = [e.metrics["mean_dice"] for e in events if e.kind == "validate"][:-1]  # the network alone, then the pool
-    assert choice["weight"] == POOL_WEIGHT and choice["network_mean_dice"] == max(network)
+    assert choice["network_mean_dice"] == max(network)
+    assert choice["weight"] == pool_weight(
+        network_dice=choice["network_mean_dice"],
+        classical_dice=choice["classical_mean_dice"],
+        margin=1000.0,
+        weight=POOL_WEIGHT,
+    )
     model, _ = load_run(out)
     held = [Sample(s.name, normalize_contrast(s.image), s.mask, s.magnification) for s in _held_out_pixels()]
     assert choice["classical_mean_dice"] == pytest.approx(validate(model.classifier, held, PHASES, "cpu").average)
     assert config.metrics["classical_mean_dice"] == choice["classical_mean_dice"]
-    assert "pooled, mean Dice" in events[-2].message
+    assert f"pooled (classical weight {choice['weight']:g}), mean Dice" in events[-2].message
 
 
 def _held_out_pixels() -> list[Sample]:
@@ -172,7 +183,7 @@ def test_a_two_phase_image_keeps_the_pool_with_the_default_margin(tmp_path):
     model, config = load_run(out)
     choice = config.training["pool_choice"]
     assert choice["classical_mean_dice"] >= choice["network_mean_dice"] - TrainConfig().pool_margin
-    assert config.spec.pooled == POOL_WEIGHT and model.weight == POOL_WEIGHT
+    assert config.spec.pooled == model.weight == choice["weight"] >= POOL_WEIGHT
 
 
 def test_a_run_stopped_early_decides_from_the_validations_it_has(tmp_path):

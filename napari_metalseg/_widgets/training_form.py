@@ -165,8 +165,8 @@ class HyperParameterBox(QGroupBox):
         self.pool_check.setChecked(True)
         self.pool_check.setToolTip(
             "Also fit the classical pixel classifier on the same strokes and average (geometrically) its phase "
-            f"probabilities with the network's when it validates within {POOL_MARGIN:g} points of the network: "
-            "better boundaries "
+            f"probabilities with the network's when it validates within {POOL_MARGIN:g} points of the network "
+            "(leading the pool when it validates as well): better boundaries "
             "from strokes drawn inside the phases; further behind, the run keeps the network alone "
             "(docs/training.md). Only for the CNNs."
         )

@@ -94,7 +94,7 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS, POOL_MAR
     default=POOL_MARGIN,
     show_default=True,
     help="Keep the pool only when the classical classifier validates within this many points of mean Dice of the "
-    "CNN; else the run's model is the CNN alone (a large value always pools).",
+    "CNN (leading it when it validates as well); else the run's model is the CNN alone (a large value always pools).",
 )
 @click.option(
     "--resume",

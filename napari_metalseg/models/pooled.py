@@ -10,9 +10,10 @@ Their probabilities are pooled log-linearly (a weighted geometric mean, renormal
 with the classical weight ``w`` of the run (:data:`~.registry.POOL_WEIGHT` by default; docs/quality.md says how it
 was chosen). A phase the classical classifier never saw labelled keeps a probability of (almost) 0.
 
-Whether a run keeps the pool is decided when its network has trained (:func:`pool_weight`): only when the classifier
-validates close to the network. Where it does not (textured phases that filter responses cannot tell apart), pooling
-only pulls the network towards the classifier's mistakes.
+Whether a run keeps the pool, and with which weight, is decided when its network has trained (:func:`pool_weight`):
+only when the classifier validates close to the network, with the classifier leading when it validates as well.
+Where it does not (textured phases that filter responses cannot tell apart), pooling only pulls the network towards
+the classifier's mistakes.
 
 :class:`PooledModel` honours the model contract (``preprocess`` -> ``embed`` -> ``decode``), so the tiled predictor,
 validation, the study and the docks use it like any model: the embedding of a tile is the CNN's input channel
@@ -31,18 +32,24 @@ from napari_metalseg.models.options import check_finite_number
 
 
 def pool_weight(*, network_dice: float, classical_dice: float, margin: float, weight: float) -> float:
-    """The classical weight a run's model keeps: ``weight`` when the classifier's validated mean Dice
-    ``classical_dice`` is within ``margin`` points of the network's ``network_dice`` (or above it), else 0 (the network
-    alone).
+    """The classical weight a run's model keeps, from both members' validated mean Dice:
+
+    - more than ``margin`` points below the network: 0 (the network alone);
+    - else, ``classical_dice`` at or above ``network_dice`` (validation cannot tell them apart, or the classifier is
+      ahead): the classifier leads, ``(1 + weight) / 2`` (0.75 for the default 0.5);
+    - else (behind the network, within ``margin``): ``weight``.
 
     Validation pixels that are scribbles inside each phase do not test where boundaries go: there both members may
     validate alike (a two-phase SEM image: both 100 %) although the classifier places boundaries far better, so a
-    tie keeps the pool. Only a classifier clearly behind the network is dropped.
+    tie keeps the pool with the classifier leading (docs/quality.md: 98.32-98.34 on the real SEM image against
+    97.84-98.19 with equal weights). Only a classifier clearly behind the network is dropped.
     """
     network_dice = check_finite_number("network_dice", network_dice)
     classical_dice = check_finite_number("classical_dice", classical_dice)
     margin = check_finite_number("margin", margin)
-    return float(weight) if classical_dice >= network_dice - margin else 0.0
+    if classical_dice < network_dice - margin:
+        return 0.0
+    return (1.0 + float(weight)) / 2.0 if classical_dice >= network_dice else float(weight)
 
 
 class PooledModel:

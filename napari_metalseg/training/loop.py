@@ -201,8 +201,9 @@ def _validate(
 
 
 def _choose_pool(plan: RunPlan, keeper: RunKeeper, step: int) -> Iterator[ProgressEvent]:
-    """Decide what the run's model is after ``step`` steps, the kept network pooled with the classical classifier or
-    the network alone (:func:`~napari_metalseg.models.pooled.pool_weight`), and record it with its validation.
+    """Decide what the run's model is after ``step`` steps, the kept network pooled with the classical classifier (at
+    which weight) or the network alone (:func:`~napari_metalseg.models.pooled.pool_weight`), and record it with its
+    validation.
 
     The classifier is validated alone on the run's validation pixels (contrast-stretched, as it was fitted) and
     compared with the kept network's best validation. A pooled model is validated once more, at the end (during
@@ -221,16 +222,21 @@ def _choose_pool(plan: RunPlan, keeper: RunKeeper, step: int) -> Iterator[Progre
     classical = validate(load_classifier(plan.out / CLASSIFIER), stretched, plan.phases, "cpu").average
     margin = plan.config.pool_margin
     weight = pool_weight(network_dice=keeper.best, classical_dice=classical, margin=margin, weight=plan.spec.pooled)
-    compared = (
-        f"{plan.source}: network {keeper.best:.2f}%, classical classifier {classical:.2f}% "
-        f"({'within' if weight else 'more than'} {margin:g} points of the network)"
-    )
+    if not weight:
+        relation = f"more than {margin:g} points behind the network"
+    elif weight > plan.spec.pooled:
+        relation = "as good as the network or better: the classifier leads the pool"
+    else:
+        relation = f"within {margin:g} points of the network"
+    compared = f"{plan.source}: network {keeper.best:.2f}%, classical classifier {classical:.2f}% ({relation})"
+    saved = read_run_config(plan.out)
     if weight:
         pooled, _ = load_run(plan.out, device=plan.device)
+        pooled.weight = weight
         metrics = metrics_of(validate(pooled, val_set, plan.phases, plan.device), plan.source)
-        kept, message = None, f"{compared}: pooled, mean Dice {metrics['mean_dice']:.2f}%"
+        kept = None if weight == saved.spec.pooled else replace(saved.spec, pooled=weight)
+        message = f"{compared}: pooled (classical weight {weight:g}), mean Dice {metrics['mean_dice']:.2f}%"
     else:
-        saved = read_run_config(plan.out)
         metrics = dict(saved.metrics)  # the kept network's validation
         kept = replace(saved.spec, pooled=0.0)
         message = f"{compared}: the run's model is the network alone, mean Dice {keeper.best:.2f}%"
