@@ -204,3 +204,8 @@ def test_spec_differences_compare_every_field():
     assert moved.differences(ModelSpec(kind="vit_b", checkpoint="/a/sam.pth", checkpoint_sha256="y", phases=phases))
     fewer = ModelSpec(kind="tiny", img_size=64, phases=phases[:1], guidance="ratio")
     assert spec.differences(fewer) == ["phases ['a', 'b'] vs ['a']"]
+    pooled = ModelSpec(kind="elunet", img_size=64, phases=phases, pooled=0.5)  # the weight is each run's decision
+    assert pooled.differences(ModelSpec(kind="elunet", img_size=64, phases=phases, pooled=0.75)) == []
+    assert pooled.differences(ModelSpec(kind="elunet", img_size=64, phases=phases, pooled=0.0)) == [
+        "pooled True vs False"
+    ]

@@ -15,7 +15,7 @@ from napari_metalseg.cli.values import ratio_vectors
 from napari_metalseg.distributed import environment_rank
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
-from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS, POOL_MARGIN
+from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KINDS, POOL_MARGIN
 
 
 @click.command()
@@ -97,6 +97,14 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, MODEL_KINDS, POOL_MAR
     "CNN (leading it when it validates as well); else the run's model is the CNN alone (a large value always pools).",
 )
 @click.option(
+    "--ema",
+    type=float,
+    default=EMA_DECAY,
+    show_default=True,
+    help="Decay of the moving average of the weights that is validated and kept (about the last 1 / (1 - ema) "
+    "steps); 0: the last weights.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run in --out (from the start when it has no resume state yet). Ctrl-C or SIGTERM "
@@ -136,6 +144,7 @@ def train(
     fp32: bool,
     pool_classical: bool | None,
     pool_margin: float,
+    ema: float,
     resume: bool,
     init_from: Path | None,
     export_full: bool,
@@ -168,6 +177,7 @@ def train(
         bf16=False if fp32 else None,
         pool_classical=pool_classical,
         pool_margin=pool_margin,
+        ema=ema,
     )
     config = _train_config(settings, init_from)
     dataset = load_dataset(data)

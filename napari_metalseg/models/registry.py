@@ -105,6 +105,10 @@ DEFAULT_BUDGET_S = 300.0
 """Training time (s) of the CNNs when neither steps, epochs nor a budget is given: "train for 5 minutes"
 (docs/quality.md: +4.2 points of mean Dice over 3 minutes on held-out micrographs from full masks, 2 CPU cores)."""
 
+EMA_DECAY = 0.995
+"""Decay of the moving average of the weights a gradient run validates and keeps (``TrainConfig.ema``;
+:mod:`napari_metalseg.training.averaging`): about the last 200 steps. docs/quality.md measures it on the CPU default."""
+
 TRAIN_DEFAULTS: dict[str, dict] = {
     "sam": {"batch_size": 2, "lr": 1e-3},
     "cnn": {"batch_size": 8, "lr": 2e-3},

@@ -66,7 +66,9 @@ class ModelSpec:
         same model, so the weights of one fit the other).
 
         Every field is compared; the phases by their names (colours are for display), the base checkpoint by its
-        sha256 when both specs have one (the same file may have moved).
+        sha256 when both specs have one (the same file may have moved), the pool with the classical classifier by
+        whether there is one (its weight is decided anew at the end of each run, the network's weights are the
+        same).
         """
         found = []
         for f in fields(self):
@@ -77,6 +79,8 @@ class ModelSpec:
                 continue
             elif f.name == "checkpoint_sha256" and not (self.checkpoint_sha256 and other.checkpoint_sha256):
                 continue
+            elif f.name == "pooled":
+                mine, theirs = bool(mine), bool(theirs)
             if mine != theirs:
                 found.append(f"{f.name} {mine!r} vs {theirs!r}")
         return found

@@ -35,6 +35,9 @@ class RunKeeper:
         The model in training.
     optimizer : torch.optim.Optimizer
         Its optimizer (saved with the resume state).
+    average : WeightAverage, optional
+        The moving average of its weights (saved with the resume state; the loop applies it to the model before a
+        validation or a save).
 
     Attributes
     ----------
@@ -46,10 +49,11 @@ class RunKeeper:
         Metrics of the last validation.
     """
 
-    def __init__(self, *, plan: RunPlan, model, optimizer) -> None:
+    def __init__(self, *, plan: RunPlan, model, optimizer, average=None) -> None:
         self.plan = plan
         self.model = model
         self.optimizer = optimizer
+        self.average = average
         self.history: list[dict] = []
         self.best = -1.0
         self.last_metrics: dict = {}
@@ -89,6 +93,8 @@ class RunKeeper:
             "best": self.best,
             "seconds": seconds,
         }
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
         with atomic_path(self.plan.out / RESUME) as tmp:
             torch.save(state, tmp)
         if is_run(self.plan.out):  # the history a resumed run continues
@@ -112,6 +118,11 @@ class RunKeeper:
         state = torch.load(path, map_location=self.plan.device, weights_only=True)
         load_trainable_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            if "average" in state:
+                self.average.load_state_dict(state["average"])
+            else:  # saved before runs kept an average
+                self.average.reset()
         self.best = float(state["best"])
         step = int(state["step"])
         self.history = [entry for entry in read_history(self.plan.out) if entry.get("step", 0) <= step]

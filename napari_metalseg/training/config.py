@@ -19,6 +19,7 @@ from napari_metalseg.models.registry import (
     DEFAULT_BUDGET_S,
     DEFAULT_IMG_SIZE,
     DEFAULT_MODEL,
+    EMA_DECAY,
     FAMILIES,
     MODEL_LABELS,
     POOL_MARGIN,
@@ -50,6 +51,9 @@ class TrainConfig:
     ``pool_classical`` fits the classical pixel classifier beside a CNN; the run keeps the pool only when the
     classifier validates within ``pool_margin`` points of mean Dice of the network
     (:func:`~napari_metalseg.models.pooled.pool_weight`; a margin of 100 always pools, one of -100 never does).
+
+    ``ema`` is the decay of the moving average of the weights that a gradient run validates and keeps
+    (:class:`~napari_metalseg.training.averaging.WeightAverage`; 0: the last weights, no average).
     """
 
     model: str | None = None
@@ -81,6 +85,7 @@ class TrainConfig:
     box_probability: float = 0.5
     pool_classical: bool | None = None
     pool_margin: float = POOL_MARGIN
+    ema: float = EMA_DECAY
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -117,6 +122,9 @@ class TrainConfig:
                 f"(only the CNNs: {'/'.join(FAMILIES['cnn'].kinds)})"
             )
         self.pool_margin = check_finite_number("pool_margin", self.pool_margin, "Dice points")
+        self.ema = check_finite_number("ema", self.ema)
+        if not 0.0 <= self.ema < 1.0:
+            raise MetalsegError(f"ema {self.ema:g}: the decay of the weight average must lie in [0, 1) (0: none)")
         if family.name == "cnn" and self.steps is None and self.epochs is None and self.budget_s is None:
             self.budget_s = DEFAULT_BUDGET_S
         self.batch_size = TRAIN_DEFAULTS[family.name]["batch_size"] if self.batch_size is None else self.batch_size

@@ -11,6 +11,7 @@ from napari_metalseg.data.samples import CropSampler, normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import family_of
 from napari_metalseg.progress import ProgressEvent
+from napari_metalseg.training.averaging import WeightAverage
 from napari_metalseg.training.batches import make_batch
 from napari_metalseg.training.checkpoints import RunKeeper
 from napari_metalseg.training.config import use_bf16
@@ -24,7 +25,8 @@ from napari_metalseg.training.validation import metrics_of, validate
 def fit_gradient(
     plan: RunPlan, stop: Callable[[], bool] | None = None, resume: bool = False, export_full: bool = False
 ) -> Iterator[ProgressEvent]:
-    """Train the model of ``plan`` by gradient descent (AdamW, gradient clipping, warm-up and decay).
+    """Train the model of ``plan`` by gradient descent (AdamW, gradient clipping, warm-up and decay); the moving
+    average of its weights (:class:`~napari_metalseg.training.averaging.WeightAverage`) is validated and kept.
 
     Yields the events of :func:`napari_metalseg.training.train`; see there for ``stop``, ``resume`` and
     ``export_full``.
@@ -42,7 +44,8 @@ def fit_gradient(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.total_steps(plan.samples)
-    keeper = RunKeeper(plan=plan, model=model, optimizer=optimizer)
+    average = WeightAverage(model, decay=config.ema)
+    keeper = RunKeeper(plan=plan, model=model, optimizer=optimizer, average=average)
     agree = Agreement(world=plan.world, device=plan.device)
     start, spent = 0, 0.0
     resumed = keeper.resume() if resume else None
@@ -58,7 +61,8 @@ def fit_gradient(
     while step < total:
         stopping, clock = agree.before_step(stop is not None and stop(), pace.elapsed())
         if stopping:
-            keeper.keep_on_stop(step)
+            with average.applied():
+                keeper.keep_on_stop(step)
             keeper.save_resume(step, pace.elapsed())
             if plan.spec.pooled and plan.rank == 0 and keeper.best >= 0:
                 yield from _choose_pool(plan, keeper, step)
@@ -69,6 +73,7 @@ def fit_gradient(
         batch = make_batch(sampler, config, len(plan.phases), step=step, rank=plan.rank, world=plan.world)
         lr = config.lr * pace.lr_factor(step, clock)
         loss_value = _optimizer_step(model, net, optimizer, params, batch, lr=lr, plan=plan, amp=amp)
+        average.update()
         elapsed = pace.elapsed()
         loss_value, out_of_time, due = agree.step(
             loss_value, out_of_time=pace.out_of_time(elapsed), validate=pace.validation_due(step + 1, elapsed)
@@ -88,7 +93,8 @@ def fit_gradient(
         ended = "steps" if step == total else "budget" if out_of_time else None
         if due or ended:
             pace.validated()
-            yield from _validate(model, plan, keeper, step, shown_total, loss_value)
+            with average.applied():  # the average is what is validated and kept
+                yield from _validate(model, plan, keeper, step, shown_total, loss_value)
             keeper.save_resume(step, pace.elapsed())
         if ended:
             total = step
