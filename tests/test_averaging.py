@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from napari_metalseg.data.samples import Sample
-from napari_metalseg.data.synth import synthesize_micrograph
 from napari_metalseg.errors import MetalsegError
-from napari_metalseg.phases import PhaseSet
 from napari_metalseg.runs import RESUME, load_run
 from napari_metalseg.training import TrainConfig, train
 from napari_metalseg.training.averaging import WeightAverage
 
-PHASES = PhaseSet.from_names(["ferrite", "martensite", "bainite"])
 QUICK = {"model": "elunet", "device": "cpu", "img_size": 64, "width": 4, "depth": 3, "batch_size": 2}
-
-
-def _samples(n: int = 1, size: int = 96) -> list[Sample]:
-    out = []
-    for i in range(n):
-        image, mask = synthesize_micrograph(size, seed=30 + i)
-        out.append(Sample(f"s{i}", image.astype(np.float32), mask, 3000.0))
-    return out
 
 
 def _model():
@@ -85,15 +72,15 @@ def test_ema_is_checked():
     assert TrainConfig(model="elunet").ema == 0.995
 
 
-def test_a_run_keeps_the_average_and_resumes_it(tmp_path):
+def test_a_run_keeps_the_average_and_resumes_it(split_samples, synth_dataset, tmp_path):
     """The kept model is the average, not the last weights; the resume state carries the average on."""
     from napari_metalseg.models.lora import trainable_state_dict
 
-    samples = _samples()
+    samples, phases = split_samples["train"][:1], synth_dataset.phases
     config = TrainConfig(steps=12, val_every=12, ema=0.9, lr=5e-2, pool_classical=False, **QUICK)
     calls = iter(range(100))
     out = tmp_path / "run"
-    stopped = list(train(samples, PHASES, out, config, stop=lambda: next(calls) >= 6))
+    stopped = list(train(samples, phases, out, config, stop=lambda: next(calls) >= 6))
     assert stopped[-1].kind == "stopped"
     state = torch.load(out / RESUME, weights_only=True)
     kept, _ = load_run(out)
@@ -103,7 +90,7 @@ def test_a_run_keeps_the_average_and_resumes_it(tmp_path):
     key = next(k for k, v in raw.items() if v.is_floating_point() and v.ndim == 4)
     torch.testing.assert_close(kept_state[key], state["average"]["average"][key])  # the stopped run keeps the average
     assert not torch.allclose(kept_state[key], raw[key])  # which is not the last weights
-    resumed = list(train(samples, PHASES, out, config, resume=True))
+    resumed = list(train(samples, phases, out, config, resume=True))
     assert resumed[-1].kind == "done"
     final = torch.load(out / RESUME, weights_only=True)
     assert final["average"]["updates"] == 12  # continued, not restarted

@@ -240,13 +240,11 @@ def _choose_pool(plan: RunPlan, keeper: RunKeeper, step: int) -> Iterator[Progre
         pooled, _ = load_run(plan.out, device=plan.device)
         pooled.weight = weight
         metrics = metrics_of(validate(pooled, val_set, plan.phases, plan.device), plan.source)
-        kept = None if weight == saved.spec.pooled else replace(saved.spec, pooled=weight)
         message = f"{compared}: pooled (classical weight {weight:g}), mean Dice {metrics['mean_dice']:.2f}%"
     else:
         metrics = dict(saved.metrics)  # the kept network's validation
-        kept = replace(saved.spec, pooled=0.0)
         message = f"{compared}: the run's model is the network alone, mean Dice {keeper.best:.2f}%"
     choice = {"network_mean_dice": keeper.best, "classical_mean_dice": classical, "weight": weight}
     metrics |= {"network_mean_dice": keeper.best, "classical_mean_dice": classical}
-    keeper.record_final(metrics, spec=kept, pool_choice=choice)
+    keeper.record_final(metrics, spec=replace(saved.spec, pooled=weight), pool_choice=choice)
     yield ProgressEvent("validate", step, step, metrics=metrics, message=message)
