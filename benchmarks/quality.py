@@ -83,6 +83,7 @@ RECIPES = {
     "elunet-w16": {"model": "elunet", "width": 16, "img_size": 256, "batch_size": 4},
     "elunet-alone": {"model": "elunet", "pool_classical": False},
     "elunet-alone-last": {"model": "elunet", "pool_classical": False, "ema": 0.0},
+    "elunet-alone-pseudo": {"model": "elunet", "pool_classical": False, "pseudo": 1.0},
     "unet-w16": {"model": "unet", "width": 16},
     "unet-w24": {"model": "unet", "width": 24},
     "unet-w24-d3": {"model": "unet", "width": 24, "depth": 3},

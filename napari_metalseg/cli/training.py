@@ -15,7 +15,7 @@ from napari_metalseg.cli.values import ratio_vectors
 from napari_metalseg.distributed import environment_rank
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models import FINETUNE_MODES, TRAINING_GUIDANCE
-from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KINDS, POOL_MARGIN
+from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KINDS, POOL_MARGIN, PSEUDO_WEIGHT
 
 
 @click.command()
@@ -105,6 +105,14 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KIND
     "steps); 0: the last weights.",
 )
 @click.option(
+    "--pseudo",
+    type=float,
+    default=PSEUDO_WEIGHT,
+    show_default=True,
+    help="Weight of the pseudo-labels the weight average gives the unlabelled pixels where it is sure (scribbles); "
+    "0: train on the painted pixels only.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run in --out (from the start when it has no resume state yet). Ctrl-C or SIGTERM "
@@ -145,6 +153,7 @@ def train(
     pool_classical: bool | None,
     pool_margin: float,
     ema: float,
+    pseudo: float,
     resume: bool,
     init_from: Path | None,
     export_full: bool,
@@ -178,6 +187,7 @@ def train(
         pool_classical=pool_classical,
         pool_margin=pool_margin,
         ema=ema,
+        pseudo=pseudo,
     )
     config = _train_config(settings, init_from)
     dataset = load_dataset(data)

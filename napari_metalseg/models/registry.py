@@ -109,6 +109,13 @@ EMA_DECAY = 0.995
 """Decay of the moving average of the weights a gradient run validates and keeps (``TrainConfig.ema``;
 :mod:`napari_metalseg.training.averaging`): about the last 200 steps. docs/quality.md measures it on the CPU default."""
 
+PSEUDO_WEIGHT = 1.0
+"""Weight of the pseudo-labels the weight average gives the unlabelled pixels (``TrainConfig.pseudo``;
+:mod:`napari_metalseg.training.pseudo`). docs/quality.md measures it from scribbles."""
+
+PSEUDO_CONFIDENCE = 0.9
+"""Probability at which the weight average's phase of an unlabelled pixel becomes its pseudo-label."""
+
 TRAIN_DEFAULTS: dict[str, dict] = {
     "sam": {"batch_size": 2, "lr": 1e-3},
     "cnn": {"batch_size": 8, "lr": 2e-3},

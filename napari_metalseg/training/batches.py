@@ -8,13 +8,14 @@ import numpy as np
 from napari_metalseg.data.samples import CropSampler
 from napari_metalseg.phases import UNLABELED
 from napari_metalseg.training.config import TrainConfig
+from napari_metalseg.training.pseudo import OPEN
 
 
 def box_from_mask(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> np.ndarray | None:
     """A box prompt around one ground-truth phase region of ``mask``, with jitter (x0, y0, x1, y1)."""
     from scipy import ndimage
 
-    present = [k for k in np.unique(mask) if k != UNLABELED]
+    present = [k for k in np.unique(mask) if k not in (UNLABELED, OPEN)]
     if not present:
         return None
     phase = present[rng.integers(len(present))]

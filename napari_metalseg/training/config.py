@@ -25,6 +25,7 @@ from napari_metalseg.models.registry import (
     POOL_MARGIN,
     POOL_WEIGHT,
     POOLED_FAMILIES,
+    PSEUDO_WEIGHT,
     TRAIN_DEFAULTS,
     check_model_options,
     family_of,
@@ -53,7 +54,9 @@ class TrainConfig:
     (:func:`~napari_metalseg.models.pooled.pool_weight`; a margin of 100 always pools, one of -100 never does).
 
     ``ema`` is the decay of the moving average of the weights that a gradient run validates and keeps
-    (:class:`~napari_metalseg.training.averaging.WeightAverage`; 0: the last weights, no average).
+    (:class:`~napari_metalseg.training.averaging.WeightAverage`; 0: the last weights, no average). ``pseudo`` weighs
+    the pseudo-labels that average gives the pixels left unlabelled (:mod:`napari_metalseg.training.pseudo`; 0: none;
+    full masks leave none).
     """
 
     model: str | None = None
@@ -86,6 +89,7 @@ class TrainConfig:
     pool_classical: bool | None = None
     pool_margin: float = POOL_MARGIN
     ema: float = EMA_DECAY
+    pseudo: float = PSEUDO_WEIGHT
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -125,6 +129,9 @@ class TrainConfig:
         self.ema = check_finite_number("ema", self.ema)
         if not 0.0 <= self.ema < 1.0:
             raise MetalsegError(f"ema {self.ema:g}: the decay of the weight average must lie in [0, 1) (0: none)")
+        self.pseudo = check_finite_number("pseudo", self.pseudo)
+        if self.pseudo < 0:
+            raise MetalsegError(f"pseudo {self.pseudo:g}: the weight of the pseudo-labels must be >= 0 (0: none)")
         if family.name == "cnn" and self.steps is None and self.epochs is None and self.budget_s is None:
             self.budget_s = DEFAULT_BUDGET_S
         self.batch_size = TRAIN_DEFAULTS[family.name]["batch_size"] if self.batch_size is None else self.batch_size

@@ -17,7 +17,8 @@ from napari_metalseg.training.checkpoints import RunKeeper
 from napari_metalseg.training.config import use_bf16
 from napari_metalseg.training.losses import deep_supervision_loss
 from napari_metalseg.training.one_call import fit_companion
-from napari_metalseg.training.plan import RunPlan
+from napari_metalseg.training.plan import HELD_OUT, RunPlan
+from napari_metalseg.training.pseudo import mark_open, pseudo_label_loss, split_target, teacher_labels
 from napari_metalseg.training.schedule import Pace
 from napari_metalseg.training.validation import metrics_of, validate
 
@@ -72,7 +73,8 @@ def fit_gradient(
         model.train()
         batch = make_batch(sampler, config, len(plan.phases), step=step, rank=plan.rank, world=plan.world)
         lr = config.lr * pace.lr_factor(step, clock)
-        loss_value = _optimizer_step(model, net, optimizer, params, batch, lr=lr, plan=plan, amp=amp)
+        teacher = average if config.pseudo > 0 else None
+        loss_value = _optimizer_step(model, net, optimizer, params, batch, lr=lr, plan=plan, amp=amp, teacher=teacher)
         average.update()
         elapsed = pace.elapsed()
         loss_value, out_of_time, due = agree.step(
@@ -157,10 +159,14 @@ def _sampler(model, plan: RunPlan) -> CropSampler:
     if getattr(model, "contrast", None) == "image":
         crops_from = [replace(s, image=normalize_contrast(s.image)) for s in plan.samples]
     config = plan.config  # one seed for every rank: the crops are drawn per step (make_batch)
+    if config.pseudo > 0:  # the pixels left unlabelled may take pseudo-labels, the held-out ones never
+        crops_from = mark_open(crops_from, plan.val_set if plan.source == HELD_OUT else None)
     return CropSampler(crops_from, config.img_size, len(plan.phases), seed=config.seed, augment=config.augment)
 
 
-def _optimizer_step(model, net, optimizer, params, batch: tuple, *, lr: float, plan: RunPlan, amp: bool) -> float:
+def _optimizer_step(
+    model, net, optimizer, params, batch: tuple, *, lr: float, plan: RunPlan, amp: bool, teacher=None
+) -> float:
     """One AdamW step on ``batch`` at learning rate ``lr`` (bf16 autocast with ``amp``, gradients clipped to 1);
     returns the loss (in a distributed run, that of the global batch)."""
     import torch
@@ -175,10 +181,17 @@ def _optimizer_step(model, net, optimizer, params, batch: tuple, *, lr: float, p
     b = torch.from_numpy(boxes).to(device) if boxes is not None else None
     for group in optimizer.param_groups:
         group["lr"] = lr
+    target, open_ = split_target(target)
+    pseudo = None
+    if teacher is not None and bool(open_.any()):
+        pseudo = teacher_labels(model, teacher, x, open_, ratios=r, boxes=b, amp=amp)
     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
         outputs = net(x, ratios=r, boxes=b)
     reduce = sum_over_ranks if plan.world > 1 else None  # the loss of the global batch
     loss = deep_supervision_loss(outputs, target, len(plan.phases), reduce=reduce)
+    if pseudo is not None:
+        main = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        loss = loss + plan.config.pseudo * pseudo_label_loss(main, pseudo, open_.sum())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)

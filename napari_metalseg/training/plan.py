@@ -13,6 +13,9 @@ from napari_metalseg.phases import PhaseSet
 from napari_metalseg.runs import INIT_FROM
 from napari_metalseg.training.config import TrainConfig, model_spec
 
+HELD_OUT = "held-out pixels"
+"""``RunPlan.source`` when the validation pixels are set aside from the training images' labels."""
+
 
 @dataclass(kw_only=True)
 class RunPlan:
@@ -92,7 +95,7 @@ def plan_run(
     if val_set is None and config.holdout > 0:
         samples, held = holdout_pixels(samples, len(phases), config.holdout, seed=config.seed)
         if held:
-            val_set, source = held, "held-out pixels"
+            val_set, source = held, HELD_OUT
             training["val_images"] = f"{config.holdout:.0%} of the labelled pixels of the training images"
     return RunPlan(
         out=Path(out),
