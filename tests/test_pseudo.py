@@ -96,3 +96,46 @@ def test_pseudo_labels_train_on_scribbles_and_leave_full_masks_alone(split_sampl
     scribbled = [Sample(s.name, s.image, np.where(rng.random(s.mask.shape) < 0.1, s.mask, UNLABELED).astype(np.uint8))]
     with_, without = (_weights(scribbled, phases, tmp_path / f"scribbles{p}", pseudo=p) for p in (1.0, 0.0))
     assert not all(torch.equal(with_[k], without[k]) for k in with_)
+
+
+def test_a_share_of_the_crops_comes_from_the_unlabelled_micrographs_without_guidance():
+    from napari_metalseg.data.samples import CropSampler
+    from napari_metalseg.training.batches import make_batch
+
+    rng = np.random.default_rng(0)
+    labelled = Sample("a", rng.random((96, 96), np.float32), np.zeros((96, 96), np.uint8))
+    blank = Sample("u", np.zeros((96, 96), np.float32), np.full((96, 96), OPEN, np.uint8))
+    plain = CropSampler([labelled], 32, 2, augment=False)
+    same = CropSampler([labelled], 32, 2, augment=False, extra=[])
+    for seed in range(5):  # without unlabelled micrographs the crops are those drawn before
+        a, b = plain.sample(np.random.default_rng(seed)), same.sample(np.random.default_rng(seed))
+        assert np.array_equal(a.image, b.image)
+    mixed = CropSampler([labelled], 32, 2, augment=False, extra=[blank], extra_share=0.5)
+    config = TrainConfig(model="elunet", guidance="ratio", batch_size=32, ratio_noise=0.0, ratio_dropout=0.0)
+    images, masks, ratios, _ = make_batch(mixed, config, 2, step=0)
+    from_blank = (masks == OPEN).any(axis=(1, 2))
+    assert 8 <= from_blank.sum() <= 24  # about half
+    assert np.all(images[from_blank] == 0) and not (masks[from_blank] == 0).any()
+    assert set(np.unique(masks[~from_blank])) <= {0, UNLABELED}  # the labelled crops as before (and padding)
+    assert np.isnan(ratios[from_blank]).all()  # their fractions are unknown: no guidance learns from them
+    np.testing.assert_allclose(ratios[~from_blank], [[1.0, 0.0]] * int((~from_blank).sum()))
+
+
+def test_unlabelled_micrographs_change_the_run_only_with_pseudo_labels(split_samples, synth_dataset, tmp_path):
+    phases = synth_dataset.phases
+    full, others = split_samples["train"][:1], split_samples["test"][:1]
+    settings = dict(steps=12, val_every=12, lr=5e-2, pool_classical=False, **QUICK)
+
+    def weights(name, pseudo, unlabelled):
+        out = tmp_path / name
+        list(train(full, phases, out, TrainConfig(pseudo=pseudo, **settings), unlabelled=unlabelled))
+        model, config = load_run(out)
+        return trainable_state_dict(model), config.training
+
+    alone, _ = weights("alone", 1.0, None)
+    ignored, recorded = weights("off", 0.0, others)
+    assert "unlabelled_images" not in recorded
+    used, recorded = weights("used", 1.0, others)
+    assert recorded["unlabelled_images"] == [others[0].name]
+    assert not all(torch.equal(alone[k], used[k]) for k in alone)
+    assert all(torch.equal(alone[k], ignored[k]) for k in alone)  # full masks: pseudo 1 and 0 train alike

@@ -3,7 +3,7 @@ run records."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from napari_metalseg.data.samples import Sample, holdout_pixels
@@ -41,6 +41,8 @@ class RunPlan:
         The resolved torch device.
     rank, world : int
         This process's rank and the number of processes (``torch.distributed``; 0 and 1 without it).
+    unlabelled : list of Sample
+        Micrographs without labels that take pseudo-labels (``config.pseudo``; empty without).
     """
 
     out: Path
@@ -54,6 +56,7 @@ class RunPlan:
     device: str
     rank: int
     world: int
+    unlabelled: list[Sample] = field(default_factory=list)
 
 
 def plan_run(
@@ -64,6 +67,7 @@ def plan_run(
     val_samples: list[Sample] | None = None,
     *,
     device: str,
+    unlabelled: list[Sample] | None = None,
 ) -> RunPlan:
     """Plan a run of ``config`` on ``device`` (resolved by :func:`~napari_metalseg.distributed.process_group`: the
     local rank's GPU under torchrun): seed torch, choose what validates.
@@ -90,6 +94,9 @@ def plan_run(
         "train_images": [s.name for s in samples],
         "val_images": [s.name for s in val_set or []],
     }
+    unlabelled = list(unlabelled or []) if config.pseudo > 0 else []
+    if unlabelled:
+        training["unlabelled_images"] = [s.name for s in unlabelled]
     if config.init_from is not None:
         training[INIT_FROM] = init_source(config.init_from, spec, Path(out))
     if val_set is None and config.holdout > 0:
@@ -109,6 +116,7 @@ def plan_run(
         device=device,
         rank=rank,
         world=world,
+        unlabelled=unlabelled,
     )
 
 
