@@ -103,13 +103,11 @@ def run_recipe(
     seed: int = 0,
     guidance: str = "none",
     extra: dict | None = None,
-    unlabelled: list[Sample] | None = None,
 ) -> dict:
     """Train recipe ``name`` and score it on ``test``: without phase fractions (``dice``), given each test image's
     true fractions (``dice_true_ratio``: the guidance encoder of a guided run reads them, and every run's labels are
     given them, :mod:`napari_metalseg.priors`) and given fractions off by about 2 points, as a point count gives
-    them (``dice_noisy_ratio``); ``guidance`` (``ratio`` or ``spatial``) trains a guided run; ``unlabelled``
-    micrographs (never the test ones) take pseudo-labels in training."""
+    them (``dice_noisy_ratio``); ``guidance`` (``ratio`` or ``spatial``) trains a guided run."""
     from napari_metalseg.phases import phase_fractions
     from napari_metalseg.training import TrainConfig, train, validate
 
@@ -122,7 +120,7 @@ def run_recipe(
     config = TrainConfig(device="cpu", seed=seed, **recipe)
     t0 = time.perf_counter()
     last = None
-    for event in train(train_samples, phases, out, config, unlabelled=unlabelled):
+    for event in train(train_samples, phases, out, config):
         last = event
     train_s = time.perf_counter() - t0
     from napari_metalseg.runs import load_run
@@ -245,13 +243,6 @@ def main(argv=None) -> int:
         "--steps", type=int, default=None, help="Train the CNN recipes for this many steps instead of --budget-s."
     )
     parser.add_argument("--seed", type=int, default=0, help="Training seed of every run (repeat runs with others).")
-    parser.add_argument(
-        "--unlabelled",
-        type=int,
-        default=0,
-        help="Also give training this many unlabelled micrographs at the test magnifications (other seeds than the "
-        "test micrographs': never the ones scored).",
-    )
     parser.add_argument("--zeiss", action="store_true", help="Also score the real Zeiss image (2 %% scribbles).")
     parser.add_argument("--no-grid", action="store_true", help="Only the Zeiss image.")
     args = parser.parse_args(argv)
@@ -265,11 +256,9 @@ def main(argv=None) -> int:
             if source == "synth":
                 train_full = synth_samples(args.n_train, args.size, 101, TRAIN_MAGS, "tr")
                 test = synth_samples(args.n_test, args.size, 202, TEST_MAGS, "te")
-                unlabelled = synth_samples(args.unlabelled, args.size, 505, TEST_MAGS, "un")
             else:
                 train_full = heldout_samples(args.n_train, args.size, 303, HELDOUT_TRAIN_MAGS, "tr")
                 test = heldout_samples(args.n_test, args.size, 404, HELDOUT_TEST_MAGS, "te")
-                unlabelled = heldout_samples(args.unlabelled, args.size, 505, HELDOUT_TEST_MAGS, "un")
             for labels in args.labels.split(","):
                 train_set = train_full if labels == "full" else scribbled(train_full, args.scribble_fraction, 7)
                 for name in recipes:
@@ -288,9 +277,8 @@ def main(argv=None) -> int:
                             seed=args.seed,
                             guidance=guidance,
                             extra={"steps": args.steps} if args.steps and name != "classical" else None,
-                            unlabelled=unlabelled,
                         )
-                        result |= {"source": source, "labels": labels, "seed": args.seed, "unlabelled": len(unlabelled)}
+                        result |= {"source": source, "labels": labels, "seed": args.seed}
                         results.append(result)
                         print(json.dumps(result), flush=True)
                         record.write_text(json.dumps(results, indent=1))

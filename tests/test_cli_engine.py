@@ -134,23 +134,6 @@ def test_bad_training_arguments(synth_dataset, tmp_path, flag, value, fragment):
     _one_error_line(_invoke("train", "--data", synth_dataset.root, "--out", tmp_path / "r", flag, value), fragment)
 
 
-def test_train_takes_pseudo_labels_on_the_training_images_without_a_mask(synth_dataset, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(synth_dataset.root, data)
-    bare = next(item for item in synth_dataset.items if item.split == "train")
-    (data / "masks" / bare.mask_path.name).unlink()
-    test_image = next(item for item in synth_dataset.items if item.split == "test")
-    (data / "masks" / test_image.mask_path.name).unlink()  # a test image is never trained on, labelled or not
-    for pseudo, expected in (("1", [bare.name]), ("0", None)):
-        run = tmp_path / f"run{pseudo}"
-        args = ("--model", "elunet", "--steps", 2, "--img-size", 64, "--device", "cpu", "--pseudo", pseudo)
-        result = _invoke("train", "--data", data, "--out", run, *args)
-        assert result.exit_code == 0, result.output
-        training = json.loads((run / "config.json").read_text())["training"]
-        assert training.get("unlabelled_images") == expected
-        assert ("1 unlabelled image(s)" in result.output) == bool(expected)
-
-
 def test_wrong_checkpoint_is_one_error_line(synth_dataset, tmp_path):
     bad = tmp_path / "sam_vit_b.pth"
     bad.write_bytes(b"not a checkpoint")

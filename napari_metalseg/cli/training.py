@@ -160,7 +160,7 @@ def train(
 ) -> None:
     """Train (or LoRA-adapt) a phase-segmentation model on a dataset, or retrain a run's model (--init-from)."""
     from napari_metalseg.data.dataset import load_dataset
-    from napari_metalseg.data.samples import load_samples, load_unlabelled
+    from napari_metalseg.data.samples import load_samples
     from napari_metalseg.training import train as run_training
 
     settings = dict(
@@ -195,13 +195,11 @@ def train(
     if not train_samples:
         raise MetalsegError(f"{data}: no labelled training images (masks/ with split train or no split)")
     val_samples = load_samples(dataset.labelled_split("val"))
-    unlabelled = load_unlabelled(dataset.train_items) if config.pseudo > 0 else []
     rank, world = environment_rank()
     if rank == 0:
         ranks = f" on {world} processes (torchrun)" if world > 1 else ""
-        also = f" (and {len(unlabelled)} unlabelled image(s) for pseudo-labels)" if unlabelled else ""
         click.echo(
-            f"training on {len(train_samples)} image(s){also}{ranks}, validating on "
+            f"training on {len(train_samples)} image(s){ranks}, validating on "
             f"{len(val_samples) or 'the training'} image(s)",
             err=True,
         )
@@ -215,7 +213,6 @@ def train(
         stop=stop,
         resume=resume,
         export_full=export_full,
-        unlabelled=unlabelled,
     )
     with stop:
         last = _drive(job, rank=rank, world=world, out=out)

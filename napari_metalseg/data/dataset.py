@@ -86,13 +86,8 @@ class Dataset:
     def labelled_split(self, name: str) -> list[DatasetItem]:
         """Items with a mask in a split; ``"train"`` also takes images without a split, ``"all"`` every one."""
         if name == "train":
-            return [item for item in self.train_items if item.mask_path is not None]
+            return [item for item in self.labelled if item.split in (None, "train")]
         return [item for item in self.split(name) if item.mask_path is not None]
-
-    @property
-    def train_items(self) -> list[DatasetItem]:
-        """Items training may use, labelled or not: those of the ``train`` split and those without a split."""
-        return [item for item in self.items if item.split in (None, "train")]
 
     @property
     def labelled(self) -> list[DatasetItem]:

@@ -45,24 +45,6 @@ def load_samples(items: Iterable) -> list[Sample]:
     return samples
 
 
-MAX_UNLABELLED = 16
-"""The most unlabelled micrographs a run takes pseudo-labels on (:func:`load_unlabelled`; they are held in memory)."""
-
-
-def load_unlabelled(items: Iterable, limit: int = MAX_UNLABELLED) -> list[Sample]:
-    """Read the dataset items *without* a mask into :class:`Sample` objects whose masks are all unlabelled: at most
-    ``limit`` of them, spread evenly over ``items``."""
-    bare = [item for item in items if item.mask_path is None]
-    if len(bare) > limit:
-        bare = [bare[i] for i in np.linspace(0, len(bare) - 1, limit).round().astype(int)]
-    samples = []
-    for item in bare:
-        micrograph = item.read_image()
-        mask = np.full(micrograph.image.shape[:2], UNLABELED, np.uint8)
-        samples.append(Sample(item.name, micrograph.image, mask, micrograph.magnification, micrograph.pixel_size_um))
-    return samples
-
-
 def normalize_contrast(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Stretch a micrograph's intensities so its ``low`` / ``high`` percentiles become 0 / 1 (clipped to [0, 1]).
 
@@ -203,11 +185,6 @@ class CropSampler:
         Range of the random zoom factor (log-uniform).
     augment : bool
         Intensity and geometric augmentation on or off.
-    extra : list of Sample
-        Micrographs without labels (their masks pass through unchanged): ``extra_share`` of the crops are cut from
-        one of them at a random place instead.
-    extra_share : float
-        Share of the crops cut from ``extra``.
     """
 
     def __init__(
@@ -218,14 +195,10 @@ class CropSampler:
         seed: int = 0,
         scale_range: tuple[float, float] = (0.75, 1.33),
         augment: bool = True,
-        extra: list[Sample] | None = None,
-        extra_share: float = 0.25,
     ) -> None:
         if not samples:
             raise MetalsegError("no labelled images to train on")
         self.samples = samples
-        self.extra = list(extra or [])
-        self.extra_share = extra_share
         self.size = size
         self.num_phases = num_phases
         self.rng = np.random.default_rng(seed)
@@ -250,16 +223,11 @@ class CropSampler:
     def sample(self, rng: np.random.Generator | None = None) -> Crop:
         """One augmented :class:`Crop`, drawn with ``rng`` (default: the sampler's own generator)."""
         rng = self.rng if rng is None else rng
-        if self.extra and rng.random() < self.extra_share:
-            s = self.extra[rng.integers(len(self.extra))]
-            cy, cx = int(rng.integers(s.mask.shape[0])), int(rng.integers(s.mask.shape[1]))
-            fractions = np.full(self.num_phases, np.nan)  # unknown: such a crop carries no guidance
-        else:
-            phase = self.present[rng.integers(len(self.present))]
-            candidates = [i for i, w in enumerate(self._where) if len(w[phase])]
-            i = candidates[rng.integers(len(candidates))]
-            s, fractions = self.samples[i], self.fractions[i]
-            cy, cx = self._where[i][phase][rng.integers(len(self._where[i][phase]))]
+        phase = self.present[rng.integers(len(self.present))]
+        candidates = [i for i, w in enumerate(self._where) if len(w[phase])]
+        i = candidates[rng.integers(len(candidates))]
+        s = self.samples[i]
+        cy, cx = self._where[i][phase][rng.integers(len(self._where[i][phase]))]
         lo, hi = np.log(self.scale_range[0]), np.log(self.scale_range[1])
         scale = float(np.exp(rng.uniform(lo, hi))) if self.augment else 1.0
         src = max(8, int(round(self.size / scale)))
@@ -275,7 +243,7 @@ class CropSampler:
         if self.augment:
             image, mask = _geometric(image, mask, rng)
             image = _intensity(image, rng)
-        return Crop(image.astype(np.float32), mask, fractions)
+        return Crop(image.astype(np.float32), mask, self.fractions[i])
 
 
 def _geometric(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -68,7 +68,6 @@ def train(
     stop: Callable[[], bool] | None = None,
     resume: bool = False,
     export_full: bool = False,
-    unlabelled: list[Sample] | None = None,
 ) -> Job[Path]:
     """Train a phase-segmentation model; yields progress events; writes the run directory ``out``.
 
@@ -91,10 +90,6 @@ def train(
         from the weights of another run).
     export_full : bool
         Also write ``model_full.safetensors``: LoRA merged into the base, a stand-alone model.
-    unlabelled : list of Sample, optional
-        Micrographs without labels (say, the rest of the series to segment): with ``config.pseudo`` a quarter of the
-        gradient steps' crops are cut from them and trained on the weight average's sure pseudo-labels
-        (:mod:`~napari_metalseg.training.pseudo`); their masks are ignored.
 
     Yields
     ------
@@ -125,7 +120,7 @@ def train(
     from napari_metalseg.distributed import process_group
 
     with process_group(config.device) as device:
-        plan = plan_run(samples, phases, out, config, val_samples, device=device, unlabelled=unlabelled)
+        plan = plan_run(samples, phases, out, config, val_samples, device=device)
         if family_of(config.model).gradient:
             from napari_metalseg.training.loop import fit_gradient
 

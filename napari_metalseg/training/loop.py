@@ -7,8 +7,6 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-import numpy as np
-
 from napari_metalseg.data.samples import CropSampler, normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import family_of
@@ -20,7 +18,7 @@ from napari_metalseg.training.config import use_bf16
 from napari_metalseg.training.losses import deep_supervision_loss
 from napari_metalseg.training.one_call import fit_companion
 from napari_metalseg.training.plan import HELD_OUT, RunPlan
-from napari_metalseg.training.pseudo import OPEN, mark_open, pseudo_label_loss, split_target, teacher_labels
+from napari_metalseg.training.pseudo import mark_open, pseudo_label_loss, split_target, teacher_labels
 from napari_metalseg.training.schedule import Pace
 from napari_metalseg.training.validation import metrics_of, validate
 
@@ -161,15 +159,9 @@ def _sampler(model, plan: RunPlan) -> CropSampler:
     if getattr(model, "contrast", None) == "image":
         crops_from = [replace(s, image=normalize_contrast(s.image)) for s in plan.samples]
     config = plan.config  # one seed for every rank: the crops are drawn per step (make_batch)
-    extra = []
     if config.pseudo > 0:  # the pixels left unlabelled may take pseudo-labels, the held-out ones never
         crops_from = mark_open(crops_from, plan.val_set if plan.source == HELD_OUT else None)
-        extra = [replace(s, mask=np.full(s.image.shape[:2], OPEN, np.uint8)) for s in plan.unlabelled]
-        if getattr(model, "contrast", None) == "image":
-            extra = [replace(s, image=normalize_contrast(s.image)) for s in extra]
-    return CropSampler(
-        crops_from, config.img_size, len(plan.phases), seed=config.seed, augment=config.augment, extra=extra
-    )
+    return CropSampler(crops_from, config.img_size, len(plan.phases), seed=config.seed, augment=config.augment)
 
 
 def _optimizer_step(

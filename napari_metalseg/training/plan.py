@@ -3,7 +3,7 @@ run records."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from napari_metalseg.data.samples import Sample, holdout_pixels
@@ -41,8 +41,6 @@ class RunPlan:
         The resolved torch device.
     rank, world : int
         This process's rank and the number of processes (``torch.distributed``; 0 and 1 without it).
-    unlabelled : list of Sample
-        Micrographs without labels that take pseudo-labels (``config.pseudo``; empty without).
     """
 
     out: Path
@@ -56,7 +54,6 @@ class RunPlan:
     device: str
     rank: int
     world: int
-    unlabelled: list[Sample] = field(default_factory=list)
 
 
 def plan_run(
@@ -67,7 +64,6 @@ def plan_run(
     val_samples: list[Sample] | None = None,
     *,
     device: str,
-    unlabelled: list[Sample] | None = None,
 ) -> RunPlan:
     """Plan a run of ``config`` on ``device`` (resolved by :func:`~napari_metalseg.distributed.process_group`: the
     local rank's GPU under torchrun): seed torch, choose what validates.
@@ -94,9 +90,6 @@ def plan_run(
         "train_images": [s.name for s in samples],
         "val_images": [s.name for s in val_set or []],
     }
-    unlabelled = list(unlabelled or []) if config.pseudo > 0 else []
-    if unlabelled:
-        training["unlabelled_images"] = [s.name for s in unlabelled]
     if config.init_from is not None:
         training[INIT_FROM] = init_source(config.init_from, spec, Path(out))
     if val_set is None and config.holdout > 0:
@@ -116,7 +109,6 @@ def plan_run(
         device=device,
         rank=rank,
         world=world,
-        unlabelled=unlabelled,
     )
 
 
