@@ -84,6 +84,7 @@ RECIPES = {
     "elunet-alone": {"model": "elunet", "pool_classical": False},
     "elunet-alone-last": {"model": "elunet", "pool_classical": False, "ema": 0.0},
     "elunet-alone-pseudo": {"model": "elunet", "pool_classical": False, "pseudo": 1.0},
+    "default-pseudo": {"pseudo": 1.0},
     "unet-w16": {"model": "unet", "width": 16},
     "unet-w24": {"model": "unet", "width": 24},
     "unet-w24-d3": {"model": "unet", "width": 24, "depth": 3},

@@ -109,8 +109,8 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KIND
     type=float,
     default=PSEUDO_WEIGHT,
     show_default=True,
-    help="Weight of the pseudo-labels the weight average gives the unlabelled pixels where it is sure (scribbles); "
-    "0: train on the painted pixels only.",
+    help="Weight of the pseudo-labels the weight average gives the unlabelled pixels where it is sure (scribbles; "
+    "1 is a good value when steps, not time, are the limit); 0: train on the painted pixels only.",
 )
 @click.option(
     "--resume",

@@ -109,9 +109,11 @@ EMA_DECAY = 0.995
 """Decay of the moving average of the weights a gradient run validates and keeps (``TrainConfig.ema``;
 :mod:`napari_metalseg.training.averaging`): about the last 200 steps. docs/quality.md measures it on the CPU default."""
 
-PSEUDO_WEIGHT = 1.0
+PSEUDO_WEIGHT = 0.0
 """Weight of the pseudo-labels the weight average gives the unlabelled pixels (``TrainConfig.pseudo``;
-:mod:`napari_metalseg.training.pseudo`). docs/quality.md measures it from scribbles."""
+:mod:`napari_metalseg.training.pseudo`): off by default. docs/quality.md measured 1.0 from scribbles: +1.1 points at
+a fixed step count, nothing in a 5-minute budget on 2 CPU cores (the teacher's forward pass costs a fifth of the
+steps)."""
 
 PSEUDO_CONFIDENCE = 0.9
 """Probability at which the weight average's phase of an unlabelled pixel becomes its pseudo-label."""
