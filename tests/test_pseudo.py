@@ -71,6 +71,38 @@ def test_the_pseudo_label_loss_counts_every_open_pixel():
     torch.testing.assert_close(loss, torch.tensor(np.log(2.0) / 4, dtype=torch.float32))  # one pixel of four
 
 
+def test_ranks_sharing_a_batch_get_the_pseudo_label_loss_and_gradient_of_the_whole_batch():
+    """Two 'ranks' with half a batch each, unequal open pixels: each sees the whole batch's term, and the mean of their
+    gradients (what DistributedDataParallel applies) is the whole batch's gradient."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 6, 6, generator=generator)
+    labels = torch.randint(0, 3, (4, 6, 6), generator=generator)
+    labels[1, :3] = UNLABELED  # open but unsure
+    counts = torch.tensor([60, 72])  # the open pixels of each half, sure or not
+    whole = logits.clone().requires_grad_(True)
+    expected = pseudo_label_loss(whole, labels, counts.sum())
+    expected.backward()
+    halves = [logits[:2].clone().requires_grad_(True), logits[2:].clone().requires_grad_(True)]
+    local = [
+        torch.stack(
+            [
+                torch.nn.functional.cross_entropy(
+                    h.detach(), labels[2 * r : 2 * r + 2], ignore_index=UNLABELED, reduction="sum"
+                ),
+                counts[r].float(),
+            ]
+        )
+        for r, h in enumerate(halves)
+    ]
+    for r in (0, 1):
+        loss = pseudo_label_loss(
+            halves[r], labels[2 * r : 2 * r + 2], counts[r], reduce=lambda t, r=r: (t + local[1 - r], 2)
+        )
+        assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+        loss.backward()
+    torch.testing.assert_close(torch.cat([h.grad for h in halves]) / 2, whole.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_pseudo_is_checked():
     for bad in (-0.5, float("nan")):
         with pytest.raises(MetalsegError, match="pseudo"):

@@ -61,12 +61,14 @@ def compare_with_preview(
     layer = None if image is None else find_layer(viewer, image, PREVIEW)
     if preview is None or layer is None:
         return ""
+    from napari_metalseg.data.samples import HELD_OUT
+
     metrics = result.metrics or {}
     best = metrics.get("mean_dice")
     comparable = (
         strokes is not None
         and preview.strokes == strokes
-        and metrics.get("source") == "held-out pixels"
+        and metrics.get("source") == HELD_OUT
         and preview.score is not None
     )
     if not comparable or not isinstance(best, float) or not math.isfinite(best):

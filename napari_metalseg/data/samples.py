@@ -104,6 +104,11 @@ class StretchedImage:
         return total / max(1, self.size)
 
 
+HELD_OUT = "held-out pixels"
+"""What validates a run whose validation pixels :func:`holdout_pixels` set aside (``RunPlan.source``, the ``source`` of
+a run's metrics)."""
+
+
 def holdout_pixels(
     samples: list[Sample], num_phases: int, fraction: float = 0.1, block: int = 32, seed: int = 0
 ) -> tuple[list[Sample], list[Sample]]:

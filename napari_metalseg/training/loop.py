@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from napari_metalseg.data.samples import CropSampler, normalize_contrast
+from napari_metalseg.data.samples import HELD_OUT, CropSampler, normalize_contrast
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.registry import family_of
 from napari_metalseg.progress import ProgressEvent
@@ -17,7 +17,7 @@ from napari_metalseg.training.checkpoints import RunKeeper
 from napari_metalseg.training.config import use_bf16
 from napari_metalseg.training.losses import deep_supervision_loss
 from napari_metalseg.training.one_call import fit_companion
-from napari_metalseg.training.plan import HELD_OUT, RunPlan
+from napari_metalseg.training.plan import RunPlan
 from napari_metalseg.training.pseudo import mark_open, pseudo_label_loss, split_target, teacher_labels
 from napari_metalseg.training.schedule import Pace
 from napari_metalseg.training.validation import metrics_of, validate
@@ -57,6 +57,7 @@ def fit_gradient(
     amp = use_bf16(config, plan.device)
     if plan.spec.pooled:  # fitted before the network's clock starts: the budget is the network's training time
         yield from fit_companion(plan)
+    teacher = average if config.pseudo > 0 else None  # labels the pixels left unlabelled (training/pseudo.py)
     pace = Pace(total=total, budget=config.budget_s, warmup=config.warmup, val_every=config.val_every, spent=spent)
     step, ended = start, None
     while step < total:
@@ -73,7 +74,6 @@ def fit_gradient(
         model.train()
         batch = make_batch(sampler, config, len(plan.phases), step=step, rank=plan.rank, world=plan.world)
         lr = config.lr * pace.lr_factor(step, clock)
-        teacher = average if config.pseudo > 0 else None
         loss_value = _optimizer_step(model, net, optimizer, params, batch, lr=lr, plan=plan, amp=amp, teacher=teacher)
         average.update()
         elapsed = pace.elapsed()
@@ -191,7 +191,7 @@ def _optimizer_step(
     loss = deep_supervision_loss(outputs, target, len(plan.phases), reduce=reduce)
     if pseudo is not None:
         main = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-        loss = loss + plan.config.pseudo * pseudo_label_loss(main, pseudo, open_.sum())
+        loss = loss + plan.config.pseudo * pseudo_label_loss(main, pseudo, open_.sum(), reduce=reduce)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -6,15 +6,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from napari_metalseg.data.samples import Sample, holdout_pixels
+from napari_metalseg.data.samples import HELD_OUT, Sample, holdout_pixels
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.spec import ModelSpec
 from napari_metalseg.phases import PhaseSet
 from napari_metalseg.runs import INIT_FROM
 from napari_metalseg.training.config import TrainConfig, model_spec
-
-HELD_OUT = "held-out pixels"
-"""``RunPlan.source`` when the validation pixels are set aside from the training images' labels."""
 
 
 @dataclass(kw_only=True)

@@ -6,11 +6,13 @@ where it is sure (probability >= :data:`~napari_metalseg.models.registry.PSEUDO_
 trained towards its phase, with the weight ``TrainConfig.pseudo``, normalised by all unlabelled pixels of the batch (so
 the term grows as the teacher grows sure). The teacher sees the crop mirrored, so the two never agree by
 construction. Only pixels of the micrograph the user left unlabelled take pseudo-labels: pixels held out for
-validation and the padding outside a micrograph never do.
+validation and the padding outside a micrograph never do. In a distributed run the term is that of the global batch,
+as the supervised loss is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -31,7 +33,7 @@ def mark_open(samples: list[Sample], held_out: list[Sample] | None = None) -> li
     marked = []
     for s in samples:
         open_ = s.mask == UNLABELED
-        if s.name in held and held[s.name].shape == open_.shape:
+        if s.name in held:  # the same micrograph: held-out pixels are unlabelled in its training mask
             open_ &= ~held[s.name]
         marked.append(replace(s, mask=np.where(open_, OPEN, s.mask).astype(np.uint8)))
     return marked
@@ -63,10 +65,18 @@ def teacher_labels(model, average, x, open_, *, ratios=None, boxes=None, amp: bo
     return torch.where(open_ & (confidence >= PSEUDO_CONFIDENCE), labels, UNLABELED)
 
 
-def pseudo_label_loss(logits, labels, open_count):
+def pseudo_label_loss(logits, labels, open_count, reduce: Callable | None = None):
     """Cross-entropy of ``logits`` (B, K, H, W) against the pseudo-labels ``labels``, summed and divided by the number
-    of unlabelled pixels ``open_count``."""
+    of unlabelled pixels ``open_count``; with ``reduce`` (as in
+    :func:`~napari_metalseg.training.losses.segmentation_loss`) that of the global batch: both sums are summed over the
+    ranks, and each rank back-propagates its share."""
+    import torch
     import torch.nn.functional as F
 
     ce = F.cross_entropy(logits.float(), labels, ignore_index=UNLABELED, reduction="sum")
-    return ce / open_count.clamp(min=1)
+    if reduce is None:
+        return ce / open_count.clamp(min=1)
+    sums, world = reduce(torch.stack([ce.detach(), open_count.to(ce.dtype)]))
+    total = sums[1].clamp(min=1)
+    surrogate = world * ce / total  # DistributedDataParallel averages the ranks' gradients
+    return surrogate - surrogate.detach() + sums[0] / total
