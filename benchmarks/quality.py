@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ HELDOUT_TEST_MAGS = (2500, 4500, 5500)
 
 def synth_samples(n: int, size: int, seed: int, mags, prefix: str) -> list[Sample]:
     """The project's generator, random fractions per image (means as the generator's defaults, wide spread)."""
-    from napari_metalseg.data.synth import synthesize_micrograph
+    from napari_metalseg.data.synth import pixel_size_for, synthesize_micrograph
 
     rng = np.random.default_rng(seed)
     out = []
@@ -44,12 +45,13 @@ def synth_samples(n: int, size: int, seed: int, mags, prefix: str) -> list[Sampl
         image, mask = synthesize_micrograph(
             size, fractions=f, magnification=mags[i % len(mags)], seed=int(rng.integers(2**31))
         )
-        out.append(Sample(f"{prefix}{i}", image.astype(np.float32), mask, float(mags[i % len(mags)])))
+        mag = float(mags[i % len(mags)])
+        out.append(Sample(f"{prefix}{i}", image.astype(np.float32), mask, mag, pixel_size_for(mag, size)))
     return out
 
 
 def heldout_samples(n: int, size: int, seed: int, mags, prefix: str, phases: int = 3) -> list[Sample]:
-    from benchmarks.heldout import generate
+    from benchmarks.heldout import generate, pixel_size_um
 
     rng = np.random.default_rng(seed)
     out = []
@@ -57,21 +59,20 @@ def heldout_samples(n: int, size: int, seed: int, mags, prefix: str, phases: int
         image, mask = generate(
             size=size, seed=int(rng.integers(2**31)), magnification=mags[i % len(mags)], phases=phases
         )
-        out.append(Sample(f"{prefix}{i}", image.astype(np.float32), mask, float(mags[i % len(mags)])))
+        mag = float(mags[i % len(mags)])
+        out.append(Sample(f"{prefix}{i}", image.astype(np.float32), mask, mag, pixel_size_um(mag)))
     return out
 
 
 def scribbled(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
     from benchmarks.heldout import scribble_mask
 
-    return [
-        Sample(s.name, s.image, scribble_mask(s.mask, fraction=fraction, seed=seed + i), s.magnification)
-        for i, s in enumerate(samples)
-    ]
+    return [replace(s, mask=scribble_mask(s.mask, fraction=fraction, seed=seed + i)) for i, s in enumerate(samples)]
 
 
 RECIPES = {
     "default": {},
+    "default-native": {"physical_scale": False},
     "classical": {"model": "classical"},
     "unet3plus": {"model": "unet3plus"},
     "elunet": {"model": "elunet"},
@@ -138,10 +139,11 @@ def run_recipe(
     rng = np.random.default_rng(11)
     for s in test:
         truth = phase_fractions(s.mask, len(phases))
-        pred = predictor.predict(s.image).fractions()  # measured: without the fractions
+        pred = predictor.predict(s.image, pixel_size_um=s.pixel_size_um).fractions()  # without the fractions
         frac_err.append(float(np.abs(pred - truth).max() * 100))
         off = np.clip(truth + rng.normal(0, 0.02, truth.size), 0, None)
-        noisy.add(s.name, predictor.predict(s.image, ratios=off / off.sum()).labels, s.mask, s.magnification)
+        labels = predictor.predict(s.image, ratios=off / off.sum(), pixel_size_um=s.pixel_size_um).labels
+        noisy.add(s.name, labels, s.mask, s.magnification)
     return {
         "recipe": name,
         "guided": guided,
@@ -157,6 +159,7 @@ def run_recipe(
         "max_fraction_error_pts": round(float(np.mean(frac_err)), 2),
         "val": (last.metrics or {}).get("mean_dice") if last else None,
         "pool_choice": run_config.training.get("pool_choice"),
+        "working_pixel_size_um": run_config.spec.pixel_size_um,
     }
 
 
@@ -195,11 +198,12 @@ def run_zeiss(recipes: list[str], out: Path, budget_s: float, fraction: float = 
         config = TrainConfig(device="cpu", **recipe)
         run = out / f"zeiss-{name}"
         t0 = time.perf_counter()
-        for _ in train([Sample("zeiss", image, scribbles, micrograph.magnification)], phases, run, config):
+        sample = Sample("zeiss", image, scribbles, micrograph.magnification, micrograph.pixel_size_um)
+        for _ in train([sample], phases, run, config):
             pass
         train_s = time.perf_counter() - t0
         model, run_config = load_run(run)
-        pred = Predictor(model, phases).predict(image).labels
+        pred = Predictor(model, phases).predict(image, pixel_size_um=micrograph.pixel_size_um).labels
         scored = np.where(scribbles == UNLABELED, reference, UNLABELED).astype(np.uint8)
         evaluation = Evaluation(phases.names)
         evaluation.add("zeiss", pred, scored)

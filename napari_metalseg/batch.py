@@ -156,7 +156,9 @@ def predict_folder_job(
                 result.fractions[name] = entry.get("fractions")
             else:
                 micrograph = read_micrograph(path)
-                phase_map = predictor.predict(micrograph.image, ratios=ratios, box=box, tta=tta)
+                phase_map = predictor.predict(
+                    micrograph.image, ratios=ratios, box=box, tta=tta, pixel_size_um=micrograph.pixel_size_um
+                )
                 write_item(out, name, micrograph.image, phase_map.labels)
                 fractions = [round(float(f), 6) for f in phase_map.fractions()]
                 manifest.record(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_metalseg.data.samples import StretchedImage, normalize_contrast
+from napari_metalseg.data.scale import resample_image, resample_labels, scaled_shape, zoom_factor
 from napari_metalseg.embeddings import DEFAULT_CACHE_BYTES, EmbeddingCache
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.options import reads_ratios
@@ -239,6 +240,7 @@ class Predictor:
         self.bf16 = prediction_bf16(device) if bf16 is None else bf16
         self.batch_size = batch_size
         self._signature: str | None = None
+        self._last_resampled: tuple[tuple[str, float], np.ndarray] | None = None
         self.lock = threading.RLock()
 
     @classmethod
@@ -314,6 +316,7 @@ class Predictor:
         box: Sequence[float] | None = None,
         tta: bool = False,
         match_fractions: bool = True,
+        pixel_size_um: float | None = None,
     ) -> Job[PhaseMap]:
         """Job: the phase map of a whole micrograph (tiled), or only inside ``box`` (x0, y0, x1, y1) when given.
 
@@ -331,6 +334,10 @@ class Predictor:
 
         With ``tta`` (test-time augmentation) the micrograph is also predicted flipped and rotated (the 8 symmetries
         of the square) and the probabilities are averaged: 8 times the work, steadier boundaries.
+
+        ``pixel_size_um`` is the micrograph's pixel size. A model with a working scale (``model.pixel_size_um``,
+        :mod:`napari_metalseg.data.scale`) sees the micrograph resampled to it (a box with it), and the phase map is
+        resampled back to the micrograph's pixels (:meth:`zoom_for`); without a pixel size it is predicted as it is.
 
         The inputs are checked when the job starts (its first ``next``); it holds :attr:`lock` while it runs the
         model, so it must be driven to its end (or closed) in the thread that started it.
@@ -350,13 +357,21 @@ class Predictor:
         ------
         MetalsegError
             A bad image, ratio vector or box, ratios that the model cannot use (a box, or no fraction matching, with
-            a model trained without guidance), a box for a model that takes none, ``tta`` with a box, or ``tta`` or
-            matched fractions on a micrograph too large for its probability maps.
+            a model trained without guidance), a box for a model that takes none, ``tta`` with a box, ``tta`` or
+            matched fractions on a micrograph too large for its probability maps, or a pixel size too far from the
+            model's working scale.
         """
         image = _check_image(image)
         ratio = self.check_options(ratios=ratios, box=box, tta=tta, match_fractions=match_fractions)
         if box is not None:
             box = check_box(box, image.shape)
+        zoom = self.zoom_for(pixel_size_um)
+        if zoom != 1.0:
+            shape = image.shape
+            image = self._resampled(image, zoom)
+            if box is not None:
+                box = check_box([round(v * zoom) for v in box], image.shape)
+            return _to_shape((yield from self.predict_job(image, ratios, box, tta, match_fractions)), shape)
         streamed = box is None and image.size > STREAM_PIXELS
         matched = match_fractions and ratio is not None and box is None
         if streamed and (tta or matched):
@@ -379,6 +394,28 @@ class Predictor:
                 return (yield from self._predict_tta(image, ratio, matched))
             finally:
                 self.cache.trim()
+
+    @property
+    def working_pixel_size(self) -> float | None:
+        """The model's working scale (um per pixel; ``None``: micrographs are predicted as they are)."""
+        return getattr(self.model, "pixel_size_um", None)
+
+    def zoom_for(self, pixel_size_um: float | None) -> float:
+        """How much a micrograph of ``pixel_size_um`` is enlarged before this model sees it (1.0: not resampled).
+
+        Raises
+        ------
+        MetalsegError
+            When the pixel size is beyond :data:`~napari_metalseg.data.scale.MAX_ZOOM` of the working scale.
+        """
+        return zoom_factor(pixel_size_um, self.working_pixel_size)
+
+    def _resampled(self, image: np.ndarray, zoom: float) -> np.ndarray:
+        """``image`` resampled ``zoom`` times, the last one kept (a ratio slider or a box predicts it again)."""
+        key = (image_key(image), zoom)
+        if self._last_resampled is None or self._last_resampled[0] != key:
+            self._last_resampled = (key, resample_image(image, scaled_shape(image.shape, zoom)))
+        return self._last_resampled[1]
 
     def check_options(
         self,
@@ -422,9 +459,14 @@ class Predictor:
         box: Sequence[float] | None = None,
         tta: bool = False,
         match_fractions: bool = True,
+        pixel_size_um: float | None = None,
     ) -> PhaseMap:
         """The phase map of ``image``: :meth:`predict_job` run to its end (see there)."""
-        return run_job(self.predict_job(image, ratios=ratios, box=box, tta=tta, match_fractions=match_fractions))
+        return run_job(
+            self.predict_job(
+                image, ratios=ratios, box=box, tta=tta, match_fractions=match_fractions, pixel_size_um=pixel_size_um
+            )
+        )
 
     def _predict_tta(self, image: np.ndarray, ratio: np.ndarray | None, matched: bool) -> Job[PhaseMap]:
         """Job: the 8 dihedral views predicted and averaged, one ``"predict"`` event per view; with ``matched`` the
@@ -468,15 +510,7 @@ class Predictor:
         acc /= weight
         if matched:
             acc += fraction_biases(_pixel_sample(acc, (h, w), f), ratio)[:, None, None]
-        if f == 1:
-            return PhaseMap(_argmax(acc[:, :h, :w]).numpy(), logits=acc)
-        # labels band by band: the full-size K x H x W map is never held (16384 x 16384 x 3 floats: 3 GiB)
-        labels = np.empty((h, w), np.uint8)
-        rows = max(f, (BAND_VALUES // (len(self.phases) * pw)) // f * f)
-        for y0 in range(0, h, rows):
-            y1 = min(h, y0 + rows)
-            labels[y0:y1] = _row_labels(acc, None, 0, (y0, y1), w, f)
-        return PhaseMap(labels, logits=acc, scale=f)
+        return _logit_map(acc, (h, w), f)
 
     def _predict_stream(self, image: np.ndarray, ratio: np.ndarray | None) -> Job[PhaseMap]:
         """Job: a huge micrograph predicted row of tiles after row of tiles, blended like :meth:`_predict_tiled`
@@ -634,6 +668,42 @@ class Predictor:
         labels = np.full((h, w), UNLABELED, np.uint8)
         labels[y0:y1, x0:x1] = _argmax(logits).numpy()
         return PhaseMap(labels, full)
+
+
+def _logit_map(acc, shape: tuple[int, int], f: int) -> PhaseMap:
+    """The :class:`PhaseMap` of the ``shape`` pixels of the blended, divided map ``acc`` (K, rows, cols), ``f`` times
+    coarser; its labels band by band: the full-size K x H x W map is never held (16384 x 16384 x 3 floats: 3 GiB)."""
+    h, w = shape
+    if f == 1:
+        return PhaseMap(_argmax(acc[:, :h, :w]).numpy(), logits=acc)
+    labels = np.empty((h, w), np.uint8)
+    rows = max(f, (BAND_VALUES // (acc.shape[0] * acc.shape[2] * f)) // f * f)  # K x rows x padded width
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        labels[y0:y1] = _row_labels(acc, None, 0, (y0, y1), w, f)
+    return PhaseMap(labels, logits=acc, scale=f)
+
+
+def _to_shape(phase_map: PhaseMap, shape: tuple[int, int]) -> PhaseMap:
+    """``phase_map`` of a resampled micrograph, resampled back to the micrograph's ``shape``: its logits or
+    probabilities bilinearly (the labels taken from them, given fractions kept: they are in the logits), its labels
+    alone by the nearest pixel (a streamed micrograph); the unlabeled pixels outside a box stay unlabeled."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = phase_map.labels.shape
+    if phase_map._logits is not None:
+        f = phase_map._scale
+        valid = phase_map._logits[:, : -(-h // f), : -(-w // f)]
+        size = (-(-shape[0] // f), -(-shape[1] // f))
+        acc = F.interpolate(valid[None], size=size, mode="bilinear", align_corners=False)[0]
+        return _logit_map(acc, shape, f)
+    labels = resample_labels(phase_map.labels, shape)
+    if phase_map._probs is None:
+        return PhaseMap(labels, num_phases=phase_map.num_phases)
+    probs = torch.from_numpy(np.ascontiguousarray(phase_map._probs))
+    probs = F.interpolate(probs[None], size=shape, mode="bilinear", align_corners=False)[0].numpy()
+    return PhaseMap(np.where(labels == UNLABELED, UNLABELED, probs.argmax(0)).astype(np.uint8), probs)
 
 
 def _clip(x: int, y: int, s: int) -> tuple[int, int]:

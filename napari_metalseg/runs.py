@@ -209,7 +209,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     -------
     model
         A model of the run's family (:class:`PhaseSAM`, :class:`PhaseCNN` or :class:`PixelClassifier`), in eval mode,
-        on ``device``.
+        on ``device``; its ``pixel_size_um`` is the run's working scale (:mod:`napari_metalseg.data.scale`), which
+        the :class:`~napari_metalseg.predict.Predictor` resamples micrographs to.
     config : RunConfig
         The run's configuration (:func:`read_run_config`).
     """
@@ -221,12 +222,15 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         path = run_dir / CLASSIFIER
         if not path.is_file():
             raise MetalsegError(f"{run_dir}: {CLASSIFIER} is missing")
-        return load_classifier(path), config
-    model, _ = config.spec.build("cpu")
-    load_run_weights(model, run_dir)
-    if config.spec.pooled:
-        model = pool_with_classifier(model, run_dir, config.spec.pooled)
-    return model.to(device).eval(), config
+        model = load_classifier(path)
+    else:
+        model, _ = config.spec.build("cpu")
+        load_run_weights(model, run_dir)
+        if config.spec.pooled:
+            model = pool_with_classifier(model, run_dir, config.spec.pooled)
+        model = model.to(device).eval()
+    model.pixel_size_um = config.spec.pixel_size_um  # the working scale the predictor resamples micrographs to
+    return model, config
 
 
 def weights_file(run_dir: str | Path, spec: ModelSpec) -> Path:

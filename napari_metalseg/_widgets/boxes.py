@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metalseg._widgets.base import DockWidget
+from napari_metalseg._widgets.calibration import layer_calibration
 from napari_metalseg._widgets.edits import show_edits, watch_edits
 from napari_metalseg._widgets.layers import image_of_layer, image_transform, phases_of_layer, show_phase_map
 from napari_metalseg._widgets.picker import LayerPicker
@@ -292,7 +293,7 @@ class BoxPromptWidget(DockWidget):
         self.status.setText(f"box x {box[0]}..{box[2]}, y {box[1]}..{box[3]}: predicting")
 
         return self.start_job(
-            predictor.predict_job(image, ratios=ratios, box=box),
+            predictor.predict_job(image, ratios=ratios, box=box, pixel_size_um=layer_calibration(image_layer)[1]),
             "box prompt",
             partial(self.apply, target, box, mode, phase),
             on_finish=self._next,

@@ -17,6 +17,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from napari_metalseg._widgets.base import DockWidget
+from napari_metalseg._widgets.calibration import layer_calibration
 from napari_metalseg._widgets.edits import edited_pixels, forget_edits, show_edits, watch_edits
 from napari_metalseg._widgets.layers import (
     image_of_layer,
@@ -156,6 +157,10 @@ def start_prediction(
     image = image_of_layer(image_layer)
     ratios = effective_ratios(session)
     phases = session.phases
+    pixel_size = layer_calibration(image_layer)[1]
+    zoom = predictor.zoom_for(pixel_size)
+    if zoom != 1.0:  # the GUI says at which scale the model sees the micrograph
+        desc += f" (resampled x{zoom:.2f} to the model's {predictor.working_pixel_size * 1000:.3g} nm per pixel)"
 
     def done(phase_map) -> None:
         if image_layer not in viewer.layers:
@@ -173,7 +178,7 @@ def start_prediction(
         if on_done is not None:
             on_done(phase_map, layer)
 
-    job = predictor.predict_job(image, ratios=ratios)
+    job = predictor.predict_job(image, ratios=ratios, pixel_size_um=pixel_size)
     if probabilities or uncertainty:
         job = _with_probabilities(job)
     return dock.start_job(job, desc, done, on_finish=on_finish)

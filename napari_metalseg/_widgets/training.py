@@ -265,6 +265,7 @@ class TrainingWidget(DockWidget):
             lambda: self._stop_requested,
             self.resume_check.isChecked(),
             image,
+            None if current is None else layer_calibration(current)[1],
         )
         self.train_button.setEnabled(False)
         self.stop_button.setEnabled(True)

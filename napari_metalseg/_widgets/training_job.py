@@ -72,8 +72,10 @@ def training_job(
     stop: Any,
     resume: bool = False,
     image: np.ndarray | None = None,
+    pixel_size_um: float | None = None,
 ) -> Job[TrainingResult | None]:
-    """Job: yields the trainer's events, then loads the run and predicts ``image``.
+    """Job: yields the trainer's events, then loads the run and predicts ``image`` (of pixel size ``pixel_size_um``,
+    when known: at the run's working scale).
 
     Torch's CPU threads are limited to :func:`training_threads` while it trains (restored after, also when the
     job is cancelled).
@@ -103,7 +105,7 @@ def training_job(
     phase_map = None
     if image is not None:
         yield ProgressEvent("info", last.step, last.total, message="predicting the current image")
-        phase_map = Predictor(model, run_phases, device=device).predict(image)
+        phase_map = Predictor(model, run_phases, device=device).predict(image, pixel_size_um=pixel_size_um)
     return TrainingResult(
         run_dir=Path(out),
         model=model,

@@ -289,7 +289,7 @@ def demo(out: Path, budget_s: float, seed: int, device: str, fp32: bool) -> None
     click.echo(f"[4/4] predicting the test images into {predicted} and quantifying phase fractions", err=True)
     new_dataset(predicted, dataset.phases)
     for s in test_samples:
-        write_item(predicted, s.name, s.image, predictor.predict(s.image).labels)
+        write_item(predicted, s.name, s.image, predictor.predict(s.image, pixel_size_um=s.pixel_size_um).labels)
     report = quantify_masks(predicted, by="all", truth=data / "masks")
     click.echo(report.table())
     report.to_csv(out / "fractions.csv")

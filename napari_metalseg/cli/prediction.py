@@ -203,7 +203,8 @@ def evaluate(
     with click.progressbar(samples, label="evaluating", file=sys.stderr) as bar:
         for s in bar:
             r = phase_fractions(s.mask, len(dataset.phases)) if true_ratio else ratios
-            evaluation.add(s.name, predictor.predict(s.image, ratios=r).labels, s.mask, s.magnification)
+            labels = predictor.predict(s.image, ratios=r, pixel_size_um=s.pixel_size_um).labels
+            evaluation.add(s.name, labels, s.mask, s.magnification)
     click.echo(format_seed_table({run.name: evaluation.by_magnification()}))
     if json_out:
         atomic_write_text(json_out, json.dumps(evaluation.to_dict(), indent=2) + "\n")

@@ -113,6 +113,14 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KIND
     "1 is a good value when steps, not time, are the limit); 0: train on the painted pixels only.",
 )
 @click.option(
+    "--physical-scale/--native-scale",
+    default=True,
+    show_default=True,
+    help="Resample every micrograph to one pixel size (the geometric mean of the training images') when all state "
+    "theirs (metadata.csv pixel_size_um, SEM metadata); prediction resamples each micrograph of known pixel size to "
+    "it. --native-scale: each at its own pixel size.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run in --out (from the start when it has no resume state yet). Ctrl-C or SIGTERM "
@@ -154,6 +162,7 @@ def train(
     pool_margin: float,
     ema: float,
     pseudo: float,
+    physical_scale: bool,
     resume: bool,
     init_from: Path | None,
     export_full: bool,
@@ -188,6 +197,7 @@ def train(
         pool_margin=pool_margin,
         ema=ema,
         pseudo=pseudo,
+        physical_scale=physical_scale,
     )
     config = _train_config(settings, init_from)
     dataset = load_dataset(data)

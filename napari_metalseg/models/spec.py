@@ -28,6 +28,8 @@ class ModelSpec:
     the CNNs (their defaults are filled in), ``options`` holds further family settings (e.g. ``deep_supervision``,
     ``cgm`` for U-Net3+); ``finetune`` and the ``lora_*`` settings apply to SAM. ``pooled`` is the weight of the
     classical pixel classifier trained with a CNN on the same labels (:mod:`.pooled`; 0: the CNN alone).
+    ``pixel_size_um`` is the model's working scale (:mod:`napari_metalseg.data.scale`): the pixel size (um) every
+    micrograph was resampled to for training, and is resampled to for prediction (``None``: as they are).
     """
 
     kind: str = "tiny"
@@ -45,8 +47,14 @@ class ModelSpec:
     depth: int | None = None
     options: dict = field(default_factory=dict)
     pooled: float = 0.0
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
+        if self.pixel_size_um is not None:
+            size = self.pixel_size_um
+            if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size < float("inf"):
+                raise MetalsegError(f"pixel_size_um {size!r}: the working scale must be a positive number of um")
+            object.__setattr__(self, "pixel_size_um", float(size))
         if family_of(self.kind).name == "cnn":
             object.__setattr__(self, "width", self.width or CNN_DEFAULTS[self.kind]["width"])
             object.__setattr__(self, "depth", self.depth or CNN_DEFAULTS[self.kind]["depth"])
@@ -68,7 +76,8 @@ class ModelSpec:
         Every field is compared; the phases by their names (colours are for display), the base checkpoint by its
         sha256 when both specs have one (the same file may have moved), the pool with the classical classifier by
         whether there is one (its weight is decided anew at the end of each run, the network's weights are the
-        same).
+        same). The working scale (``pixel_size_um``) is not compared: the weights fit whatever scale, and a run
+        continued from another keeps that one's.
         """
         found = []
         for f in fields(self):
@@ -81,6 +90,8 @@ class ModelSpec:
                 continue
             elif f.name == "pooled":
                 mine, theirs = bool(mine), bool(theirs)
+            elif f.name == "pixel_size_um":
+                continue
             if mine != theirs:
                 found.append(f"{f.name} {mine!r} vs {theirs!r}")
         return found
@@ -131,7 +142,7 @@ class ModelSpec:
         return model.to(device), report
 
 
-_NOT_ARCHITECTURE = ("phases", "checkpoint", "checkpoint_sha256", "pooled")
+_NOT_ARCHITECTURE = ("phases", "checkpoint", "checkpoint_sha256", "pooled", "pixel_size_um")
 """:class:`ModelSpec` fields that are not reported by a built model (``spec_fields()``)."""
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from napari_metalseg.data.samples import Sample
 from napari_metalseg.models.registry import family_of
 from napari_metalseg.phases import PhaseSet
-from napari_metalseg.progress import Job
+from napari_metalseg.progress import Job, ProgressEvent
 from napari_metalseg.training.batches import box_from_mask
 from napari_metalseg.training.config import UNTIL_BUDGET, TrainConfig, checkpoint_kind, model_spec, use_bf16
 from napari_metalseg.training.losses import deep_supervision_loss, segmentation_loss
@@ -121,6 +121,7 @@ def train(
 
     with process_group(config.device) as device:
         plan = plan_run(samples, phases, out, config, val_samples, device=device)
+        yield ProgressEvent("info", message=plan.scale_note)
         if family_of(config.model).gradient:
             from napari_metalseg.training.loop import fit_gradient
 

@@ -57,6 +57,10 @@ class TrainConfig:
     (:class:`~napari_metalseg.training.averaging.WeightAverage`; 0: the last weights, no average). ``pseudo`` weighs
     the pseudo-labels that average gives the pixels left unlabelled (:mod:`napari_metalseg.training.pseudo`; 0: none;
     full masks leave none).
+
+    ``physical_scale`` resamples every micrograph to one pixel size, the run's working scale, when all the training
+    (and validation) micrographs state theirs (:mod:`napari_metalseg.data.scale`); prediction then resamples each
+    micrograph of known pixel size to it. Off: every micrograph is used at its own pixel size.
     """
 
     model: str | None = None
@@ -90,6 +94,7 @@ class TrainConfig:
     pool_margin: float = POOL_MARGIN
     ema: float = EMA_DECAY
     pseudo: float = PSEUDO_WEIGHT
+    physical_scale: bool = True
     init_from: str | None = None
 
     def __post_init__(self) -> None:

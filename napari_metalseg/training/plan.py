@@ -3,10 +3,11 @@ run records."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from napari_metalseg.data.samples import HELD_OUT, Sample, holdout_pixels
+from napari_metalseg.data.scale import known_pixel_size, to_working_scale, working_pixel_size
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.models.spec import ModelSpec
 from napari_metalseg.phases import PhaseSet
@@ -38,6 +39,8 @@ class RunPlan:
         The resolved torch device.
     rank, world : int
         This process's rank and the number of processes (``torch.distributed``; 0 and 1 without it).
+    scale_note : str
+        The run's working scale in words, for the user (:func:`working_scale`).
     """
 
     out: Path
@@ -51,6 +54,7 @@ class RunPlan:
     device: str
     rank: int
     world: int
+    scale_note: str = ""
 
 
 def plan_run(
@@ -65,9 +69,10 @@ def plan_run(
     """Plan a run of ``config`` on ``device`` (resolved by :func:`~napari_metalseg.distributed.process_group`: the
     local rank's GPU under torchrun): seed torch, choose what validates.
 
-    Without ``val_samples``, ``config.holdout`` of the labelled pixels (whole 32 px squares) are set aside for
-    validation (:func:`~napari_metalseg.data.samples.holdout_pixels`); with ``holdout=0`` the training images
-    validate.
+    With ``config.physical_scale``, the training and validation images are resampled to the run's working scale
+    (:func:`working_scale`). Without ``val_samples``, ``config.holdout`` of the labelled pixels (whole 32 px squares)
+    are then set aside for validation (:func:`~napari_metalseg.data.samples.holdout_pixels`); with ``holdout=0``
+    the training images validate.
 
     Raises
     ------
@@ -89,6 +94,11 @@ def plan_run(
     }
     if config.init_from is not None:
         training[INIT_FROM] = init_source(config.init_from, spec, Path(out))
+    working, scale_note = working_scale(samples, val_set, config)
+    if working is not None:
+        spec = replace(spec, pixel_size_um=working)
+        samples = to_working_scale(samples, working)
+        val_set = to_working_scale(val_set, working) if val_set else None
     if val_set is None and config.holdout > 0:
         samples, held = holdout_pixels(samples, len(phases), config.holdout, seed=config.seed)
         if held:
@@ -106,7 +116,35 @@ def plan_run(
         device=device,
         rank=rank,
         world=world,
+        scale_note=scale_note,
     )
+
+
+def working_scale(samples: list[Sample], val_set: list[Sample] | None, config: TrainConfig) -> tuple[float | None, str]:
+    """The working scale of a run (um per pixel, or ``None``: the micrographs are used as they are) and a sentence
+    saying which, and why.
+
+    The geometric mean of the training images' pixel sizes when ``config.physical_scale`` is on and every training
+    and validation image states one (:func:`~napari_metalseg.data.scale.working_pixel_size`); a run continued from
+    another (``init_from``) keeps that run's.
+    """
+    if not config.physical_scale:
+        return None, "each micrograph is used at its own pixel size (physical scale off)"
+    images = list(samples) + list(val_set or [])
+    unknown = [s.name for s in images if known_pixel_size(s.pixel_size_um) is None]
+    if unknown:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        return None, f"each micrograph is used at its own pixel size: {unknown[0]}{more} states no pixel size"
+    if config.init_from is not None:
+        from napari_metalseg.runs import read_run_config
+
+        working = read_run_config(config.init_from).spec.pixel_size_um
+        if working is None:
+            return None, f"each micrograph is used at its own pixel size, as in {config.init_from}"
+        source = f", that of {config.init_from}"
+    else:
+        working, source = working_pixel_size(samples), ""
+    return working, f"every micrograph is resampled to {working * 1000:.3g} nm per pixel (the working scale{source})"
 
 
 def init_source(run: str | Path, spec: ModelSpec, out: Path) -> dict:

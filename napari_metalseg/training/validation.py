@@ -18,7 +18,9 @@ def validate(
 ):
     """Evaluate ``model`` on whole images (tiled); with ``ratios`` each image gets its true phase fractions (its
     labels get them too unless ``match_fractions`` is False: then only a guided model's encoder reads them); ``bf16``
-    as in :class:`~napari_metalseg.predict.Predictor` (None: the default precision of prediction)."""
+    as in :class:`~napari_metalseg.predict.Predictor` (None: the default precision of prediction). Each image is
+    predicted at the model's working scale when it states its pixel size (:mod:`napari_metalseg.data.scale`) and
+    scored at its own pixels."""
     from napari_metalseg.metrics import Evaluation
     from napari_metalseg.predict import Predictor
 
@@ -26,7 +28,9 @@ def validate(
     evaluation = Evaluation(phases.names)
     for s in samples:
         r = phase_fractions(s.mask, len(phases)) if ratios else None
-        labels = predictor.predict(s.image, ratios=r, match_fractions=match_fractions).labels
+        labels = predictor.predict(
+            s.image, ratios=r, match_fractions=match_fractions, pixel_size_um=s.pixel_size_um
+        ).labels
         evaluation.add(s.name, labels, s.mask, s.magnification)
     return evaluation
 
