@@ -114,11 +114,10 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KIND
 )
 @click.option(
     "--physical-scale/--native-scale",
-    default=True,
-    show_default=True,
+    default=None,
     help="Resample every micrograph to one pixel size (the geometric mean of the training images') when all state "
     "theirs (metadata.csv pixel_size_um, SEM metadata); prediction resamples each micrograph of known pixel size to "
-    "it. --native-scale: each at its own pixel size.",
+    "it. --native-scale: each at its own pixel size. Default: on for the networks, off for the classical classifier.",
 )
 @click.option(
     "--resume",
@@ -162,7 +161,7 @@ def train(
     pool_margin: float,
     ema: float,
     pseudo: float,
-    physical_scale: bool,
+    physical_scale: bool | None,
     resume: bool,
     init_from: Path | None,
     export_full: bool,
