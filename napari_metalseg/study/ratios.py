@@ -77,7 +77,9 @@ def ratio_effect(
         fractions = []
         for s, t in zip(samples, truth):
             r = t if label == "true" else vector
-            phase_map = predictor.predict(s.image, ratios=r, match_fractions=False)  # the encoder's effect alone
+            phase_map = predictor.predict(  # the encoder's effect alone
+                s.image, ratios=r, match_fractions=False, pixel_size_um=s.pixel_size_um
+            )
             evaluation.add(s.name, phase_map.labels, s.mask, s.magnification)
             fractions.append(phase_map.fractions())
             if s is samples[0]:
