@@ -507,3 +507,34 @@ def test_other_families_load_predict_and_refuse_boxes_and_feature_maps_clearly(v
     assert ratios.last_error is None, ratios.last_error
     np.testing.assert_allclose(phase_fractions_of_layer(viewer.layers[PHASE_LAYER], 3), [0.2, 0.3, 0.5], atol=0.01)
     assert "given the fractions" in dock(viewer, "Predict").guidance.text()
+
+
+def test_the_predict_dock_shows_the_micrograph_at_the_models_working_scale(
+    viewer, qtbot, split_samples, synth_dataset, tmp_path
+):
+    """A model trained at one physical scale sees a calibrated micrograph resampled to it, the dock says so, and the
+    phases come back at the micrograph's own pixels."""
+    from napari_metalseg._widgets.layers import MICROGRAPH_KEY
+    from napari_metalseg.training import TrainConfig, train
+
+    config = TrainConfig(model="classical", device="cpu", physical_scale=True)
+    list(train(split_samples["train"][:2], synth_dataset.phases, tmp_path / "run", config))
+    model_widget = dock(viewer, "Model")
+    assert model_widget.load_run(tmp_path / "run", device="cpu") is not None
+    wait(qtbot, model_widget)
+    predictor = session_of(viewer).predictor
+    working = predictor.working_pixel_size
+    assert working is not None and "nm per pixel" in model_widget.info.text()
+    image = viewer.layers[IMAGE]
+    image.metadata[MICROGRAPH_KEY] = {**(image.metadata.get(MICROGRAPH_KEY) or {}), "pixel_size_um": 2 * working}
+    widget = dock(viewer, "Predict")
+    started = []
+    start_job = widget.start_job
+    widget.start_job = lambda job, desc, *a, **k: started.append(desc) or start_job(job, desc, *a, **k)
+    layer = predict(viewer, qtbot)
+    assert started and "resampled x2.00 to the model's" in started[-1]
+    data = np.asarray(image.data)
+    assert layer.data.shape == data.shape
+    expected = predictor.predict(data, pixel_size_um=2 * working).labels + 1
+    np.testing.assert_array_equal(layer.data, expected)
+    assert not np.array_equal(layer.data, predictor.predict(data).labels + 1)  # not predicted as it is
