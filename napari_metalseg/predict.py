@@ -411,10 +411,14 @@ class Predictor:
         return zoom_factor(pixel_size_um, self.working_pixel_size)
 
     def _resampled(self, image: np.ndarray, zoom: float) -> np.ndarray:
-        """``image`` resampled ``zoom`` times, the last one kept (a ratio slider or a box predicts it again)."""
+        """``image`` resampled ``zoom`` times; the last one is kept (a ratio slider or a box predicts it again)
+        unless it is predicted as a stream (:data:`STREAM_PIXELS`: nothing of such a micrograph is kept)."""
+        shape = scaled_shape(image.shape, zoom)
+        if shape[0] * shape[1] > STREAM_PIXELS:
+            return resample_image(image, shape)
         key = (image_key(image), zoom)
         if self._last_resampled is None or self._last_resampled[0] != key:
-            self._last_resampled = (key, resample_image(image, scaled_shape(image.shape, zoom)))
+            self._last_resampled = (key, resample_image(image, shape))
         return self._last_resampled[1]
 
     def check_options(
