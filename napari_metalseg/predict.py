@@ -103,6 +103,27 @@ class PhaseMap:
             self._logits = None
         return self._probs
 
+    def resampled(self, shape: tuple[int, int]) -> PhaseMap:
+        """This map, of a micrograph resampled to a model's working scale, resampled back to the micrograph's
+        ``shape``: the logits or probabilities bilinearly (the labels taken from them; given fractions are in the
+        logits, so they hold), the labels alone by the nearest pixel (a streamed micrograph); the unlabeled pixels
+        outside a box stay unlabeled."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = self.labels.shape
+        if self._logits is not None:
+            f = self._scale
+            valid = self._logits[:, : -(-h // f), : -(-w // f)]
+            size = (-(-shape[0] // f), -(-shape[1] // f))
+            return _logit_map(F.interpolate(valid[None], size=size, mode="bilinear", align_corners=False)[0], shape, f)
+        labels = resample_labels(self.labels, shape)
+        if self._probs is None:
+            return PhaseMap(labels, num_phases=self.num_phases)
+        probs = torch.from_numpy(np.ascontiguousarray(self._probs))[None]
+        probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)[0].numpy()
+        return PhaseMap(np.where(labels == UNLABELED, UNLABELED, probs.argmax(0)).astype(np.uint8), probs)
+
     def fractions(self) -> np.ndarray:
         """Area fraction of each phase over the predicted pixels."""
         k = self.num_phases
@@ -371,7 +392,7 @@ class Predictor:
             image = self._resampled(image, zoom)
             if box is not None:
                 box = check_box([round(v * zoom) for v in box], image.shape)
-            return _to_shape((yield from self.predict_job(image, ratios, box, tta, match_fractions)), shape)
+            return (yield from self.predict_job(image, ratios, box, tta, match_fractions)).resampled(shape)
         streamed = box is None and image.size > STREAM_PIXELS
         matched = match_fractions and ratio is not None and box is None
         if streamed and (tta or matched):
@@ -686,28 +707,6 @@ def _logit_map(acc, shape: tuple[int, int], f: int) -> PhaseMap:
         y1 = min(h, y0 + rows)
         labels[y0:y1] = _row_labels(acc, None, 0, (y0, y1), w, f)
     return PhaseMap(labels, logits=acc, scale=f)
-
-
-def _to_shape(phase_map: PhaseMap, shape: tuple[int, int]) -> PhaseMap:
-    """``phase_map`` of a resampled micrograph, resampled back to the micrograph's ``shape``: its logits or
-    probabilities bilinearly (the labels taken from them, given fractions kept: they are in the logits), its labels
-    alone by the nearest pixel (a streamed micrograph); the unlabeled pixels outside a box stay unlabeled."""
-    import torch
-    import torch.nn.functional as F
-
-    h, w = phase_map.labels.shape
-    if phase_map._logits is not None:
-        f = phase_map._scale
-        valid = phase_map._logits[:, : -(-h // f), : -(-w // f)]
-        size = (-(-shape[0] // f), -(-shape[1] // f))
-        acc = F.interpolate(valid[None], size=size, mode="bilinear", align_corners=False)[0]
-        return _logit_map(acc, shape, f)
-    labels = resample_labels(phase_map.labels, shape)
-    if phase_map._probs is None:
-        return PhaseMap(labels, num_phases=phase_map.num_phases)
-    probs = torch.from_numpy(np.ascontiguousarray(phase_map._probs))
-    probs = F.interpolate(probs[None], size=shape, mode="bilinear", align_corners=False)[0].numpy()
-    return PhaseMap(np.where(labels == UNLABELED, UNLABELED, probs.argmax(0)).astype(np.uint8), probs)
 
 
 def _clip(x: int, y: int, s: int) -> tuple[int, int]:

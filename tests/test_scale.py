@@ -11,13 +11,13 @@ import pytest
 from napari_metalseg.data.samples import Sample
 from napari_metalseg.data.scale import (
     MAX_ZOOM,
-    known_pixel_size,
     resample_labels,
     to_working_scale,
     working_pixel_size,
     zoom_factor,
 )
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.io.sem import positive_number
 from napari_metalseg.phases import UNLABELED, PhaseSet
 from napari_metalseg.runs import CONFIG, load_run, read_run_config
 from napari_metalseg.training import TrainConfig, train
@@ -38,7 +38,7 @@ def test_the_working_scale_is_the_geometric_mean_of_known_pixel_sizes():
     assert working_pixel_size([_sample("a", pixel=0.02), _sample("b", pixel=None)]) is None
     assert working_pixel_size([]) is None
     for bad in (0.0, -1.0, math.nan, math.inf, None):
-        assert known_pixel_size(bad) is None
+        assert positive_number(bad) is None
 
 
 def test_zoom_is_one_near_the_working_scale_and_refused_far_from_it():

@@ -11,15 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_metalseg.io.sem import positive_number
+
 from .layers import MICROGRAPH_KEY
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) and number > 0 else None
 
 
 def scale_um(layer: Any) -> float | None:
@@ -31,7 +25,7 @@ def scale_um(layer: Any) -> float | None:
     if scale.size >= 2 and not np.isclose(scale[-1], scale[-2], rtol=1e-6):
         return None  # non-square pixels: no single pixel size
     try:
-        return _positive((float(scale[-1]) * units[-1]).to("micrometer").magnitude)
+        return positive_number((float(scale[-1]) * units[-1]).to("micrometer").magnitude)
     except Exception:  # noqa: BLE001 - pint raises DimensionalityError for "pixel" and others
         return None
 
@@ -41,6 +35,6 @@ def layer_calibration(layer: Any) -> tuple[float | None, float | None]:
     if layer is None:
         return None, None
     info = (getattr(layer, "metadata", None) or {}).get(MICROGRAPH_KEY) or {}
-    magnification = _positive(info.get("magnification"))
-    pixel_size = _positive(info.get("pixel_size_um")) or scale_um(layer)
+    magnification = positive_number(info.get("magnification"))
+    pixel_size = positive_number(info.get("pixel_size_um")) or scale_um(layer)
     return magnification, pixel_size

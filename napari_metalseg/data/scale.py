@@ -8,7 +8,6 @@ is resampled to it, and its phase map resampled back. Without pixel sizes nothin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from napari_metalseg.data.samples import Sample
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.io.sem import positive_number
 
 MAX_ZOOM = 8.0
 """Largest resampling factor either way (a micrograph 8 times finer or coarser than the working scale)."""
@@ -24,18 +24,10 @@ ZOOM_TOLERANCE = 0.02
 """A micrograph within 2 % of the working scale is used as it is."""
 
 
-def known_pixel_size(value: float | None) -> float | None:
-    """``value`` when it is a usable pixel size (finite, > 0), else ``None``."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and value > 0 else None
-
-
 def working_pixel_size(samples: Sequence[Sample]) -> float | None:
     """The working scale of a run on ``samples``: the geometric mean of their pixel sizes (um), or ``None`` when
     any of them has none (then nothing is resampled)."""
-    sizes = [known_pixel_size(s.pixel_size_um) for s in samples]
+    sizes = [positive_number(s.pixel_size_um) for s in samples]
     if not sizes or any(p is None for p in sizes):
         return None
     return float(np.exp(np.mean(np.log(sizes))))
@@ -50,7 +42,7 @@ def zoom_factor(pixel_size_um: float | None, working_um: float | None, *, name: 
     MetalsegError
         When the factor is beyond :data:`MAX_ZOOM` either way.
     """
-    pixel, working = known_pixel_size(pixel_size_um), known_pixel_size(working_um)
+    pixel, working = positive_number(pixel_size_um), positive_number(working_um)
     if pixel is None or working is None:
         return 1.0
     zoom = pixel / working

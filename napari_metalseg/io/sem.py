@@ -151,10 +151,10 @@ def fei_metadata(md: Mapping[str, Any]) -> SemMetadata:
         With ``instrument="fei"``. Magnification is ``[Image] MagCanvasRealWidth`` divided by the horizontal
         field width, and ``None`` when either is missing.
     """
-    pixel_m = _first(_positive(_section(md, sec).get("PixelWidth")) for sec in ("Scan", "EScan", "IScan"))
-    volts = _first(_positive(_section(md, sec).get("HV")) for sec in ("EBeam", "Beam", "IBeam"))
+    pixel_m = _first(positive_number(_section(md, sec).get("PixelWidth")) for sec in ("Scan", "EScan", "IScan"))
+    volts = _first(positive_number(_section(md, sec).get("HV")) for sec in ("EBeam", "Beam", "IBeam"))
     name = _section(md, "Detectors").get("Name")
-    rows = _positive(_section(md, "Image").get("ResolutionY"))
+    rows = positive_number(_section(md, "Image").get("ResolutionY"))
     return SemMetadata(
         instrument="fei",
         pixel_size_um=pixel_m * 1e6 if pixel_m else None,
@@ -177,7 +177,7 @@ def imagej_pixel_size_um(tif: tifffile.TiffFile) -> float | None:
     num, den = tag.value
     if not num or not den:
         return None
-    return _positive(den / num * scale)
+    return positive_number(den / num * scale)
 
 
 def length_to_um(value: float, unit: str) -> float | None:
@@ -196,7 +196,7 @@ def length_to_um(value: float, unit: str) -> float | None:
         The length in micrometres, or ``None`` for an unknown unit or a non-positive / non-finite value.
     """
     scale = _LENGTH_TO_UM.get(unit.strip()) or _LENGTH_TO_UM.get(unit.strip().lower())
-    number = _positive(value)
+    number = positive_number(value)
     if scale is None or number is None:
         return None
     return number * scale
@@ -211,11 +211,11 @@ def parse_magnification(text: Any) -> float | None:
         The magnification, or ``None`` when the text is not a positive magnification.
     """
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return _positive(text)
+        return positive_number(text)
     match = _MAG_TEXT.match(str(text))
     if match is None:
         return None
-    return _positive(float(match.group(1)) * _MAG_PREFIX[match.group(2) or ""])
+    return positive_number(float(match.group(1)) * _MAG_PREFIX[match.group(2) or ""])
 
 
 def magnification_from_filename(name: str) -> float | None:
@@ -275,7 +275,7 @@ def _zeiss_length_um(entry: Any) -> float | None:
 
 def _zeiss_kv(entry: Any) -> float | None:
     value, unit = _zeiss_parts(entry)
-    number = _positive(value)
+    number = positive_number(value)
     if number is None:
         return None
     unit = (unit or "kV").strip()
@@ -294,14 +294,14 @@ def _zeiss_text(entry: Any) -> str | None:
 
 
 def _fei_magnification(md: Mapping[str, Any], pixel_m: float | None) -> float | None:
-    canvas = _positive(_section(md, "Image").get("MagCanvasRealWidth"))
+    canvas = positive_number(_section(md, "Image").get("MagCanvasRealWidth"))
     if canvas is None:
         return None
     hfw = _first(
-        _positive(_section(md, sec).get(key))
+        positive_number(_section(md, sec).get(key))
         for sec, key in (("EBeam", "HFW"), ("EScan", "HorFieldsize"), ("Scan", "HorFieldsize"))
     )
-    width_px = _positive(_section(md, "Image").get("ResolutionX"))
+    width_px = positive_number(_section(md, "Image").get("ResolutionX"))
     if hfw is None and pixel_m and width_px:
         hfw = pixel_m * width_px
     return canvas / hfw if hfw else None
@@ -322,7 +322,9 @@ def _to_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _positive(value: Any) -> float | None:
+def positive_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number > 0 (a number or its text), else ``None``: the one test of a
+    usable magnification or pixel size (metadata, layer calibration, a run's working scale)."""
     number = _to_float(value)
     return number if number is not None and number > 0 else None
 

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from napari_metalseg.data.samples import HELD_OUT, Sample, holdout_pixels
-from napari_metalseg.data.scale import known_pixel_size, to_working_scale, working_pixel_size
+from napari_metalseg.data.scale import to_working_scale, working_pixel_size
 from napari_metalseg.errors import MetalsegError
+from napari_metalseg.io.sem import positive_number
 from napari_metalseg.models.spec import ModelSpec
 from napari_metalseg.phases import PhaseSet
 from napari_metalseg.runs import INIT_FROM
@@ -131,7 +132,7 @@ def working_scale(samples: list[Sample], val_set: list[Sample] | None, config: T
     if not config.physical_scale:
         return None, "each micrograph is used at its own pixel size (physical scale off)"
     images = list(samples) + list(val_set or [])
-    unknown = [s.name for s in images if known_pixel_size(s.pixel_size_um) is None]
+    unknown = [s.name for s in images if positive_number(s.pixel_size_um) is None]
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
         return None, f"each micrograph is used at its own pixel size: {unknown[0]}{more} states no pixel size"
