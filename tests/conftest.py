@@ -87,7 +87,6 @@ def trained_run(tmp_path_factory, synth_dataset, split_samples):
         device="cpu",
         bf16=False,
         seed=0,
-        physical_scale=False,  # the ratio encoder's effects as the study measured them: each micrograph as it is
     )
     assert config.budget_s is None  # step-bounded: a time budget would make the model depend on the machine's load
     events = list(train(split_samples["train"], synth_dataset.phases, run, config, val_samples=split_samples["val"]))

@@ -117,7 +117,8 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KIND
     default=None,
     help="Resample every micrograph to one pixel size (the geometric mean of the training images') when all state "
     "theirs (metadata.csv pixel_size_um, SEM metadata); prediction resamples each micrograph of known pixel size to "
-    "it. --native-scale: each at its own pixel size. Default: on for the networks, off for the classical classifier.",
+    "it. --native-scale: each at its own pixel size. Default: on for the CNNs (measured), off for SAM and the "
+    "classical classifier.",
 )
 @click.option(
     "--resume",

@@ -61,8 +61,9 @@ class TrainConfig:
     ``physical_scale`` resamples every micrograph to one pixel size, the run's working scale, when all the training
     (and validation) micrographs state theirs (:mod:`napari_metalseg.data.scale`); prediction then resamples each
     micrograph of known pixel size to it. Off: every micrograph is used at its own pixel size. Default: on for the
-    networks (measured: +3 to +4 points of mean Dice at other magnifications, docs/quality.md), off for the classical
-    pixel classifier alone (its filter features lost up to 9 points on resampled micrographs).
+    CNNs (measured on ELU-Net: +3 to +4 points of mean Dice at other magnifications, docs/quality.md); off for the
+    classical pixel classifier alone (its filter features lost up to 9 points on resampled micrographs) and for SAM
+    (not measured here: no pretrained weights, no GPU; the study fed SAM each micrograph as it is).
     """
 
     model: str | None = None
@@ -126,7 +127,7 @@ class TrainConfig:
         if family.name != "sam":
             self.finetune = "full"
         if self.physical_scale is None:
-            self.physical_scale = family.gradient
+            self.physical_scale = family.name == "cnn"
         self.physical_scale = bool(self.physical_scale)
         if self.pool_classical is None:
             self.pool_classical = family.name in POOLED_FAMILIES
