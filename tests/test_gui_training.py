@@ -453,3 +453,37 @@ def test_the_pool_with_the_classical_classifier_is_a_field_for_the_cnns_only(vie
         widget.model_combo.setCurrentText(kind)
         assert not widget.pool_check.isEnabled() and not widget.pool_check.isChecked()
         assert widget.config().pool_classical is False
+
+
+def test_one_physical_scale_is_a_field_with_the_familys_default(viewer):
+    """The Training dock says whether micrographs are resampled to one pixel size: ticked for the CNNs, unticked for
+    SAM and the classical classifier (the trainer's defaults), the user's choice reaches the run's config, and a
+    model trained further shows its run's scale and cannot change it."""
+    from dataclasses import replace
+
+    from napari_metalseg.models.elunet import build_elunet
+    from napari_metalseg.training import TrainConfig
+    from napari_metalseg.training.config import model_spec
+
+    widget = _training_widget(viewer)
+    box = widget.hyper.scale_check
+    for kind in ("elunet", "unet3plus", "classical", "tiny"):
+        widget.model_combo.setCurrentText(kind)
+        assert box.isChecked() == TrainConfig(model=kind).physical_scale, kind
+        assert box.isEnabled() and widget.config().physical_scale == box.isChecked()
+    widget.model_combo.setCurrentText("classical")
+    box.setChecked(True)
+    assert widget.config().physical_scale is True
+    widget.model_combo.setCurrentText("elunet")
+    box.setChecked(False)
+    assert widget.config().physical_scale is False
+
+    phases = PhaseSet.from_names(["ferrite", "martensite"])
+    model = build_elunet(num_phases=2, img_size=64, width=4, depth=3)
+    session = session_of(viewer)
+    for working in (0.05, None):
+        spec = replace(
+            model_spec(TrainConfig(model="elunet", img_size=64, width=4, depth=3), phases), pixel_size_um=working
+        )
+        session.set_model(model.eval(), phases, spec=spec)
+        assert not box.isEnabled() and box.isChecked() == (working is not None)

@@ -142,6 +142,9 @@ points better)."""
 POOLED_FAMILIES = ("cnn",)
 """Families whose models are pooled with the classical classifier by default (``pool_classical``)."""
 
+PHYSICAL_SCALE_FAMILIES = ("cnn",)
+"""Families trained at one physical scale by default (``physical_scale``): where it was measured (docs/quality.md)."""
+
 CNN_DEFAULTS: dict[str, dict] = {
     "unet": {"width": 16, "depth": 4},
     "unet3plus": {"width": 8, "depth": 4},

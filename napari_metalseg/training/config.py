@@ -22,6 +22,7 @@ from napari_metalseg.models.registry import (
     EMA_DECAY,
     FAMILIES,
     MODEL_LABELS,
+    PHYSICAL_SCALE_FAMILIES,
     POOL_MARGIN,
     POOL_WEIGHT,
     POOLED_FAMILIES,
@@ -127,7 +128,7 @@ class TrainConfig:
         if family.name != "sam":
             self.finetune = "full"
         if self.physical_scale is None:
-            self.physical_scale = family.name == "cnn"
+            self.physical_scale = family.name in PHYSICAL_SCALE_FAMILIES
         self.physical_scale = bool(self.physical_scale)
         if self.pool_classical is None:
             self.pool_classical = family.name in POOLED_FAMILIES
