@@ -154,6 +154,7 @@ def run_recipe(
         "dice_noisy_ratio": noisy.average,
         "by_magnification": evaluation.by_magnification(),
         "dice_per_phase": evaluation.dice_per_phase(),
+        "errors_by_boundary": evaluation.errors_by_boundary(),
         "train_s": round(train_s, 1),
         "steps": last.step if last else 0,
         "max_fraction_error_pts": round(float(np.mean(frac_err)), 2),

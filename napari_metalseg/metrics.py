@@ -1,5 +1,5 @@
-"""Segmentation metrics: confusion matrix, Dice and IoU per phase, mean Dice, grouping by magnification, and the
-seed study's table format.
+"""Segmentation metrics: confusion matrix, Dice and IoU per phase, mean Dice, grouping by magnification, where the
+wrong pixels lie (distance to the reference's phase boundaries), and the seed study's table format.
 
 Conventions: masks hold phase indices ``0..K-1``; pixels where the *target* is :data:`~napari_metalseg.phases.UNLABELED`
 (255) are ignored. Dice of a phase is ``2 TP / (2 TP + FP + FN)``; a phase absent from both target and prediction of
@@ -90,13 +90,70 @@ def pixel_accuracy(cm: np.ndarray) -> float:
     return float(np.trace(cm) / total) if total else float("nan")
 
 
+BOUNDARY_BANDS = (2.0, 5.0, 10.0)
+"""Upper edges (px) of the distance bands of :func:`errors_by_boundary_distance`: 0-2, 2-5, 5-10 and over 10 px."""
+
+
+def boundary_distance(target: np.ndarray, ignore_index: int = UNLABELED) -> np.ndarray:
+    """Distance (px) of every pixel to the nearest boundary between two phases of ``target``.
+
+    A boundary pixel is a labelled pixel with a 4-neighbour of another labelled phase (distance 0); the edge of an
+    unlabeled region is no boundary. Without any boundary every distance is infinite.
+    """
+    from scipy import ndimage as ndi
+
+    target = np.asarray(target)
+    edge = np.zeros(target.shape, bool)
+    for axis in range(target.ndim):
+        a = [slice(None)] * target.ndim
+        b = [slice(None)] * target.ndim
+        a[axis], b[axis] = slice(None, -1), slice(1, None)
+        left, right = target[tuple(a)], target[tuple(b)]
+        differs = (left != right) & (left != ignore_index) & (right != ignore_index)
+        edge[tuple(a)] |= differs
+        edge[tuple(b)] |= differs
+    if not edge.any():
+        return np.full(target.shape, np.inf)
+    return ndi.distance_transform_edt(~edge)
+
+
+def errors_by_boundary_distance(
+    pred: np.ndarray, target: np.ndarray, ignore_index: int = UNLABELED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wrong and labelled pixels of ``target`` per distance band to its phase boundaries (:data:`BOUNDARY_BANDS`).
+
+    Wrong pixels near a boundary are a boundary placed a little off; wrong pixels far from every boundary are a
+    region given the wrong phase.
+
+    Returns
+    -------
+    wrong, labelled : ndarray of int64, shape (len(BOUNDARY_BANDS) + 1,)
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise MetalsegError(f"prediction shape {pred.shape} != target shape {target.shape}")
+    valid = target != ignore_index
+    band = np.searchsorted(np.asarray(BOUNDARY_BANDS), boundary_distance(target, ignore_index)[valid], side="right")
+    n = len(BOUNDARY_BANDS) + 1
+    wrong = np.bincount(band[pred[valid] != target[valid]], minlength=n).astype(np.int64)
+    return wrong, np.bincount(band, minlength=n).astype(np.int64)
+
+
+def band_labels() -> list[str]:
+    """Names of the distance bands: ``"0-2 px"`` ... ``"over 10 px"``."""
+    edges = (0.0, *BOUNDARY_BANDS)
+    return [f"{lo:g}-{hi:g} px" for lo, hi in zip(edges, edges[1:])] + [f"over {BOUNDARY_BANDS[-1]:g} px"]
+
+
 @dataclass
 class ImageScore:
-    """Scores of one image."""
+    """Scores of one image (``wrong``/``labelled``: pixels per band of :func:`errors_by_boundary_distance`)."""
 
     name: str
     magnification: float | None
     confusion: np.ndarray
+    wrong: np.ndarray | None = None
+    labelled: np.ndarray | None = None
 
     @property
     def dice(self) -> np.ndarray:
@@ -115,7 +172,8 @@ class Evaluation:
     images: list[ImageScore] = field(default_factory=list)
 
     def add(self, name: str, pred: np.ndarray, target: np.ndarray, magnification: float | None = None) -> ImageScore:
-        score = ImageScore(name, magnification, confusion_matrix(pred, target, len(self.phase_names)))
+        cm = confusion_matrix(pred, target, len(self.phase_names))
+        score = ImageScore(name, magnification, cm, *errors_by_boundary_distance(pred, target))
         self.images.append(score)
         return score
 
@@ -145,6 +203,29 @@ class Evaluation:
             for i, n in enumerate(self.phase_names)
         }
 
+    def errors_by_boundary(self) -> dict[str, dict[str, float]]:
+        """Where the wrong pixels of every image lie, per distance band to the reference's phase boundaries: the
+        band's ``share`` of all wrong pixels (%) and its ``error_rate``, the wrong pixels among its labelled ones
+        (%); NaN without any wrong (or labelled) pixel."""
+        scored = [s for s in self.images if s.wrong is not None]
+        n = len(BOUNDARY_BANDS) + 1
+        wrong = sum((s.wrong for s in scored), np.zeros(n, np.int64))
+        labelled = sum((s.labelled for s in scored), np.zeros(n, np.int64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(wrong.sum() > 0, wrong / max(wrong.sum(), 1) * 100, np.nan)
+            rate = np.where(labelled > 0, wrong / np.maximum(labelled, 1) * 100, np.nan)
+        return {band: {"share": float(share[i]), "error_rate": float(rate[i])} for i, band in enumerate(band_labels())}
+
+    def format_errors_by_boundary(self) -> str:
+        """One line: the share of the wrong pixels in each distance band (:meth:`errors_by_boundary`)."""
+        parts = [
+            f"{band} {v['share']:.1f} % ({v['error_rate']:.1f} % of those pixels wrong)"
+            if np.isfinite(v["error_rate"])
+            else f"{band}: no labelled pixels"
+            for band, v in self.errors_by_boundary().items()
+        ]
+        return "wrong pixels by distance to the reference's phase boundaries: " + "; ".join(parts)
+
     def to_dict(self) -> dict:
         return {
             "phases": self.phase_names,
@@ -154,6 +235,7 @@ class Evaluation:
             "iou_per_phase": dict(zip(self.phase_names, (iou_per_phase(self.confusion) * 100).tolist())),
             "pixel_accuracy": pixel_accuracy(self.confusion),
             "confusion_matrix": self.confusion.tolist(),
+            "errors_by_boundary": self.errors_by_boundary(),
             "images": [
                 {
                     "name": s.name,

@@ -56,10 +56,13 @@ def test_train_predict_evaluate_features(synth_dataset, tmp_path):
         "evaluate", "--model", run, "--data", synth_dataset.root, "--split", "test", "--json", tmp_path / "scores.json"
     )
     assert result.exit_code == 0, result.output
-    header = result.output.strip().splitlines()[-2].split()
-    assert header[0] == "Model" and header[-1] == "Avg."
+    *_, header, _row, where = result.output.strip().splitlines()
+    assert header.split()[0] == "Model" and header.split()[-1] == "Avg."
+    assert where.startswith("wrong pixels by distance to the reference's phase boundaries: 0-2 px ")
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert len(scores["images"]) == len(synth_dataset.split("test"))
+    shares = [band["share"] for band in scores["errors_by_boundary"].values()]
+    assert len(shares) == 4 and sum(shares) == pytest.approx(100)  # this short run gets some pixels wrong
 
     result = _invoke("features", "--model", run, "--input", one, "--out", tmp_path / "feat")
     assert result.exit_code == 0, result.output

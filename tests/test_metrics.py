@@ -4,12 +4,16 @@ import pytest
 from napari_metalseg.errors import MetalsegError
 from napari_metalseg.metrics import (
     Evaluation,
+    band_labels,
+    boundary_distance,
     confusion_matrix,
     dice_per_phase,
+    errors_by_boundary_distance,
     format_seed_table,
     iou_per_phase,
     mean_dice,
 )
+from napari_metalseg.phases import UNLABELED
 
 
 def test_hand_computed_dice_iou():
@@ -89,3 +93,40 @@ def test_docstring_examples():
 
     result = doctest.testmod(metrics)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_wrong_pixels_are_placed_by_their_distance_to_the_reference_boundary():
+    """Hand-counted: a boundary one column off (near it) and a wrong 3 x 3 corner (7-9 px from it)."""
+    target = np.zeros((20, 20), np.uint8)
+    target[:, 10:] = 1
+    pred = target.copy()
+    pred[:, 10] = 0  # the boundary one pixel off: 20 wrong pixels at distance 0
+    pred[0:3, 0:3] = 1  # a wrong region 7-9 px from the boundary
+    d = boundary_distance(target)
+    assert d[0, 9] == d[0, 10] == 0 and d[0, 0] == 9 and d[0, 19] == 9
+    wrong, labelled = errors_by_boundary_distance(pred, target)
+    assert wrong.tolist() == [20, 0, 9, 0]
+    assert labelled.tolist() == [80, 120, 200, 0]  # columns 8-11, 5-7 and 12-14, the rest
+    evaluation = Evaluation(["a", "b"])
+    evaluation.add("x", pred, target)
+    bands = evaluation.errors_by_boundary()
+    assert list(bands) == band_labels() == ["0-2 px", "2-5 px", "5-10 px", "over 10 px"]
+    assert bands["0-2 px"]["share"] == pytest.approx(100 * 20 / 29)
+    assert bands["0-2 px"]["error_rate"] == pytest.approx(25.0)
+    assert bands["5-10 px"]["error_rate"] == pytest.approx(4.5)
+    assert np.isnan(bands["over 10 px"]["error_rate"])
+    line = evaluation.format_errors_by_boundary()
+    assert "0-2 px 69.0 %" in line and "over 10 px: no labelled pixels" in line
+    assert evaluation.to_dict()["errors_by_boundary"]["0-2 px"] == bands["0-2 px"]
+
+
+def test_unlabeled_pixels_make_no_boundary_and_are_not_counted():
+    target = np.full((10, 10), UNLABELED, np.uint8)
+    target[:, :3] = 0
+    target[:, 7:] = 1  # two phases that never touch: no boundary
+    assert np.isinf(boundary_distance(target)).all()
+    pred = np.zeros_like(target)  # every pixel of phase 1 wrong, unlabeled pixels ignored
+    wrong, labelled = errors_by_boundary_distance(pred, target)
+    assert wrong.tolist() == [0, 0, 0, 30] and labelled.tolist() == [0, 0, 0, 60]
+    target[:, 3] = 1  # now they touch between columns 2 and 3
+    assert boundary_distance(target)[0, 2] == 0 and boundary_distance(target)[0, 0] == 2

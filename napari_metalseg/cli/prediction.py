@@ -206,6 +206,7 @@ def evaluate(
             labels = predictor.predict(s.image, ratios=r, pixel_size_um=s.pixel_size_um).labels
             evaluation.add(s.name, labels, s.mask, s.magnification)
     click.echo(format_seed_table({run.name: evaluation.by_magnification()}))
+    click.echo(evaluation.format_errors_by_boundary())
     if json_out:
         atomic_write_text(json_out, json.dumps(evaluation.to_dict(), indent=2) + "\n")
 
