@@ -99,8 +99,8 @@ class RunConfig:
 
     def training_summary(self) -> str:
         """How the run was trained, in one line for the user: ``"352 optimizer steps in 41 s (stopped); the kept
-        model is from step 300 (best validation); at 35.7 nm per pixel"``, ``"fitted in 3.1 s"`` for the classical
-        classifier; the working scale when the run has one (:mod:`napari_metalseg.data.scale`)."""
+        model is from step 300 (best validation); micrographs resampled to 35.7 nm per pixel"``, ``"fitted in 3.1 s"``
+        for the classical classifier; the working scale when the run has one (:mod:`napari_metalseg.data.scale`)."""
         training = self.training
         if self.spec.family == "classical":
             seconds = training.get("fit_seconds")
@@ -123,7 +123,7 @@ class RunConfig:
         if isinstance(source, Mapping) and source.get("run"):
             text += f"; continued from {source['run']}"
         if self.spec.pixel_size_um is not None:
-            text += f"; at {self.spec.pixel_size_um * 1000:.3g} nm per pixel (micrographs are resampled to it)"
+            text += f"; micrographs resampled to {self.spec.pixel_size_um * 1000:.3g} nm per pixel"
         return text
 
 

@@ -92,7 +92,7 @@ def test_the_working_scale_is_saved_reported_and_kept_by_a_continued_run(tmp_pat
     assert any("40 nm per pixel (the working scale)" in e.message for e in events)
     run = read_run_config(tmp_path / "a")
     assert run.spec.pixel_size_um == pytest.approx(0.04)
-    assert "at 40 nm per pixel" in run.training_summary()
+    assert "micrographs resampled to 40 nm per pixel" in run.training_summary()
     model, _ = load_run(tmp_path / "a")
     assert model.pixel_size_um == pytest.approx(0.04)  # what the predictor reads
     other = [_sample("other", pixel=0.03)]  # alone it would work at 30 nm; continued, the run keeps 40 nm
