@@ -203,11 +203,11 @@ class Evaluation:
             for i, n in enumerate(self.phase_names)
         }
 
-    def errors_by_boundary(self) -> dict[str, dict[str, float]]:
-        """Where the wrong pixels of every image lie, per distance band to the reference's phase boundaries: the
-        band's ``share`` of all wrong pixels (%) and its ``error_rate``, the wrong pixels among its labelled ones
-        (%); NaN without any wrong (or labelled) pixel."""
-        scored = [s for s in self.images if s.wrong is not None]
+    def errors_by_boundary(self, images: Sequence[ImageScore] | None = None) -> dict[str, dict[str, float]]:
+        """Where the wrong pixels of every image (or of ``images``) lie, per distance band to the reference's phase
+        boundaries: the band's ``share`` of all wrong pixels (%) and its ``error_rate``, the wrong pixels among its
+        labelled ones (%); NaN without any wrong (or labelled) pixel."""
+        scored = [s for s in (self.images if images is None else images) if s.wrong is not None]
         n = len(BOUNDARY_BANDS) + 1
         wrong = sum((s.wrong for s in scored), np.zeros(n, np.int64))
         labelled = sum((s.labelled for s in scored), np.zeros(n, np.int64))
@@ -242,6 +242,7 @@ class Evaluation:
                     "magnification": s.magnification,
                     "mean_dice": s.mean_dice,
                     "dice": dict(zip(self.phase_names, (s.dice * 100).tolist())),
+                    "errors_by_boundary": self.errors_by_boundary([s]),
                 }
                 for s in self.images
             ],

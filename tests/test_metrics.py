@@ -118,6 +118,11 @@ def test_wrong_pixels_are_placed_by_their_distance_to_the_reference_boundary():
     line = evaluation.format_errors_by_boundary()
     assert "0-2 px 69.0 %" in line and "over 10 px: no labelled pixels" in line
     assert evaluation.to_dict()["errors_by_boundary"]["0-2 px"] == bands["0-2 px"]
+    evaluation.add("perfect", target, target)  # no wrong pixel: every share undefined, every rate 0
+    per_image = [image["errors_by_boundary"] for image in evaluation.to_dict()["images"]]
+    assert per_image[0]["0-2 px"] == bands["0-2 px"]
+    assert np.isnan(per_image[1]["0-2 px"]["share"]) and per_image[1]["0-2 px"]["error_rate"] == 0
+    assert evaluation.errors_by_boundary()["0-2 px"]["error_rate"] == pytest.approx(100 * 20 / 160)
 
 
 def test_unlabeled_pixels_make_no_boundary_and_are_not_counted():
