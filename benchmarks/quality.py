@@ -128,7 +128,7 @@ def run_recipe(
     from napari_metalseg.runs import load_run
 
     model, run_config = load_run(out)
-    evaluation = validate(model, test, phases, "cpu")
+    evaluation = validate(model, test, phases, "cpu", boundaries=True)
     frac_err = []
     from napari_metalseg.metrics import Evaluation
     from napari_metalseg.predict import Predictor

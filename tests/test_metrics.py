@@ -107,7 +107,11 @@ def test_wrong_pixels_are_placed_by_their_distance_to_the_reference_boundary():
     wrong, labelled = errors_by_boundary_distance(pred, target)
     assert wrong.tolist() == [20, 0, 9, 0]
     assert labelled.tolist() == [80, 120, 200, 0]  # columns 8-11, 5-7 and 12-14, the rest
-    evaluation = Evaluation(["a", "b"])
+    plain = Evaluation(["a", "b"])  # not asked for: nothing computed, nothing reported
+    plain.add("x", pred, target)
+    assert plain.images[0].wrong is None and "errors_by_boundary" not in plain.to_dict()
+    assert np.isnan(plain.errors_by_boundary()["0-2 px"]["share"])
+    evaluation = Evaluation(["a", "b"], boundaries=True)
     evaluation.add("x", pred, target)
     bands = evaluation.errors_by_boundary()
     assert list(bands) == band_labels() == ["0-2 px", "2-5 px", "5-10 px", "over 10 px"]

@@ -199,7 +199,7 @@ def evaluate(
     if not samples:
         raise MetalsegError(f"{data}: no labelled images in split {split!r}")
     ratios = floats(ratio, "--ratio")
-    evaluation = Evaluation(dataset.phases.names)
+    evaluation = Evaluation(dataset.phases.names, boundaries=True)
     with click.progressbar(samples, label="evaluating", file=sys.stderr) as bar:
         for s in bar:
             r = phase_fractions(s.mask, len(dataset.phases)) if true_ratio else ratios
