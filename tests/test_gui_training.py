@@ -455,14 +455,14 @@ def test_the_pool_with_the_classical_classifier_is_a_field_for_the_cnns_only(vie
         assert widget.config().pool_classical is False
 
 
-def test_one_physical_scale_is_a_field_with_the_familys_default(viewer):
+def test_one_physical_scale_is_a_field_with_the_familys_default(viewer, split_samples, synth_dataset, tmp_path):
     """The Training dock says whether micrographs are resampled to one pixel size: ticked for the CNNs, unticked for
-    SAM and the classical classifier (the trainer's defaults), the user's choice reaches the run's config, and a
-    model trained further shows its run's scale and cannot change it."""
-    from dataclasses import replace
-
+    SAM and the classical classifier (the trainer's defaults), and the user's choice reaches the run's config. A
+    model trained further from its run shows that run's scale, locked, and the config keeps it (also where it is
+    not the family's default); a model never trained gets the default and can change it."""
     from napari_metalseg.models.elunet import build_elunet
-    from napari_metalseg.training import TrainConfig
+    from napari_metalseg.runs import load_run
+    from napari_metalseg.training import TrainConfig, train
     from napari_metalseg.training.config import model_spec
 
     widget = _training_widget(viewer)
@@ -478,12 +478,21 @@ def test_one_physical_scale_is_a_field_with_the_familys_default(viewer):
     box.setChecked(False)
     assert widget.config().physical_scale is False
 
-    phases = PhaseSet.from_names(["ferrite", "martensite"])
-    model = build_elunet(num_phases=2, img_size=64, width=4, depth=3)
-    session = session_of(viewer)
-    for working in (0.05, None):
-        spec = replace(
-            model_spec(TrainConfig(model="elunet", img_size=64, width=4, depth=3), phases), pixel_size_um=working
-        )
-        session.set_model(model.eval(), phases, spec=spec)
-        assert not box.isEnabled() and box.isChecked() == (working is not None)
+    phases, session = synth_dataset.phases, session_of(viewer)
+    for scaled in (False, True):  # ELU-Net's default is True: the run trained without it must keep its own
+        run = tmp_path / f"scaled-{scaled}"
+        settings = {"model": "elunet", "img_size": 64, "steps": 2, "batch_size": 2, "device": "cpu"}
+        config = TrainConfig(**settings, pool_classical=False, physical_scale=scaled)
+        list(train(split_samples["train"][:1], phases, run, config))
+        model, run_config = load_run(run)
+        assert (run_config.spec.pixel_size_um is not None) == scaled
+        session.set_model(model, phases, run_dir=run)
+        assert not box.isEnabled() and box.isChecked() == scaled
+        continued = widget.config()
+        assert continued.init_from == str(run) and continued.physical_scale == scaled
+
+    never_trained = build_elunet(num_phases=len(phases), img_size=64, width=4, depth=3)
+    session.set_model(never_trained.eval(), phases, spec=model_spec(TrainConfig(model="elunet", img_size=64), phases))
+    assert box.isEnabled() and box.isChecked() and widget.config().physical_scale is True
+    box.setChecked(False)
+    assert widget.config().physical_scale is False

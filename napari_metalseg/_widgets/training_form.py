@@ -260,7 +260,7 @@ class HyperParameterBox(QGroupBox):
         for widget in (self.steps, self.batch_size, self.lr, self.budget):
             widget.setEnabled(family.gradient)
         self.pool_check.setEnabled(family.name in POOLED_FAMILIES and not locked)
-        self.scale_check.setEnabled(not locked)
+        self.scale_check.setEnabled(not (locked and self._continued_run() is not None))
         self.model_combo.setEnabled(not locked)
         self.img_size.setEnabled(not locked)
         current = self.guidance_combo.currentText()
@@ -273,6 +273,10 @@ class HyperParameterBox(QGroupBox):
         self.guidance_combo.setEnabled(len(allowed) > 1)
 
     # -- the session's model -------------------------------------------------------------------------------
+    def _continued_run(self) -> Path | None:
+        """The run whose weights training continues from (its working scale is kept), or None."""
+        return getattr(self.session, "run_dir", None) if self.continued_spec is not None else None
+
     @property
     def continued_spec(self) -> ModelSpec | None:
         """The session's model spec when training continues from it (a model exists, "start fresh" is off)."""
@@ -308,7 +312,10 @@ class HyperParameterBox(QGroupBox):
             self.finetune_combo.setCurrentText(spec.finetune)
             self.lora_rank.setValue(spec.lora_rank)
         self.pool_check.setChecked(bool(spec.pooled))
-        self.scale_check.setChecked(spec.pixel_size_um is not None)
+        if self._continued_run() is not None:  # the run's working scale, kept (a model never trained: the default)
+            self.scale_check.setChecked(spec.pixel_size_um is not None)
+        else:
+            self.scale_check.setChecked(spec.family in PHYSICAL_SCALE_FAMILIES)
         self.guidance_combo.setCurrentText(guidance)
 
     def _note(self, spec: ModelSpec) -> str:
@@ -346,6 +353,7 @@ class HyperParameterBox(QGroupBox):
             "batch_size": self.batch_size.value(),
             "lr": self.lr.value(),
             "device": self.device_combo.currentText(),
+            "physical_scale": self.scale_check.isChecked(),  # a continued run's own scale (:meth:`_show_spec`)
         }
         spec = self.continued_spec
         if spec is not None:  # the session's model: from its run's weights (unless resuming the run folder's run)
@@ -360,7 +368,6 @@ class HyperParameterBox(QGroupBox):
             lora_rank=self.lora_rank.value(),
             **run_settings,
             pool_classical=self.pool_check.isChecked() if family_of(kind).name in POOLED_FAMILIES else None,
-            physical_scale=self.scale_check.isChecked(),
         )
 
     def run_phases(self, phases: PhaseSet | None, what: str = "the annotations") -> PhaseSet | None:
