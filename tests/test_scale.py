@@ -105,6 +105,11 @@ def test_the_working_scale_is_saved_reported_and_kept_by_a_continued_run(tmp_pat
         )
     )
     assert read_run_config(tmp_path / "b").spec.pixel_size_um == pytest.approx(0.04)
+    # without saying so, too: the classifier's default is its own pixel size, the continued run's is the run's scale
+    continued = TrainConfig(model="classical", device="cpu", init_from=tmp_path / "a")
+    assert continued.physical_scale is True
+    list(train(other, PHASES, tmp_path / "c", continued))
+    assert read_run_config(tmp_path / "c").spec.pixel_size_um == pytest.approx(0.04)
 
 
 def test_a_bad_working_scale_in_a_run_is_refused(tmp_path):

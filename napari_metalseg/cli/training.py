@@ -118,7 +118,7 @@ from napari_metalseg.models.registry import DEFAULT_MODEL, EMA_DECAY, MODEL_KIND
     help="Resample every micrograph to one pixel size (the geometric mean of the training images') when all state "
     "theirs (metadata.csv pixel_size_um, SEM metadata); prediction resamples each micrograph of known pixel size to "
     "it. --native-scale: each at its own pixel size. Default: on for the CNNs (measured), off for SAM and the "
-    "classical classifier.",
+    "classical classifier; with --init-from, as in the run continued.",
 )
 @click.option(
     "--resume",

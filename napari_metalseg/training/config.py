@@ -64,7 +64,8 @@ class TrainConfig:
     micrograph of known pixel size to it. Off: every micrograph is used at its own pixel size. Default: on for the
     CNNs (measured on ELU-Net: +3 to +4 points of mean Dice at other magnifications, docs/quality.md); off for the
     classical pixel classifier alone (its filter features lost up to 9 points on resampled micrographs) and for SAM
-    (not measured here: no pretrained weights, no GPU; the study fed SAM each micrograph as it is).
+    (not measured here: no pretrained weights, no GPU; the study fed SAM each micrograph as it is). A run continued
+    from another (``init_from``) works at that run's scale unless told otherwise.
     """
 
     model: str | None = None
@@ -127,6 +128,10 @@ class TrainConfig:
         )
         if family.name != "sam":
             self.finetune = "full"
+        if self.physical_scale is None and self.init_from is not None:  # the scale of the run continued
+            from napari_metalseg.runs import read_run_config
+
+            self.physical_scale = read_run_config(self.init_from).spec.pixel_size_um is not None
         if self.physical_scale is None:
             self.physical_scale = family.name in PHYSICAL_SCALE_FAMILIES
         self.physical_scale = bool(self.physical_scale)
