@@ -215,9 +215,8 @@ class Evaluation:
         n = len(BOUNDARY_BANDS) + 1
         wrong = sum((s.wrong for s in scored), np.zeros(n, np.int64))
         labelled = sum((s.labelled for s in scored), np.zeros(n, np.int64))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(wrong.sum() > 0, wrong / max(wrong.sum(), 1) * 100, np.nan)
-            rate = np.where(labelled > 0, wrong / np.maximum(labelled, 1) * 100, np.nan)
+        share = wrong * 100.0 / wrong.sum() if wrong.sum() else np.full(n, np.nan)
+        rate = np.divide(wrong * 100.0, labelled, out=np.full(n, np.nan), where=labelled > 0)
         return {band: {"share": float(share[i]), "error_rate": float(rate[i])} for i, band in enumerate(band_labels())}
 
     def format_errors_by_boundary(self) -> str:
